@@ -1,0 +1,272 @@
+/**
+ * The storage port. A store persists workflows, steps and history, and claims
+ * due steps under a lease; it never decides workflow semantics. Every status
+ * change is computed by the engine (checked against the transition tables) and
+ * handed to the store as plain writes, with one exception defined here: the
+ * claim, which is the only write a store makes on its own (see {@link WorkflowStore.claimSteps}).
+ *
+ * Implementations: `MemoryWorkflowStore` (`sagaline/memory`) and
+ * `KyselyWorkflowStore` (`sagaline/kysely`). Every implementation must pass
+ * `runWorkflowStoreContract` from `sagaline/testing`.
+ *
+ * @module
+ */
+import type { StepStatus } from '../core/step-status.js';
+import type { WorkflowStatus } from '../core/workflow-status.js';
+
+/** An error as stored on a step or workflow: a stable code and a message. */
+export interface StoredError {
+  code: string;
+  message: string;
+  /** The step the error came from, on a workflow's error. */
+  step?: string;
+  /** Extra JSON-safe detail (e.g. the callback's error payload). */
+  detail?: unknown;
+}
+
+/** A workflow row. Times are `Date`s; JSON columns are plain values. */
+export interface WorkflowRecord {
+  id: string;
+  tenantId: string;
+  type: string;
+  serviceSlug: string | null;
+  status: WorkflowStatus;
+  /** The definition version the workflow started with. */
+  definitionVersion: string;
+  input: unknown;
+  output: unknown;
+  error: StoredError | null;
+  idempotencyKey: string | null;
+  /** The step most recently started or waited on, for display. */
+  currentStep: string | null;
+  /** Sum of the steps' `retryCount` (kept by the engine's patches and by reclaims), so lists need no step reads. */
+  retryCount: number;
+  createdAt: Date;
+  updatedAt: Date;
+  completedAt: Date | null;
+}
+
+/** A step row. */
+export interface StepRecord {
+  workflowId: string;
+  name: string;
+  /** Index of the step in the definition (steps are returned in this order). */
+  position: number;
+  dependsOn: string[];
+  status: StepStatus;
+  /** Attempts started in the current phase (forward run, or compensation). */
+  attempts: number;
+  /** Automatic retries plus admin retries (DESIGN §2). */
+  retryCount: number;
+  /** The retry policy's `maximumAttempts`, recorded so that readers need no definition. */
+  maxAttempts: number;
+  startedAt: Date | null;
+  completedAt: Date | null;
+  /** When the step is next claimable; `null` when it is not (not ready, or finished). */
+  dueAt: Date | null;
+  leaseOwner: string | null;
+  leaseToken: string | null;
+  leaseExpiresAt: Date | null;
+  /** SHA-256 (hex) of the current callback token; `null` once used or not minted. */
+  callbackTokenHash: string | null;
+  /** A callback result that arrived while the handler was still running. */
+  callbackResult: unknown;
+  pollCount: number;
+  /** Deadline of the poll loop (`pollTimeoutMs` after `run` returned). */
+  pollDeadlineAt: Date | null;
+  output: unknown;
+  error: StoredError | null;
+  /** Monotonic order in which steps completed within the workflow (for reverse-order compensation). */
+  completionSeq: number | null;
+}
+
+/** One audit row: a transition, an admin action, or a note. */
+export interface HistoryRecord {
+  /** Store-assigned, increasing within a workflow. */
+  seq: number;
+  workflowId: string;
+  at: Date;
+  kind: 'workflow' | 'step' | 'admin' | 'note';
+  stepName: string | null;
+  from: string | null;
+  to: string | null;
+  actor: string | null;
+  reason: string | null;
+  /** For `admin`: the operation name; for `note`: what happened (e.g. `lease_reclaimed`). */
+  action: string | null;
+  detail: unknown;
+}
+
+/** A history row to append; the store assigns `seq` (and `at` when omitted, from its clock). */
+export type NewHistoryEntry = Omit<HistoryRecord, 'seq' | 'workflowId' | 'at'> & { at?: Date };
+
+/** Fields of a new step row (the rest start at zero / null). */
+export interface NewStep {
+  name: string;
+  position: number;
+  dependsOn: string[];
+  maxAttempts: number;
+  /** Roots are due at once; other steps start with `null` (not ready). */
+  dueAt: Date | null;
+}
+
+/** What {@link WorkflowStore.createWorkflow} inserts, atomically. */
+export interface CreateWorkflowInput {
+  workflow: Omit<WorkflowRecord, 'updatedAt' | 'completedAt' | 'output' | 'error' | 'currentStep' | 'retryCount'>;
+  steps: NewStep[];
+  history: NewHistoryEntry[];
+}
+
+/** Result of {@link WorkflowStore.createWorkflow}. */
+export interface CreateWorkflowResult {
+  /** False when `(tenantId, idempotencyKey)` already existed: `workflow` is the existing one. */
+  created: boolean;
+  workflow: WorkflowRecord;
+}
+
+/** A partial update of a workflow row. */
+export type WorkflowPatch = Partial<Pick<WorkflowRecord, 'status' | 'output' | 'error' | 'currentStep' | 'completedAt' | 'retryCount'>>;
+
+/** A partial update of a step row. */
+export type StepPatch = Partial<
+  Pick<
+    StepRecord,
+    | 'status'
+    | 'attempts'
+    | 'retryCount'
+    | 'startedAt'
+    | 'completedAt'
+    | 'dueAt'
+    | 'leaseOwner'
+    | 'leaseToken'
+    | 'leaseExpiresAt'
+    | 'callbackTokenHash'
+    | 'callbackResult'
+    | 'pollCount'
+    | 'pollDeadlineAt'
+    | 'output'
+    | 'error'
+    | 'completionSeq'
+  >
+>;
+
+/**
+ * A transaction over one workflow, holding its row lock: the snapshot was read
+ * under the lock and nothing else changes the workflow or its steps until the
+ * transaction ends. Writes are buffered and applied, in order, when the
+ * callback resolves; if it throws, nothing is written.
+ */
+export interface WorkflowTransaction {
+  /** The store's time when the lock was taken (the database clock, or the injected one). */
+  readonly now: Date;
+  readonly workflow: WorkflowRecord;
+  /** The workflow's steps in definition order. */
+  readonly steps: readonly StepRecord[];
+  updateWorkflow(patch: WorkflowPatch): void;
+  /**
+   * Updates one step. With `expectLeaseToken` the write is fenced: if the row's
+   * lease token differs when applied, the whole transaction fails with a
+   * {@link StaleLeaseError}-coded error and nothing is written.
+   */
+  updateStep(name: string, patch: StepPatch, options?: { expectLeaseToken?: string | null }): void;
+  appendHistory(entries: NewHistoryEntry[]): void;
+}
+
+/** A token pair handed to a claim: the lease token and the hash of a fresh callback token. */
+export interface ClaimToken {
+  leaseToken: string;
+  callbackTokenHash: string;
+}
+
+/** What {@link WorkflowStore.claimSteps} claims. */
+export interface ClaimRequest {
+  workerId: string;
+  leaseMs: number;
+  /** At most this many steps. */
+  limit: number;
+  /** At least `limit` tokens; the i-th claimed step takes `tokens[i]`. */
+  tokens: ClaimToken[];
+}
+
+/** One claimed step with the state the engine needs to run it. */
+export interface ClaimedStep {
+  /** The workflow after the claim. */
+  workflow: WorkflowRecord;
+  /** All of the workflow's steps after the claim, in definition order. */
+  steps: StepRecord[];
+  stepName: string;
+  /** The step's status before the claim. */
+  previousStatus: StepStatus;
+  /** The store's time of the claim. */
+  now: Date;
+}
+
+/** Filters and keyset position for {@link WorkflowStore.listWorkflows}. Newest first: `(createdAt, id)` descending. */
+export interface StoreListQuery {
+  tenantId?: string;
+  status?: WorkflowStatus;
+  type?: string;
+  serviceSlug?: string;
+  createdAfter?: Date;
+  createdBefore?: Date;
+  /** Return rows strictly after this position in the order (i.e. older). */
+  after?: { createdAt: Date; id: string };
+  limit: number;
+}
+
+/**
+ * The storage port.
+ *
+ * Claim rule (the one write a store decides): a step is claimable when
+ * `dueAt <= now`, its lease is free (`leaseExpiresAt` null or `<= now`), its
+ * status is one of `pending, running, waiting_callback, waiting_poll,
+ * compensating`, and its workflow is `pending`, `running` or `rolling_back`.
+ * Claims take steps in `dueAt` order and, for each, set `leaseOwner`,
+ * `leaseToken` (from the request) and `leaseExpiresAt = now + leaseMs`, and:
+ * - `pending`: status -> `running`, `attempts + 1`, `startedAt = now`,
+ *   `callbackTokenHash` from the request, `callbackResult = null`; a `step`
+ *   history row `pending -> running`;
+ * - `running` (its lease expired): `attempts + 1`, `retryCount + 1` (and the
+ *   workflow's `retryCount + 1`), `startedAt = now`, new `callbackTokenHash`,
+ *   `callbackResult = null`; a `note` history row with action `lease_reclaimed`;
+ * - `compensating`: `attempts + 1`;
+ * - `waiting_callback`, `waiting_poll`: lease only.
+ * A `pending` workflow of a claimed step becomes `running` (with a `workflow`
+ * history row). Every write of a claim (and of a transaction) also sets the
+ * workflow's `updatedAt` to the store's time; `createWorkflow` sets
+ * `updatedAt = createdAt`, `retryCount = 0` and the other omitted fields to null.
+ * `dueAt` is left as it is, so a step whose lease expires is
+ * claimable again. A step is never handed to two claimers whose leases overlap.
+ *
+ * Locking: {@link transact} holds the workflow's row lock; claims never claim a
+ * step of a workflow locked by a running transaction (they skip or wait), so
+ * every step change of a workflow is serialized with the others.
+ */
+export interface WorkflowStore {
+  /** The store's current time (database clock, or the injected clock). */
+  now(): Promise<Date>;
+  /** Inserts a workflow with its steps and history, or returns the existing one for the same `(tenantId, idempotencyKey)`. */
+  createWorkflow(input: CreateWorkflowInput): Promise<CreateWorkflowResult>;
+  getWorkflow(id: string): Promise<WorkflowRecord | null>;
+  /** Steps in definition order (empty for an unknown workflow). */
+  getSteps(workflowId: string): Promise<StepRecord[]>;
+  /** History in `seq` order. */
+  getHistory(workflowId: string): Promise<HistoryRecord[]>;
+  /** Workflows matching the filters, newest first, at most `limit`. */
+  listWorkflows(query: StoreListQuery): Promise<WorkflowRecord[]>;
+  /** The step whose current callback token hashes to `hash`, if any. */
+  findStepByCallbackHash(hash: string): Promise<{ workflowId: string; stepName: string } | null>;
+  /** Claims due steps (see the claim rule above). */
+  claimSteps(request: ClaimRequest): Promise<ClaimedStep[]>;
+  /**
+   * Runs `fn` holding the workflow's row lock and applies its buffered writes
+   * atomically. Throws a `not_found` {@link SagalineError} for an unknown id.
+   */
+  transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T>;
+  /** Heartbeat: `leaseExpiresAt = now + leaseMs` if the lease token still matches. False when the lease was lost. */
+  extendLease(workflowId: string, stepName: string, leaseToken: string, leaseMs: number): Promise<boolean>;
+  /** The earliest `dueAt` of a claimable step (ignoring leases), or null: lets a worker sleep exactly until work is due. */
+  nextDueAt(): Promise<Date | null>;
+  /** Releases resources the store owns (never the host's database handle). */
+  close?(): Promise<void>;
+}
