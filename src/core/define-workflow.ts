@@ -240,6 +240,9 @@ export function defineWorkflow<TSchema extends z.ZodType, TSteps extends Record<
   if (onFailure !== 'halt' && onFailure !== 'rollback') {
     throw new InvalidDefinitionError(`workflow "${name}": onFailure must be 'halt' or 'rollback', got ${JSON.stringify(onFailure)}`);
   }
+  if (options.steps !== undefined && Object.keys(options.steps).length === 0) {
+    throw new InvalidDefinitionError(`workflow "${name}" has no steps`);
+  }
   const entries = Object.entries(options.steps ?? {});
   const raw: { name: string; definition: StepDefinition }[] = entries.map(([stepName, definition]) => ({ name: stepName, definition }));
   return buildDefinition(name, options.version, options.input, onFailure, raw) as never;
@@ -283,7 +286,6 @@ function positiveInt(value: unknown, fallback: number, where: string, field: str
 }
 
 function resolveSteps(workflow: string, raw: { name: string; definition: StepDefinition }[]): ResolvedStep[] {
-  if (raw.length === 0) throw new InvalidDefinitionError(`workflow "${workflow}" has no steps`);
   const seen = new Set<string>();
   const duplicates = new Set<string>();
   for (const { name } of raw) {

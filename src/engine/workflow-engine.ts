@@ -117,6 +117,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
     }
     for (const def of options.workflows) {
       if (!def || def.kind !== 'sagaline.workflow') throw new InvalidDefinitionError('createEngine: every entry of "workflows" must come from defineWorkflow()');
+      if (def.steps.length === 0) throw new InvalidDefinitionError(`createEngine: workflow "${def.name}" has no steps`);
       let versions = this.definitions.get(def.name);
       if (!versions) this.definitions.set(def.name, (versions = new Map()));
       versions.set(def.version, def);
