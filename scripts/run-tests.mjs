@@ -17,6 +17,7 @@ function run(label, command, args) {
 
 const steps = [
   ['typecheck', 'npx', ['tsc', '-p', 'tsconfig.json', '--noEmit']],
+  ['lint', 'npx', ['eslint', 'src', 'test', 'examples', 'bench', 'scripts']],
   ['build', 'npx', ['tsup']],
   ['publint', 'npx', ['publint', '--strict']],
   ['attw', 'npx', ['attw', '--pack', '.', '--profile', 'node16']],
