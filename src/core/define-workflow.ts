@@ -76,13 +76,16 @@ export interface CompensateContext<TInput = unknown, TOutput = unknown> {
 
 /** The output a step ends with, given what `run` returns and whether it polls. */
 export type StepOutputOf<TRun, TPoll> = [TPoll] extends [never]
-  ? TRun extends CallbackWait<infer C>
+  ? Awaited<TRun> extends CallbackWait<infer C>
     ? C
-    : TRun
-  : TPoll;
+    : Awaited<TRun>
+  : PollOutputOf<TPoll>;
+
+/** The output carried by the `{ done: true }` branch of a poll handler's result type. */
+export type PollOutputOf<TPoll> = TPoll extends { done: true; output: infer O } ? O : never;
 
 /** Options of {@link step}. */
-export interface StepOptions<TInput, TDeps, TRun, TPoll = never> {
+export interface StepOptions<TInput, TDeps, TRun, TPoll extends PollResult<unknown> = never> {
   /**
    * Steps that must complete before this one starts. Omitted: the step
    * declared just before this one (none for the first). `[]`: a root.
@@ -92,7 +95,7 @@ export interface StepOptions<TInput, TDeps, TRun, TPoll = never> {
   /** Undoes the step during rollback. Without it the step stays `completed` on rollback. */
   compensate?: (ctx: CompensateContext<TInput, StepOutputOf<TRun, TPoll>>) => Awaitable<void>;
   /** Makes the step a poll loop: called every `pollIntervalMs` after `run` until it returns `{ done: true }`. */
-  poll?: (ctx: PollContext<TInput, TDeps, Awaited<TRun>>) => Awaitable<PollResult<TPoll>>;
+  poll?: (ctx: PollContext<TInput, TDeps, Awaited<TRun>>) => Awaitable<TPoll>;
   /** @default 5000 */
   pollIntervalMs?: number;
   /** The poll loop fails with `poll_timeout` after this long. @default 3_600_000 (one hour) */
@@ -129,7 +132,7 @@ export interface StepDefinition<TOutput = unknown> {
  * step({ run: async (ctx) => db.create(ctx.idempotencyKey), compensate: (ctx) => db.drop(ctx.output.id), retry: { maximumAttempts: 4 } })
  * ```
  */
-export function step<TInput = any, TRun = unknown, TPoll = never, TDeps = Record<string, any>>(
+export function step<TInput = any, TRun = unknown, TPoll extends PollResult<unknown> = never, TDeps = Record<string, any>>(
   options: StepOptions<TInput, TDeps, TRun, TPoll>,
 ): StepDefinition<StepOutputOf<TRun, TPoll>> {
   return {
@@ -200,7 +203,7 @@ export interface WorkflowDefinition<TSchema extends z.ZodType = z.ZodType, TOutp
    *   .step('register_dns', { dependsOn: ['create_database'], run: async (ctx) => ({ host: `${ctx.deps.create_database.dbId}.example.com` }) });
    * ```
    */
-  step<const TName extends string, const TDep extends keyof TOutputs & string = never, TRun = unknown, TPoll = never>(
+  step<const TName extends string, const TDep extends keyof TOutputs & string = never, TRun = unknown, TPoll extends PollResult<unknown> = never>(
     name: TName extends keyof TOutputs ? never : TName,
     options: StepOptions<z.output<TSchema>, { readonly [K in TDep]: TOutputs[K] }, TRun, TPoll> & { dependsOn?: readonly TDep[] },
   ): WorkflowDefinition<TSchema, TOutputs & { [K in TName]: StepOutputOf<TRun, TPoll> }>;
