@@ -1,0 +1,855 @@
+/**
+ * An in-process {@link WorkflowStore} for tests, demos and single-process
+ * embedding where durability is not needed. It follows the same contract as
+ * the database stores (`runWorkflowStoreContract`), including the per-workflow
+ * lock of {@link MemoryWorkflowStore.transact}, fenced writes and the claim rule.
+ *
+ * @module
+ */
+import { systemClock, type Clock } from '../../core/clock.js';
+import { isStepStatus, type StepStatus } from '../../core/step-status.js';
+import { isWorkflowStatus, type WorkflowStatus } from '../../core/workflow-status.js';
+import { ConflictError, NotFoundError, StaleLeaseError, StoreError } from '../../errors.js';
+import type {
+  ClaimedStep,
+  ClaimRequest,
+  CreateWorkflowInput,
+  CreateWorkflowResult,
+  HistoryRecord,
+  NewHistoryEntry,
+  StepPatch,
+  StepRecord,
+  StoredError,
+  StoreListQuery,
+  WorkflowPatch,
+  WorkflowRecord,
+  WorkflowStore,
+  WorkflowTransaction,
+} from '../../storage/workflow-store.js';
+
+/** Options of {@link MemoryWorkflowStore}. */
+export interface MemoryWorkflowStoreOptions {
+  /**
+   * The clock used for every time comparison (due times, leases) and for the
+   * times the store assigns itself.
+   *
+   * @default systemClock
+   */
+  clock?: Clock;
+}
+
+const CLAIMABLE_STEP_STATUSES: ReadonlySet<StepStatus> = new Set<StepStatus>([
+  'pending',
+  'running',
+  'waiting_callback',
+  'waiting_poll',
+  'compensating',
+]);
+
+const ACTIVE_WORKFLOW_STATUSES: ReadonlySet<WorkflowStatus> = new Set<WorkflowStatus>(['pending', 'running', 'rolling_back']);
+
+/** A step row plus its position in the due index. */
+interface StepSlot {
+  record: StepRecord;
+  readonly workflow: WorkflowEntry;
+  /** The `dueAt` (ms) under which the slot is in the due index, or null when it is not a claim candidate. */
+  indexedDue: number | null;
+  /** Bumped whenever the slot leaves the index or changes key; older heap entries are then ignored. */
+  version: number;
+}
+
+interface WorkflowEntry {
+  record: WorkflowRecord;
+  /** `createdAt` in ms, the primary key of the list order (it never changes). */
+  readonly createdMs: number;
+  /** Steps in definition order. */
+  readonly slots: StepSlot[];
+  readonly slotsByName: Map<string, StepSlot>;
+  readonly history: HistoryRecord[];
+  nextSeq: number;
+}
+
+interface DueEntry {
+  due: number;
+  /** Insertion order, so that equal due times are claimed first come, first served. */
+  seq: number;
+  version: number;
+  slot: StepSlot;
+}
+
+/**
+ * A binary min-heap of claim candidates ordered by `(due, seq)`, with lazy
+ * deletion: entries whose `version` no longer matches their slot are dropped
+ * when they surface.
+ */
+class DueHeap {
+  private items: DueEntry[] = [];
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  peek(): DueEntry | undefined {
+    return this.items[0];
+  }
+
+  push(entry: DueEntry): void {
+    const items = this.items;
+    items.push(entry);
+    let i = items.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      const p = items[parent]!;
+      if (!before(entry, p)) break;
+      items[i] = p;
+      i = parent;
+    }
+    items[i] = entry;
+  }
+
+  pop(): DueEntry | undefined {
+    const items = this.items;
+    const top = items[0];
+    const last = items.pop();
+    if (top === undefined || last === undefined || items.length === 0) return top;
+    const n = items.length;
+    let i = 0;
+    for (;;) {
+      const left = 2 * i + 1;
+      if (left >= n) break;
+      const right = left + 1;
+      let child = left;
+      if (right < n && before(items[right]!, items[left]!)) child = right;
+      const c = items[child]!;
+      if (!before(c, last)) break;
+      items[i] = c;
+      i = child;
+    }
+    items[i] = last;
+    return top;
+  }
+
+  /** Drops stale entries and rebuilds the heap. */
+  compact(): void {
+    const live = this.items.filter((e) => e.version === e.slot.version);
+    live.sort((a, b) => (before(a, b) ? -1 : 1));
+    // A sorted array is a valid heap.
+    this.items = live;
+  }
+}
+
+function before(a: DueEntry, b: DueEntry): boolean {
+  return a.due < b.due || (a.due === b.due && a.seq < b.seq);
+}
+
+/**
+ * A {@link WorkflowStore} that keeps everything in memory.
+ *
+ * - `transact` holds an async mutex per workflow; claims skip the steps of a
+ *   workflow whose mutex is held, so every change to a workflow is serialized.
+ * - Claimable steps are kept in a due-time index, so a claim costs
+ *   `O((k + leased) log n)` rather than a scan of every step.
+ * - Every record handed out is a copy, and every value handed in is copied:
+ *   callers can never mutate stored state. JSON columns (`input`, `output`,
+ *   `error`, `callbackResult`, history `detail`) are stored as their JSON form,
+ *   as a database store would (a `Date` inside them comes back as an ISO string,
+ *   `undefined` properties are dropped).
+ * - Nothing survives the process: use `KyselyWorkflowStore` for durability.
+ *
+ * @example
+ * ```ts
+ * import { createEngine } from 'sagaline';
+ * import { MemoryWorkflowStore } from 'sagaline/memory';
+ * import { createManualClock } from 'sagaline/testing';
+ *
+ * const clock = createManualClock();
+ * const engine = createEngine({ store: new MemoryWorkflowStore({ clock }), workflows: [provisionService], clock });
+ * ```
+ */
+export class MemoryWorkflowStore implements WorkflowStore {
+  private readonly clock: Clock;
+  private readonly workflows = new Map<string, WorkflowEntry>();
+  /** Workflows ascending by `(createdAt, id)`; listed from the end. */
+  private readonly byCreation: WorkflowEntry[] = [];
+  /** `tenantId \0 idempotencyKey` -> workflow id. */
+  private readonly idempotency = new Map<string, string>();
+  /** Current callback token hash -> step. */
+  private readonly callbackHashes = new Map<string, StepSlot>();
+  /** Locked workflow ids -> waiters, in arrival order. Present only while the lock is held. */
+  private readonly locks = new Map<string, (() => void)[]>();
+  private readonly due = new DueHeap();
+  /** Number of slots with `indexedDue !== null`. */
+  private indexedCount = 0;
+  private dueSeq = 0;
+
+  /** Creates an empty store. */
+  constructor(options: MemoryWorkflowStoreOptions = {}) {
+    this.clock = options.clock ?? systemClock;
+  }
+
+  /** The injected clock's time. */
+  async now(): Promise<Date> {
+    return new Date(this.clock.now());
+  }
+
+  /** Inserts a workflow with its steps and history, or returns the existing one for the same `(tenantId, idempotencyKey)`. */
+  async createWorkflow(input: CreateWorkflowInput): Promise<CreateWorkflowResult> {
+    const w = input.workflow;
+    const idempotencyKey = w.idempotencyKey ?? null;
+    const idemKey = idempotencyKey === null ? null : `${w.tenantId}\u0000${idempotencyKey}`;
+    if (idemKey !== null) {
+      const existingId = this.idempotency.get(idemKey);
+      const existing = existingId === undefined ? undefined : this.workflows.get(existingId);
+      if (existing) return { created: false, workflow: copyWorkflow(existing.record) };
+    }
+    if (this.workflows.has(w.id)) throw new ConflictError(`workflow ${w.id} already exists`, { workflowId: w.id });
+    if (!isWorkflowStatus(w.status)) throw new TypeError(`workflow ${w.id}: unknown status ${String(w.status)}`);
+    const createdAt = toDate(w.createdAt, 'createdAt');
+    if (createdAt === null) throw new TypeError(`workflow ${w.id}: createdAt is required`);
+
+    const record: WorkflowRecord = {
+      id: w.id,
+      tenantId: w.tenantId,
+      type: w.type,
+      serviceSlug: w.serviceSlug ?? null,
+      status: w.status,
+      definitionVersion: w.definitionVersion,
+      input: toJson(w.input),
+      output: null,
+      error: null,
+      idempotencyKey,
+      currentStep: null,
+      retryCount: 0,
+      createdAt,
+      updatedAt: new Date(createdAt.getTime()),
+      completedAt: null,
+    };
+    const entry: WorkflowEntry = {
+      record,
+      createdMs: createdAt.getTime(),
+      slots: [],
+      slotsByName: new Map(),
+      history: [],
+      nextSeq: 1,
+    };
+    const steps = [...input.steps].sort((a, b) => a.position - b.position);
+    for (const s of steps) {
+      if (entry.slotsByName.has(s.name)) throw new StoreError(`workflow ${w.id}: duplicate step ${s.name}`);
+      const slot: StepSlot = {
+        record: {
+          workflowId: w.id,
+          name: s.name,
+          position: s.position,
+          dependsOn: [...s.dependsOn],
+          status: 'pending',
+          attempts: 0,
+          retryCount: 0,
+          maxAttempts: s.maxAttempts,
+          startedAt: null,
+          completedAt: null,
+          dueAt: toDate(s.dueAt, 'dueAt'),
+          leaseOwner: null,
+          leaseToken: null,
+          leaseExpiresAt: null,
+          callbackTokenHash: null,
+          callbackResult: null,
+          pollCount: 0,
+          pollDeadlineAt: null,
+          output: null,
+          error: null,
+          completionSeq: null,
+        },
+        workflow: entry,
+        indexedDue: null,
+        version: 0,
+      };
+      entry.slots.push(slot);
+      entry.slotsByName.set(s.name, slot);
+    }
+    const history = input.history.map(normalizeHistory);
+    const now = new Date(this.clock.now());
+
+    // Everything above may throw; nothing below does.
+    this.workflows.set(w.id, entry);
+    this.insertByCreation(entry);
+    if (idemKey !== null) this.idempotency.set(idemKey, w.id);
+    this.appendHistoryRows(entry, history, now);
+    for (const slot of entry.slots) this.reindex(slot);
+    return { created: true, workflow: copyWorkflow(record) };
+  }
+
+  /** The workflow, or null when the id is unknown. */
+  async getWorkflow(id: string): Promise<WorkflowRecord | null> {
+    const entry = this.workflows.get(id);
+    return entry ? copyWorkflow(entry.record) : null;
+  }
+
+  /** Steps in definition order (empty for an unknown workflow). */
+  async getSteps(workflowId: string): Promise<StepRecord[]> {
+    const entry = this.workflows.get(workflowId);
+    return entry ? entry.slots.map((s) => copyStep(s.record)) : [];
+  }
+
+  /** History in `seq` order (empty for an unknown workflow). */
+  async getHistory(workflowId: string): Promise<HistoryRecord[]> {
+    const entry = this.workflows.get(workflowId);
+    return entry ? entry.history.map(copyHistory) : [];
+  }
+
+  /** Workflows matching the filters, newest first by `(createdAt, id)`, at most `limit`. */
+  async listWorkflows(query: StoreListQuery): Promise<WorkflowRecord[]> {
+    const limit = Math.floor(query.limit);
+    if (!(limit > 0)) return [];
+    const rows = this.byCreation;
+    let start = rows.length - 1;
+    if (query.after) start = Math.min(start, this.lowerBound(query.after.createdAt.getTime(), query.after.id) - 1);
+    // '' sorts before every id, so this finds the first row at or after createdBefore.
+    if (query.createdBefore) start = Math.min(start, this.lowerBound(query.createdBefore.getTime(), '') - 1);
+    const afterMs = query.createdAfter ? query.createdAfter.getTime() : -Infinity;
+    const out: WorkflowRecord[] = [];
+    for (let i = start; i >= 0 && out.length < limit; i--) {
+      const entry = rows[i]!;
+      if (entry.createdMs < afterMs) break;
+      const r = entry.record;
+      if (query.tenantId !== undefined && r.tenantId !== query.tenantId) continue;
+      if (query.status !== undefined && r.status !== query.status) continue;
+      if (query.type !== undefined && r.type !== query.type) continue;
+      if (query.serviceSlug !== undefined && r.serviceSlug !== query.serviceSlug) continue;
+      out.push(copyWorkflow(r));
+    }
+    return out;
+  }
+
+  /** The step whose current callback token hashes to `hash`, if any. */
+  async findStepByCallbackHash(hash: string): Promise<{ workflowId: string; stepName: string } | null> {
+    const slot = this.callbackHashes.get(hash);
+    if (!slot || slot.record.callbackTokenHash !== hash) return null;
+    return { workflowId: slot.record.workflowId, stepName: slot.record.name };
+  }
+
+  /**
+   * Claims due steps under the claim rule of {@link WorkflowStore}. Runs
+   * without awaiting, so no other call interleaves with it; steps of a
+   * workflow locked by {@link transact} are skipped.
+   */
+  async claimSteps(request: ClaimRequest): Promise<ClaimedStep[]> {
+    const nowMs = this.clock.now();
+    const max = Math.min(Math.floor(request.limit), request.tokens.length);
+    if (!(max > 0)) return [];
+    const claimed: { slot: StepSlot; previousStatus: StepStatus }[] = [];
+    const setAside: DueEntry[] = [];
+    try {
+      while (claimed.length < max) {
+        const top = this.due.peek();
+        if (top === undefined || top.due > nowMs) break;
+        this.due.pop();
+        const slot = top.slot;
+        if (top.version !== slot.version) continue;
+        setAside.push(top);
+        const lease = slot.record.leaseExpiresAt;
+        if ((lease !== null && lease.getTime() > nowMs) || this.locks.has(slot.record.workflowId)) continue;
+        const token = request.tokens[claimed.length]!;
+        claimed.push({ slot, previousStatus: slot.record.status });
+        this.claimOne(slot, request.workerId, request.leaseMs, token, nowMs);
+      }
+    } finally {
+      // Claiming changes neither dueAt nor candidacy, so every live entry goes back as it was.
+      for (const entry of setAside) this.due.push(entry);
+    }
+    return claimed.map(({ slot, previousStatus }) => ({
+      workflow: copyWorkflow(slot.workflow.record),
+      steps: slot.workflow.slots.map((s) => copyStep(s.record)),
+      stepName: slot.record.name,
+      previousStatus,
+      now: new Date(nowMs),
+    }));
+  }
+
+  /**
+   * Runs `fn` holding the workflow's lock and applies its buffered writes
+   * atomically when it resolves. The lock is not reentrant: calling `transact`
+   * for the same workflow inside `fn` never resolves.
+   *
+   * @throws a `not_found` error for an unknown workflow; a `stale_lease` error
+   *   when a fenced write finds another lease token (nothing is written then).
+   */
+  async transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+    if (!this.workflows.has(workflowId)) throw new NotFoundError(`workflow ${workflowId} not found`, { workflowId });
+    await this.acquire(workflowId);
+    let tx: MemoryTransaction | undefined;
+    try {
+      const entry = this.workflows.get(workflowId);
+      if (!entry) throw new NotFoundError(`workflow ${workflowId} not found`, { workflowId });
+      tx = new MemoryTransaction(entry, this.clock.now());
+      const result = await fn(tx);
+      tx.close();
+      this.commit(entry, tx);
+      return result;
+    } finally {
+      tx?.close();
+      this.release(workflowId);
+    }
+  }
+
+  /**
+   * Heartbeat: moves the lease to `now + leaseMs` if `leaseToken` is still the
+   * step's lease token. Waits for the workflow's lock like any other write.
+   */
+  async extendLease(workflowId: string, stepName: string, leaseToken: string, leaseMs: number): Promise<boolean> {
+    if (!this.workflows.get(workflowId)?.slotsByName.has(stepName)) return false;
+    await this.acquire(workflowId);
+    try {
+      const slot = this.workflows.get(workflowId)?.slotsByName.get(stepName);
+      if (!slot || slot.record.leaseToken === null || slot.record.leaseToken !== leaseToken) return false;
+      slot.record = { ...slot.record, leaseExpiresAt: new Date(this.clock.now() + leaseMs) };
+      return true;
+    } finally {
+      this.release(workflowId);
+    }
+  }
+
+  /** The earliest `dueAt` of a claimable step (ignoring leases and locks), or null. */
+  async nextDueAt(): Promise<Date | null> {
+    for (;;) {
+      const top = this.due.peek();
+      if (top === undefined) return null;
+      if (top.version === top.slot.version) return new Date(top.due);
+      this.due.pop();
+    }
+  }
+
+  // --- claim ---------------------------------------------------------------
+
+  private claimOne(slot: StepSlot, workerId: string, leaseMs: number, token: ClaimRequest['tokens'][number], nowMs: number): void {
+    const entry = slot.workflow;
+    const prev = slot.record;
+    const now = new Date(nowMs);
+    const next: StepRecord = {
+      ...prev,
+      leaseOwner: workerId,
+      leaseToken: token.leaseToken,
+      leaseExpiresAt: new Date(nowMs + leaseMs),
+    };
+    const rows: NewHistoryEntry[] = [];
+    const workflow: WorkflowRecord = { ...entry.record, updatedAt: now };
+    if (workflow.status === 'pending') {
+      workflow.status = 'running';
+      rows.push(historyRow('workflow', null, 'pending', 'running'));
+    }
+    switch (prev.status) {
+      case 'pending':
+        next.status = 'running';
+        next.attempts = prev.attempts + 1;
+        next.startedAt = now;
+        next.callbackTokenHash = token.callbackTokenHash;
+        next.callbackResult = null;
+        rows.push(historyRow('step', prev.name, 'pending', 'running'));
+        break;
+      case 'running':
+        next.attempts = prev.attempts + 1;
+        next.retryCount = prev.retryCount + 1;
+        workflow.retryCount += 1;
+        next.startedAt = now;
+        next.callbackTokenHash = token.callbackTokenHash;
+        next.callbackResult = null;
+        rows.push({
+          ...historyRow('note', prev.name, null, null),
+          action: 'lease_reclaimed',
+          detail: { previousLeaseOwner: prev.leaseOwner, attempt: next.attempts },
+        });
+        break;
+      case 'compensating':
+        next.attempts = prev.attempts + 1;
+        break;
+      default:
+        break;
+    }
+    entry.record = workflow;
+    this.setStepRecord(slot, next);
+    this.appendHistoryRows(entry, rows, now);
+  }
+
+  // --- transactions ----------------------------------------------------------
+
+  private commit(entry: WorkflowEntry, tx: MemoryTransaction): void {
+    if (tx.writes.length === 0) return;
+    const now = tx.nowMs;
+    // Any write touches the workflow's updatedAt, even one that only changes steps or history.
+    let workflow: WorkflowRecord = { ...entry.record, updatedAt: new Date(now) };
+    const steps = new Map<StepSlot, StepRecord>();
+    const history: NewHistoryEntry[] = [];
+    // Compute the whole result first, so that a stale fence leaves everything untouched.
+    for (const write of tx.writes) {
+      switch (write.kind) {
+        case 'workflow':
+          workflow = { ...workflow, ...write.patch };
+          break;
+        case 'step': {
+          const current = steps.get(write.slot) ?? write.slot.record;
+          if (write.expectLeaseToken !== undefined && current.leaseToken !== write.expectLeaseToken) {
+            throw new StaleLeaseError(
+              `step ${current.name} of workflow ${current.workflowId}: lease token ${String(current.leaseToken)} is not the expected ${String(write.expectLeaseToken)}`,
+              { workflowId: current.workflowId, stepName: current.name, status: current.status, attempts: current.attempts },
+            );
+          }
+          steps.set(write.slot, { ...current, ...write.patch });
+          break;
+        }
+        case 'history':
+          history.push(...write.entries);
+          break;
+      }
+    }
+    const wasActive = ACTIVE_WORKFLOW_STATUSES.has(entry.record.status);
+    entry.record = workflow;
+    for (const [slot, record] of steps) this.setStepRecord(slot, record);
+    if (wasActive !== ACTIVE_WORKFLOW_STATUSES.has(workflow.status)) {
+      for (const slot of entry.slots) this.reindex(slot);
+    }
+    this.appendHistoryRows(entry, history, new Date(now));
+  }
+
+  private acquire(workflowId: string): Promise<void> {
+    const waiters = this.locks.get(workflowId);
+    if (waiters === undefined) {
+      this.locks.set(workflowId, []);
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => waiters.push(resolve));
+  }
+
+  private release(workflowId: string): void {
+    const waiters = this.locks.get(workflowId);
+    const next = waiters?.shift();
+    // Hand the lock straight to the next waiter so a claim can never slip in between.
+    if (next) next();
+    else this.locks.delete(workflowId);
+  }
+
+  // --- indexes ---------------------------------------------------------------
+
+  /** Replaces a step row, keeping the callback-hash and due indexes in step. */
+  private setStepRecord(slot: StepSlot, record: StepRecord): void {
+    const oldHash = slot.record.callbackTokenHash;
+    const newHash = record.callbackTokenHash;
+    if (oldHash !== newHash) {
+      if (oldHash !== null && this.callbackHashes.get(oldHash) === slot) this.callbackHashes.delete(oldHash);
+      if (newHash !== null) this.callbackHashes.set(newHash, slot);
+    }
+    slot.record = record;
+    this.reindex(slot);
+  }
+
+  /** Puts the slot in the due index under its current `dueAt`, or takes it out when it is not a claim candidate. */
+  private reindex(slot: StepSlot): void {
+    const r = slot.record;
+    const want =
+      r.dueAt !== null && CLAIMABLE_STEP_STATUSES.has(r.status) && ACTIVE_WORKFLOW_STATUSES.has(slot.workflow.record.status)
+        ? r.dueAt.getTime()
+        : null;
+    if (want === slot.indexedDue) return;
+    if (slot.indexedDue !== null) this.indexedCount--;
+    slot.version++;
+    slot.indexedDue = want;
+    if (want === null) return;
+    this.indexedCount++;
+    this.due.push({ due: want, seq: this.dueSeq++, version: slot.version, slot });
+    if (this.due.size > 2 * this.indexedCount + 1024) this.due.compact();
+  }
+
+  private appendHistoryRows(entry: WorkflowEntry, rows: NewHistoryEntry[], now: Date): void {
+    for (const row of rows) {
+      entry.history.push({
+        seq: entry.nextSeq++,
+        workflowId: entry.record.id,
+        at: row.at ? new Date(row.at.getTime()) : new Date(now.getTime()),
+        kind: row.kind,
+        stepName: row.stepName,
+        from: row.from,
+        to: row.to,
+        actor: row.actor,
+        reason: row.reason,
+        action: row.action,
+        detail: row.detail,
+      });
+    }
+  }
+
+  private insertByCreation(entry: WorkflowEntry): void {
+    const rows = this.byCreation;
+    const last = rows[rows.length - 1];
+    if (last === undefined || compareKey(last.createdMs, last.record.id, entry.createdMs, entry.record.id) < 0) {
+      rows.push(entry);
+      return;
+    }
+    rows.splice(this.lowerBound(entry.createdMs, entry.record.id), 0, entry);
+  }
+
+  /** Index of the first workflow at or after `(createdMs, id)` in ascending order. */
+  private lowerBound(createdMs: number, id: string): number {
+    const rows = this.byCreation;
+    let lo = 0;
+    let hi = rows.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const row = rows[mid]!;
+      if (compareKey(row.createdMs, row.record.id, createdMs, id) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+}
+
+function compareKey(aMs: number, aId: string, bMs: number, bId: string): number {
+  if (aMs !== bMs) return aMs < bMs ? -1 : 1;
+  return aId < bId ? -1 : aId > bId ? 1 : 0;
+}
+
+type BufferedWrite =
+  | { kind: 'workflow'; patch: WorkflowPatch }
+  | { kind: 'step'; slot: StepSlot; patch: StepPatch; expectLeaseToken: string | null | undefined }
+  | { kind: 'history'; entries: NewHistoryEntry[] };
+
+/** A transaction over one workflow: a snapshot taken under the lock and a buffer of writes. */
+class MemoryTransaction implements WorkflowTransaction {
+  readonly writes: BufferedWrite[] = [];
+  private closed = false;
+  private workflowCopy: WorkflowRecord | undefined;
+  private stepsCopy: readonly StepRecord[] | undefined;
+
+  constructor(
+    private readonly entry: WorkflowEntry,
+    readonly nowMs: number,
+  ) {}
+
+  get now(): Date {
+    return new Date(this.nowMs);
+  }
+
+  get workflow(): WorkflowRecord {
+    this.workflowCopy ??= copyWorkflow(this.entry.record);
+    return this.workflowCopy;
+  }
+
+  get steps(): readonly StepRecord[] {
+    this.stepsCopy ??= this.entry.slots.map((s) => copyStep(s.record));
+    return this.stepsCopy;
+  }
+
+  updateWorkflow(patch: WorkflowPatch): void {
+    this.assertOpen();
+    this.writes.push({ kind: 'workflow', patch: normalizeWorkflowPatch(patch) });
+  }
+
+  updateStep(name: string, patch: StepPatch, options?: { expectLeaseToken?: string | null }): void {
+    this.assertOpen();
+    const slot = this.entry.slotsByName.get(name);
+    if (!slot) {
+      throw new NotFoundError(`step ${name} not found in workflow ${this.entry.record.id}`, {
+        workflowId: this.entry.record.id,
+        stepName: name,
+      });
+    }
+    this.writes.push({ kind: 'step', slot, patch: normalizeStepPatch(patch), expectLeaseToken: options?.expectLeaseToken });
+  }
+
+  appendHistory(entries: NewHistoryEntry[]): void {
+    this.assertOpen();
+    this.writes.push({ kind: 'history', entries: entries.map(normalizeHistory) });
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) {
+      throw new StoreError(`the transaction on workflow ${this.entry.record.id} has already ended; writes must happen inside the callback`);
+    }
+  }
+}
+
+// --- copies and normalization --------------------------------------------------
+
+type FieldKind = 'plain' | 'date' | 'json';
+
+const STEP_PATCH_FIELDS = {
+  status: 'plain',
+  attempts: 'plain',
+  retryCount: 'plain',
+  startedAt: 'date',
+  completedAt: 'date',
+  dueAt: 'date',
+  leaseOwner: 'plain',
+  leaseToken: 'plain',
+  leaseExpiresAt: 'date',
+  callbackTokenHash: 'plain',
+  callbackResult: 'json',
+  pollCount: 'plain',
+  pollDeadlineAt: 'date',
+  output: 'json',
+  error: 'json',
+  completionSeq: 'plain',
+} as const satisfies Record<keyof StepPatch, FieldKind>;
+
+const WORKFLOW_PATCH_FIELDS = {
+  status: 'plain',
+  output: 'json',
+  error: 'json',
+  currentStep: 'plain',
+  completedAt: 'date',
+  retryCount: 'plain',
+} as const satisfies Record<keyof WorkflowPatch, FieldKind>;
+
+function normalizePatch<P extends object>(patch: P, fields: Record<string, FieldKind>): P {
+  const out: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(patch)) {
+    // `undefined` means "leave as it is", as with a partial SQL update.
+    if (value === undefined) continue;
+    const kind = fields[key];
+    if (kind === undefined) throw new TypeError(`${key} cannot be updated`);
+    out[key] = kind === 'date' ? toDate(value, key) : kind === 'json' ? toJson(value) : value;
+  }
+  return out as P;
+}
+
+function normalizeStepPatch(patch: StepPatch): StepPatch {
+  if (patch.status !== undefined && !isStepStatus(patch.status)) throw new TypeError(`unknown step status ${String(patch.status)}`);
+  return normalizePatch(patch, STEP_PATCH_FIELDS);
+}
+
+function normalizeWorkflowPatch(patch: WorkflowPatch): WorkflowPatch {
+  if (patch.status !== undefined && !isWorkflowStatus(patch.status)) {
+    throw new TypeError(`unknown workflow status ${String(patch.status)}`);
+  }
+  return normalizePatch(patch, WORKFLOW_PATCH_FIELDS);
+}
+
+function normalizeHistory(entry: NewHistoryEntry): NewHistoryEntry {
+  const out: NewHistoryEntry = {
+    kind: entry.kind,
+    stepName: entry.stepName ?? null,
+    from: entry.from ?? null,
+    to: entry.to ?? null,
+    actor: entry.actor ?? null,
+    reason: entry.reason ?? null,
+    action: entry.action ?? null,
+    detail: toJson(entry.detail),
+  };
+  const at = toDate(entry.at ?? null, 'at');
+  if (at !== null) out.at = at;
+  return out;
+}
+
+function historyRow(kind: HistoryRecord['kind'], stepName: string | null, from: string | null, to: string | null): NewHistoryEntry {
+  return { kind, stepName, from, to, actor: null, reason: null, action: null, detail: null };
+}
+
+function toDate(value: unknown, field: string): Date | null {
+  if (value === null || value === undefined) return null;
+  if (value instanceof Date && !Number.isNaN(value.getTime())) return new Date(value.getTime());
+  throw new TypeError(`${field} must be a valid Date or null`);
+}
+
+/** The value as a JSON column would return it; `undefined` becomes null. */
+function toJson(value: unknown): unknown {
+  if (value === undefined || value === null) return null;
+  switch (typeof value) {
+    case 'string':
+    case 'boolean':
+      return value;
+    case 'number':
+      return Number.isFinite(value) ? value : null;
+    default: {
+      const text = JSON.stringify(value) as string | undefined;
+      return text === undefined ? null : (JSON.parse(text) as unknown);
+    }
+  }
+}
+
+/**
+ * A deep copy of a stored JSON value. Stored values are plain JSON (see
+ * {@link toJson}), so a direct walk does what `structuredClone` would, faster.
+ */
+function copyJson<T>(value: T): T {
+  return (value !== null && typeof value === 'object' ? cloneJson(value) : value) as T;
+}
+
+function cloneJson(value: unknown): unknown {
+  if (value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return value.map(cloneJson);
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(value)) {
+    const item = cloneJson((value as Record<string, unknown>)[key]);
+    // JSON may carry an own "__proto__" key; plain assignment would set the prototype instead.
+    if (key === '__proto__') Object.defineProperty(out, key, { value: item, enumerable: true, writable: true, configurable: true });
+    else out[key] = item;
+  }
+  return out;
+}
+
+function copyDate(value: Date | null): Date | null {
+  return value === null ? null : new Date(value.getTime());
+}
+
+function copyWorkflow(r: WorkflowRecord): WorkflowRecord {
+  return {
+    id: r.id,
+    tenantId: r.tenantId,
+    type: r.type,
+    serviceSlug: r.serviceSlug,
+    status: r.status,
+    definitionVersion: r.definitionVersion,
+    input: copyJson(r.input),
+    output: copyJson(r.output),
+    error: copyJson<StoredError | null>(r.error),
+    idempotencyKey: r.idempotencyKey,
+    currentStep: r.currentStep,
+    retryCount: r.retryCount,
+    createdAt: new Date(r.createdAt.getTime()),
+    updatedAt: new Date(r.updatedAt.getTime()),
+    completedAt: copyDate(r.completedAt),
+  };
+}
+
+function copyStep(r: StepRecord): StepRecord {
+  return {
+    workflowId: r.workflowId,
+    name: r.name,
+    position: r.position,
+    dependsOn: [...r.dependsOn],
+    status: r.status,
+    attempts: r.attempts,
+    retryCount: r.retryCount,
+    maxAttempts: r.maxAttempts,
+    startedAt: copyDate(r.startedAt),
+    completedAt: copyDate(r.completedAt),
+    dueAt: copyDate(r.dueAt),
+    leaseOwner: r.leaseOwner,
+    leaseToken: r.leaseToken,
+    leaseExpiresAt: copyDate(r.leaseExpiresAt),
+    callbackTokenHash: r.callbackTokenHash,
+    callbackResult: copyJson(r.callbackResult),
+    pollCount: r.pollCount,
+    pollDeadlineAt: copyDate(r.pollDeadlineAt),
+    output: copyJson(r.output),
+    error: copyJson<StoredError | null>(r.error),
+    completionSeq: r.completionSeq,
+  };
+}
+
+function copyHistory(r: HistoryRecord): HistoryRecord {
+  return {
+    seq: r.seq,
+    workflowId: r.workflowId,
+    at: new Date(r.at.getTime()),
+    kind: r.kind,
+    stepName: r.stepName,
+    from: r.from,
+    to: r.to,
+    actor: r.actor,
+    reason: r.reason,
+    action: r.action,
+    detail: copyJson(r.detail),
+  };
+}
