@@ -18,5 +18,5 @@ export default defineConfig({
   target: 'node20',
   splitting: true,
   treeshake: true,
-  external: ['kysely', 'hono', 'express', 'fastify', '@hono/node-server', 'vitest', 'fastify-plugin'],
+  external: ['kysely', 'hono', 'express', 'fastify', '@hono/node-server', 'vitest'],
 });

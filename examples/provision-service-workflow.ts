@@ -71,8 +71,16 @@ function hash(text: string): string {
   return h.toString(36);
 }
 
-/** Builds the workflow against a given cloud (and a hook told about each vendor callback token). */
-export function provisionServiceWorkflow(cloud: FakeCloud, onVendorToken: (workflowId: string, token: string) => void = () => {}) {
+/**
+ * Builds the workflow against a given cloud. `onVendorToken` is told each
+ * vendor callback token (a real vendor would receive it in the API call);
+ * DNS fails for good for service names in `lockedDns` (a zone locked by the registrar).
+ */
+export function provisionServiceWorkflow(
+  cloud: FakeCloud,
+  onVendorToken: (workflowId: string, token: string) => void = () => {},
+  lockedDns: ReadonlySet<string> = new Set(),
+) {
   return defineWorkflow({ name: 'provision_service', version: 1, input: provisionInput, onFailure: 'halt' })
     .step('create_database', {
       retry: { maximumAttempts: 4, initialIntervalMs: 1000 },
@@ -83,7 +91,7 @@ export function provisionServiceWorkflow(cloud: FakeCloud, onVendorToken: (workf
       dependsOn: ['create_database'],
       retry: { maximumAttempts: 3, initialIntervalMs: 500 },
       run: (ctx) => {
-        if (ctx.input.plan === 'broken-dns') throw new NonRetryableError('DNS zone is locked for this account', { code: 'dns_zone_locked' });
+        if (ctx.input.plan === 'broken-dns' || lockedDns.has(ctx.input.serviceName)) throw new NonRetryableError('DNS zone is locked for this account', { code: 'dns_zone_locked' });
         return cloud.upsertDns(`${ctx.input.serviceName}.apps.example.com`, ctx.deps.create_database.host);
       },
       compensate: (ctx) => cloud.removeDns(ctx.output.hostname),

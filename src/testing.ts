@@ -14,3 +14,5 @@ export { createManualClock } from './core/clock.js';
 export type { ManualClock } from './core/clock.js';
 export { runWorkflowStoreContract } from './testing/store-contract.js';
 export type { StoreContractFactory } from './testing/store-contract.js';
+export { CONTRACT_PRINCIPALS, runHttpContract } from './testing/http-contract.js';
+export type { HttpContractApp, HttpContractOptions, HttpExchange, MakeHttpContractApp } from './testing/http-contract.js';

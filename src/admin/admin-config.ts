@@ -69,8 +69,8 @@ export interface AdminApiOptions<P = AdminPrincipal> {
    */
   readOnly?: boolean;
   /**
-   * Receives unexpected errors (answered with a generic 500).
-   * @default a silent logger
+   * Receives unexpected errors (answered with a generic 500, the cause logged here).
+   * @default errors and warnings to `console`, like the engine
    */
   logger?: Logger;
 }
@@ -100,3 +100,11 @@ export function defaultActorOf(principal: unknown): string | null {
   }
   return null;
 }
+
+/** The default logger of the HTTP layer: errors and warnings to `console`, nothing else. */
+export const consoleErrorLogger: Logger = {
+  debug: () => {},
+  info: () => {},
+  warn: (message, context) => console.warn(`[sagaline] ${message}`, context ?? ''),
+  error: (message, context) => console.error(`[sagaline] ${message}`, context ?? ''),
+};

@@ -31,6 +31,9 @@ import type {
 } from './engine-types.js';
 import { fromBase64Url, hashToken, randomToken, toBase64Url } from './tokens.js';
 
+/** A claimed step with the plaintext tokens of its claim. */
+type Claim = ClaimedStep & { callbackToken: string; leaseToken: string };
+
 type PendingEvent = { [E in WorkflowEventName]: { name: E; payload: WorkflowEventPayload<E> } }[WorkflowEventName];
 
 /** What a handler call ended with. */
@@ -386,7 +389,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
     const free = this.concurrency - this.inFlight;
     if (free <= 0) return 0;
     const claimed = await this.claim(free);
-    await Promise.all(claimed.map((c) => this.launch(c)));
+    await Promise.all(claimed.map((c) => this.launch(c, false)));
     return claimed.length;
   }
 
@@ -444,7 +447,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         try {
           const batch = await this.claim(free);
           claimed = batch.length;
-          for (const c of batch) void this.launch(c);
+          for (const c of batch) void this.launch(c, true);
           failures = 0;
         } catch (err) {
           failures++;
@@ -482,14 +485,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
     else this.wakePending = true;
   }
 
-  private async claim(limit: number): Promise<(ClaimedStep & { callbackToken: string; leaseToken: string })[]> {
-    const pairs = await Promise.all(
-      Array.from({ length: limit }, async () => {
-        const leaseToken = randomToken(16);
-        const callbackToken = randomToken(32);
-        return { leaseToken, callbackToken, callbackTokenHash: await hashToken(callbackToken) };
-      }),
-    );
+  private async claim(limit: number): Promise<Claim[]> {
+    const pairs = await Promise.all(Array.from({ length: limit }, () => this.newTokenPair()));
     const claimed = await this.store.claimSteps({
       workerId: this.workerId,
       leaseMs: this.leaseMs,
@@ -505,36 +502,44 @@ export class WorkflowEngine implements WorkflowEngineApi {
     });
   }
 
-  private launch(c: ClaimedStep & { callbackToken: string; leaseToken: string }): Promise<void> {
+  /**
+   * Runs a claimed step in one concurrency slot. With `chain`, a dependent the
+   * step made due is claimed in the same transaction as its result and run in
+   * the same slot, saving a claim round trip per step.
+   */
+  private launch(first: Claim, chain = false): Promise<void> {
     this.inFlight++;
-    return this.process(c)
-      .catch((err: unknown) => {
-        this.logger.error('processing a claimed step failed; it will be retried when its lease expires', {
-          workflowId: c.workflow.id,
-          stepName: c.stepName,
-          error: describeError(err),
+    return (async () => {
+      let current: Claim | null = first;
+      while (current) {
+        const c: Claim = current;
+        current = await this.process(c, chain && !this.stopping).catch((err: unknown) => {
+          this.logger.error('processing a claimed step failed; it will be retried when its lease expires', {
+            workflowId: c.workflow.id,
+            stepName: c.stepName,
+            error: describeError(err),
+          });
+          return null;
         });
-      })
-      .finally(() => {
-        this.inFlight--;
-        this.wake();
-      });
+      }
+    })().finally(() => {
+      this.inFlight--;
+      this.wake();
+    });
   }
 
-  private async process(c: ClaimedStep & { callbackToken: string; leaseToken: string }): Promise<void> {
+  private async process(c: Claim, chain: boolean): Promise<Claim | null> {
     const step = c.steps.find((s) => s.name === c.stepName)!;
     const def = this.definitionOf(c.workflow);
     const resolved = def?.steps.find((s) => s.name === step.name);
     if (!def || !resolved) {
-      await this.failForDefinition(c, step);
-      return;
+      return await this.failForDefinition(c, step);
     }
     if (step.status === 'running') {
       if (c.previousStatus === 'running' && step.attempts > resolved.retry.maximumAttempts) {
-        await this.writeFenced(c, (w, current) => {
+        return await this.writeFenced(c, chain, (w, current) => {
           this.failAttempt(w, current, resolved, { code: 'lease_expired', message: 'the step lost its lease on its last attempt' }, false);
         });
-        return;
       }
       if (c.previousStatus === 'pending' || c.previousStatus === 'running') {
         this.emit({
@@ -561,28 +566,24 @@ export class WorkflowEngine implements WorkflowEngineApi {
           }),
         }),
       );
-      if (outcome.ok === false && outcome.aborted) return;
-      await this.writeFenced(c, (w, current) => this.finishRun(w, current, resolved, outcome));
-      return;
+      if (outcome.ok === false && outcome.aborted) return null;
+      return await this.writeFenced(c, chain, (w, current) => this.finishRun(w, current, resolved, outcome));
     }
     if (step.status === 'waiting_callback') {
-      await this.writeFenced(c, (w, current) => {
+      return await this.writeFenced(c, chain, (w, current) => {
         if (current.status !== 'waiting_callback') return;
         this.failAttempt(w, current, resolved, { code: 'callback_timeout', message: 'no callback arrived before the timeout' }, true);
       });
-      return;
     }
     if (step.status === 'waiting_poll') {
       if (step.pollDeadlineAt && c.now.getTime() >= step.pollDeadlineAt.getTime()) {
-        await this.writeFenced(c, (w, current) => {
+        return await this.writeFenced(c, chain, (w, current) => {
           this.failAttempt(w, current, resolved, { code: 'poll_timeout', message: `polling did not finish within ${resolved.pollTimeoutMs} ms` }, false);
         });
-        return;
       }
       const poll = resolved.definition.poll;
       if (!poll) {
-        await this.failForDefinition(c, step);
-        return;
+        return await this.failForDefinition(c, step);
       }
       const outcome = await this.runHandler(c, resolved, (signal, logger) =>
         poll({
@@ -600,19 +601,17 @@ export class WorkflowEngine implements WorkflowEngineApi {
           pollCount: step.pollCount,
         }),
       );
-      if (outcome.ok === false && outcome.aborted) return;
-      await this.writeFenced(c, (w, current) => this.finishPoll(w, current, resolved, outcome));
-      return;
+      if (outcome.ok === false && outcome.aborted) return null;
+      return await this.writeFenced(c, chain, (w, current) => this.finishPoll(w, current, resolved, outcome));
     }
     if (step.status === 'compensating') {
       const compensate = resolved.definition.compensate;
       if (!compensate) {
-        await this.writeFenced(c, (w, current) => {
+        return await this.writeFenced(c, chain, (w, current) => {
           w.setStep(current.name, 'compensated', { dueAt: null, ...clearLease() });
           w.emit({ name: 'step:compensated', payload: { ...w.base(), stepName: current.name, attempt: current.attempts } });
           this.scheduleNextCompensation(w);
         });
-        return;
       }
       const outcome = await this.runHandler(c, resolved, (signal, logger) =>
         compensate({
@@ -627,9 +626,10 @@ export class WorkflowEngine implements WorkflowEngineApi {
           logger,
         }),
       );
-      if (outcome.ok === false && outcome.aborted) return;
-      await this.writeFenced(c, (w, current) => this.finishCompensation(w, current, resolved, outcome));
+      if (outcome.ok === false && outcome.aborted) return null;
+      return await this.writeFenced(c, chain, (w, current) => this.finishCompensation(w, current, resolved, outcome));
     }
+    return null;
   }
 
   /** Runs a handler with a timeout, a heartbeat that extends the lease, and an abort signal. */
@@ -689,21 +689,62 @@ export class WorkflowEngine implements WorkflowEngineApi {
     }
   }
 
-  /** Writes a claimed step's result under the workflow lock, only if the lease is still ours. */
-  private async writeFenced(c: ClaimedStep & { leaseToken: string }, write: (w: TxWriter, step: StepRecord) => void): Promise<void> {
+  /**
+   * Writes a claimed step's result under the workflow lock, only if the lease
+   * is still ours. With `chain`, also claims one dependent made due by this
+   * write, in the same transaction, and returns it.
+   */
+  private async writeFenced(c: Claim, chain: boolean, write: (w: TxWriter, step: StepRecord) => void): Promise<Claim | null> {
     const events: PendingEvent[] = [];
-    const written = await this.store.transact(c.workflow.id, (tx) => {
+    const pair = chain ? await this.newTokenPair() : null;
+    const outcome = await this.store.transact(c.workflow.id, (tx) => {
       const current = tx.steps.find((s) => s.name === c.stepName);
-      if (!current || current.leaseToken !== c.leaseToken) return false;
+      if (!current || current.leaseToken !== c.leaseToken) return { written: false as const, next: null };
       const w = new TxWriter(tx, events, c.leaseToken);
       write(w, current);
-      return true;
+      return { written: true as const, next: pair ? this.claimReadyStep(w, pair) : null };
     });
-    if (!written) {
+    if (!outcome.written) {
       this.logger.info('discarded a result whose lease was lost', { workflowId: c.workflow.id, stepName: c.stepName });
-      return;
+      return null;
     }
     this.flush(events);
+    return outcome.next;
+  }
+
+  /** Claims (inside the result's transaction) the first step that write made due, as a claim would. */
+  private claimReadyStep(w: TxWriter, pair: { leaseToken: string; callbackToken: string; callbackTokenHash: string }): Claim | null {
+    if (w.workflow().status !== 'running') return null;
+    const now = w.now.getTime();
+    const ready = w.readyNow.map((name) => w.steps().find((s) => s.name === name)).find(
+      (s): s is StepRecord => !!s && s.status === 'pending' && s.dueAt !== null && s.dueAt.getTime() <= now && !s.leaseToken,
+    );
+    if (!ready) return null;
+    w.setStep(ready.name, 'running', {
+      attempts: ready.attempts + 1,
+      startedAt: w.now,
+      leaseOwner: this.workerId,
+      leaseToken: pair.leaseToken,
+      leaseExpiresAt: new Date(now + this.leaseMs),
+      callbackTokenHash: pair.callbackTokenHash,
+      callbackResult: null,
+    });
+    w.setCurrentStep(ready.name);
+    return {
+      workflow: { ...w.workflow() },
+      steps: w.steps().map((s) => ({ ...s })),
+      stepName: ready.name,
+      previousStatus: 'pending',
+      now: w.now,
+      leaseToken: pair.leaseToken,
+      callbackToken: pair.callbackToken,
+    };
+  }
+
+  private async newTokenPair(): Promise<{ leaseToken: string; callbackToken: string; callbackTokenHash: string }> {
+    const leaseToken = randomToken(16);
+    const callbackToken = randomToken(32);
+    return { leaseToken, callbackToken, callbackTokenHash: await hashToken(callbackToken) };
   }
 
   private finishRun(w: TxWriter, step: StepRecord, resolved: ResolvedStep, outcome: Outcome): void {
@@ -851,6 +892,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       if (s.status !== 'pending' || s.dueAt !== null || !s.dependsOn.includes(step.name)) continue;
       if (s.dependsOn.every((d) => byName.get(d)?.status === 'completed')) {
         w.patchStep(s.name, { dueAt: w.now });
+        w.readyNow.push(s.name);
         next ??= s.name;
       }
     }
@@ -928,13 +970,13 @@ export class WorkflowEngine implements WorkflowEngineApi {
     w.emit({ name: 'workflow:rolled_back', payload: w.base() });
   }
 
-  private async failForDefinition(c: ClaimedStep & { leaseToken: string }, step: StepRecord): Promise<void> {
+  private async failForDefinition(c: Claim, step: StepRecord): Promise<Claim | null> {
     const error: StoredError = {
       code: 'definition_mismatch',
       message: `workflow ${c.workflow.type} version ${c.workflow.definitionVersion} (step ${step.name}) is not registered with this engine`,
     };
     this.logger.error('cannot resume workflow under a different definition', { workflowId: c.workflow.id, stepName: step.name, version: c.workflow.definitionVersion });
-    await this.writeFenced(c, (w, current) => {
+    return this.writeFenced(c, false, (w, current) => {
       const wfError = { ...error, step: current.name };
       if (current.status === 'compensating') {
         w.setStep(current.name, 'compensation_failed', { error, dueAt: null, ...clearLease() });
@@ -980,6 +1022,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
 class TxWriter {
   private readonly wf: WorkflowRecord;
   private readonly rows: StepRecord[];
+  /** Steps this transaction made due (dependents of a completed step), in definition order. */
+  readonly readyNow: string[] = [];
 
   constructor(
     private readonly tx: WorkflowTransaction,

@@ -7,7 +7,7 @@ import { NonRetryableError } from '../../src/errors.js';
 import type { WorkflowDetail } from '../../src/engine/engine-types.js';
 import { storeFactories } from '../support/store-factories.js';
 import { createManualClock } from '../../src/core/clock.js';
-import { deferred, settle, until, useHarness } from '../fixtures/harness.js';
+import { deferred, until, useHarness } from '../fixtures/harness.js';
 
 const input = z.object({ plan: z.string() });
 
@@ -50,7 +50,7 @@ describe.each(storeFactories)('admin operations on $name store', (factory) => {
     await engine.tick();
     const ticking = engine.tick();
     await until(() => runningSignal !== undefined, 'slow handler');
-    await settle();
+    await until(async () => (await engine.get(id)).status === 'failed' && (await engine.get(id)).steps.filter((s) => s.status.startsWith('waiting')).length === 2, 'siblings settle');
     let d = await engine.get(id);
     expect(Object.fromEntries(d.steps.map((s) => [s.name, s.status]))).toEqual({
       root: 'completed',

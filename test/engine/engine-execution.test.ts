@@ -74,7 +74,7 @@ describe.each(storeFactories)('engine execution on $name store', (factory) => {
     const { id } = await engine.start('diamond', { tenantId: 't1', input: { plan: 'x' } });
     await engine.tick(); // root
     const ticking = engine.tick(); // left and right together
-    await settle();
+    await until(() => running.size === 2, 'both branches running');
     expect([...running].sort()).toEqual(['left', 'right']);
     gates.left.resolve();
     gates.right.resolve();
@@ -112,6 +112,7 @@ describe.each(storeFactories)('engine execution on $name store', (factory) => {
     const { engine } = await setup([wf], { concurrency: 2 });
     const { id } = await engine.start('wide', { tenantId: 't1', input: { plan: 'x' } });
     const ticking = engine.tick();
+    await until(() => active === 2, 'two handlers');
     await settle();
     expect(active).toBe(2);
     gate.resolve();
@@ -242,7 +243,7 @@ describe.each(storeFactories)('engine execution on $name store', (factory) => {
     const { engine, clock } = await setup([wf]);
     const { id } = await engine.start('slow', { tenantId: 't1', input: { plan: 'x' } });
     const ticking = engine.tick();
-    await settle();
+    await until(() => calls === 1, 'first attempt');
     clock.advance(4999);
     await settle();
     expect(signalAborted).toBe(false);
@@ -253,7 +254,7 @@ describe.each(storeFactories)('engine execution on $name store', (factory) => {
     expect(d.steps[0]).toMatchObject({ status: 'pending', retryCount: 1, error: { code: 'timeout' } });
     clock.advance(100);
     const second = engine.tick();
-    await settle();
+    await until(() => calls === 2, 'second attempt');
     clock.advance(5000);
     await second;
     d = await engine.get(id);
@@ -337,14 +338,15 @@ describe.each(storeFactories)('engine execution on $name store', (factory) => {
       input,
       steps: { a: step({ timeoutMs: 600_000, run: async () => (calls++, gate.promise) }) },
     });
-    const { engine, clock, otherEngine } = await setup([wf], { leaseMs: 30_000 });
+    const { engine, clock, otherEngine, store } = await setup([wf], { leaseMs: 30_000 });
     const { id } = await engine.start('heartbeat', { tenantId: 't1', input: { plan: 'x' } });
     const ticking = engine.tick();
     await until(() => calls === 1, 'handler start');
     const other = otherEngine();
     for (let i = 0; i < 12; i++) {
       clock.advance(10_000);
-      await settle();
+      // The heartbeat due now extends the lease to now + leaseMs.
+      await until(async () => ((await store.getSteps(id))[0]?.leaseExpiresAt?.getTime() ?? 0) >= clock.now() + 30_000, 'heartbeat');
       expect(await other.tick()).toBe(0);
     }
     gate.resolve('ok');

@@ -73,6 +73,7 @@ describe.each(storeFactories)('callbacks and polls on $name store', (factory) =>
     const tokens: string[] = [];
     const { engine, clock } = await setup([callbackWorkflow(tokens, { timeoutMs: 10_000 })]);
     const first = await engine.start('vendor', { tenantId: 't1', input: { plan: 'a' } });
+    await engine.drain();
     const second = await engine.start('vendor', { tenantId: 't1', input: { plan: 'b' } });
     await engine.drain();
     expect(tokens).toHaveLength(2);

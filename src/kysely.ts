@@ -1,0 +1,18 @@
+/**
+ * `sagaline/kysely`: the durable store, on Postgres or SQLite through the
+ * host's Kysely instance, and the migrations that create its tables.
+ *
+ * ```ts
+ * import { KyselyWorkflowStore, migrateToLatest } from 'sagaline/kysely';
+ *
+ * await migrateToLatest(db);
+ * const store = new KyselyWorkflowStore({ db });
+ * ```
+ *
+ * @module
+ */
+export { KyselyWorkflowStore } from './stores/kysely/kysely-workflow-store.js';
+export type { KyselyStoreDialect, KyselyTableOptions, KyselyWorkflowStoreConfig } from './stores/kysely/kysely-workflow-store-config.js';
+export { migrateToLatest } from './stores/kysely/kysely-migrations.js';
+export type { KyselyMigrationOptions, KyselyMigrationResult } from './stores/kysely/kysely-migrations.js';
+export type { HistoryTable, SagalineDatabase, StepsTable, StoredJson, StoredTimestamp, WorkflowsTable } from './stores/kysely/kysely-schema.js';

@@ -1,0 +1,1107 @@
+import { sql, type CompiledQuery, type Kysely, type RawBuilder } from 'kysely';
+import type { Clock } from '../../core/clock.js';
+import { isStepStatus, type StepStatus } from '../../core/step-status.js';
+import { isWorkflowStatus, type WorkflowStatus } from '../../core/workflow-status.js';
+import { ConflictError, NotFoundError, SagalineError, StaleLeaseError, StoreError } from '../../errors.js';
+import type {
+  ClaimedStep,
+  ClaimRequest,
+  CreateWorkflowInput,
+  CreateWorkflowResult,
+  HistoryRecord,
+  NewHistoryEntry,
+  StepPatch,
+  StepRecord,
+  StoredError,
+  StoreListQuery,
+  WorkflowPatch,
+  WorkflowRecord,
+  WorkflowStore,
+  WorkflowTransaction,
+} from '../../storage/workflow-store.js';
+import { resolveTables, type TableNames } from './kysely-tables.js';
+import type { KyselyStoreDialect, KyselyWorkflowStoreConfig } from './kysely-workflow-store-config.js';
+
+type Db = Kysely<any>;
+type Row = Record<string, unknown>;
+
+/** How a column is encoded: plain text or integer, a timestamp, or JSON. */
+type ColumnKind = 'text' | 'int' | 'time' | 'json';
+
+const PG_TYPES: Record<ColumnKind, string> = { text: 'text', int: 'integer', time: 'timestamptz', json: 'jsonb' };
+
+const STEP_COLUMNS = {
+  status: ['status', 'text'],
+  attempts: ['attempts', 'int'],
+  retryCount: ['retry_count', 'int'],
+  startedAt: ['started_at', 'time'],
+  completedAt: ['completed_at', 'time'],
+  dueAt: ['due_at', 'time'],
+  leaseOwner: ['lease_owner', 'text'],
+  leaseToken: ['lease_token', 'text'],
+  leaseExpiresAt: ['lease_expires_at', 'time'],
+  callbackTokenHash: ['callback_token_hash', 'text'],
+  callbackResult: ['callback_result', 'json'],
+  pollCount: ['poll_count', 'int'],
+  pollDeadlineAt: ['poll_deadline_at', 'time'],
+  output: ['output', 'json'],
+  error: ['error', 'json'],
+  completionSeq: ['completion_seq', 'int'],
+} as const satisfies Record<keyof StepPatch, readonly [string, ColumnKind]>;
+
+const WORKFLOW_COLUMNS = {
+  status: ['status', 'text'],
+  output: ['output', 'json'],
+  error: ['error', 'json'],
+  currentStep: ['current_step', 'text'],
+  completedAt: ['completed_at', 'time'],
+  retryCount: ['retry_count', 'int'],
+} as const satisfies Record<keyof WorkflowPatch, readonly [string, ColumnKind]>;
+
+const HISTORY_COLUMNS: readonly (readonly [string, ColumnKind])[] = [
+  ['workflow_id', 'text'],
+  ['seq', 'int'],
+  ['at', 'time'],
+  ['kind', 'text'],
+  ['step_name', 'text'],
+  ['from_status', 'text'],
+  ['to_status', 'text'],
+  ['actor', 'text'],
+  ['reason', 'text'],
+  ['action', 'text'],
+  ['detail', 'json'],
+];
+
+/** History rows per INSERT statement (well under both databases' parameter limits). */
+const HISTORY_CHUNK = 500;
+
+const CLAIMABLE_STEP_SQL = sql.raw(`'pending', 'running', 'waiting_callback', 'waiting_poll', 'compensating'`);
+const ACTIVE_WORKFLOW_SQL = sql.raw(`'pending', 'running', 'rolling_back'`);
+
+/** One column value ready for SQL: its kind and its encoded parameter. */
+interface Cell {
+  kind: ColumnKind;
+  value: unknown;
+}
+
+/** A history row to insert, with its place in the workflow's history. */
+interface HistoryRow {
+  workflowId: string;
+  seq: number;
+  entry: NewHistoryEntry;
+}
+
+/** The merged writes of one step in a transaction. */
+interface StepWrite {
+  cells: Map<string, Cell>;
+  /** The lease token read under the lock, checked again by the UPDATE when any write was fenced. */
+  fence: { expected: string | null } | null;
+}
+
+/** Thrown through Kysely's transaction to roll it back, carrying the callback's own error. */
+class CallbackError {
+  constructor(readonly error: unknown) {}
+}
+
+/**
+ * A {@link WorkflowStore} on Postgres or SQLite through the host's Kysely
+ * instance. Create the tables first with {@link migrateToLatest}.
+ *
+ * - Postgres: claims run `FOR UPDATE OF s, w SKIP LOCKED` in one short
+ *   transaction that also locks the workflow rows, and {@link transact} holds
+ *   `SELECT … FOR UPDATE` on the workflow row, so several engine processes can
+ *   share the database. Without a `clock`, every time comparison uses the
+ *   database clock.
+ * - SQLite (one process): write transactions start with `BEGIN IMMEDIATE`, and
+ *   the claim is one `UPDATE … RETURNING` statement. The database must be in WAL
+ *   mode with a positive `busy_timeout` (checked on first use, see {@link check}).
+ *
+ * A transaction's writes are buffered and flushed when its callback returns:
+ * one write statement on Postgres, one statement per table and step on SQLite.
+ *
+ * @example
+ * ```ts
+ * import { Kysely, PostgresDialect } from 'kysely';
+ * import { KyselyWorkflowStore, migrateToLatest } from 'sagaline/kysely';
+ *
+ * const db = new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
+ * await migrateToLatest(db);
+ * const engine = createEngine({ store: new KyselyWorkflowStore({ db }), workflows: [provisionService] });
+ * ```
+ */
+export class KyselyWorkflowStore implements WorkflowStore {
+  /** The SQL dialect in use (given, or detected from the Kysely adapter). */
+  readonly dialect: KyselyStoreDialect;
+  private readonly db: Db;
+  private readonly tables: TableNames;
+  private readonly clock: Clock | undefined;
+  private readonly pg: boolean;
+  private checked: Promise<void> | undefined;
+
+  /** Creates a store over the host's Kysely instance or transaction; opens nothing. */
+  constructor(config: KyselyWorkflowStoreConfig) {
+    if (!config || !config.db) throw new TypeError('KyselyWorkflowStore needs a Kysely instance: new KyselyWorkflowStore({ db })');
+    this.db = config.db;
+    this.tables = resolveTables(config.db, config);
+    this.dialect = this.tables.dialect;
+    this.pg = this.dialect === 'postgres';
+    this.clock = config.clock;
+  }
+
+  /**
+   * Checks the database once: the tables exist, and on SQLite that a file
+   * database is in WAL mode and `busy_timeout` is positive. Runs by itself
+   * before the first operation; call it at start-up to fail early.
+   *
+   * @throws StoreError naming the missing table or setting.
+   */
+  async check(): Promise<void> {
+    if (!this.pg) {
+      const mode = String((await this.rows(this.db, sql`pragma journal_mode`))[0]?.['journal_mode'] ?? '').toLowerCase();
+      const main = (await this.rows(this.db, sql`pragma database_list`)).find((r) => r['name'] === 'main');
+      const isFile = typeof main?.['file'] === 'string' && main['file'] !== '';
+      if (isFile && mode !== 'wal') {
+        throw new StoreError(
+          `SQLite journal_mode is "${mode}": KyselyWorkflowStore needs WAL on a file database (run PRAGMA journal_mode = WAL when opening it)`,
+        );
+      }
+      const timeout = Number(Object.values((await this.rows(this.db, sql`pragma busy_timeout`))[0] ?? {})[0] ?? 0);
+      if (isFile && !(timeout > 0)) {
+        throw new StoreError(
+          'SQLite busy_timeout is 0: KyselyWorkflowStore needs a positive busy_timeout (run PRAGMA busy_timeout = 5000, or pass { timeout } to better-sqlite3)',
+        );
+      }
+    }
+    try {
+      await this.rows(this.db, sql`select 1 from ${this.tables.ref(this.tables.steps)} where 1 = 0`);
+    } catch (err) {
+      throw new StoreError(
+        `the ${this.tables.steps} table is missing or unreadable: run migrateToLatest(db${this.tables.prefix === 'sagaline_' ? '' : ', { tablePrefix }'}) first`,
+        { cause: err },
+      );
+    }
+  }
+
+  /** The store's current time: the injected clock, else the database clock (Postgres) or the system clock (SQLite). */
+  async now(): Promise<Date> {
+    if (this.clock) return new Date(this.clock.now());
+    if (!this.pg) return new Date();
+    return this.guard('now', async () => {
+      const rows = await this.rows(this.db, sql`select clock_timestamp() as now`);
+      return toDate(rows[0]?.['now'])!;
+    });
+  }
+
+  /** Inserts a workflow with its steps and history atomically, or returns the existing one for the same `(tenantId, idempotencyKey)`. */
+  async createWorkflow(input: CreateWorkflowInput): Promise<CreateWorkflowResult> {
+    const w = input.workflow;
+    if (!isWorkflowStatus(w.status)) throw new TypeError(`workflow ${w.id}: unknown status ${String(w.status)}`);
+    const createdAt = checkDate(w.createdAt, 'createdAt');
+    if (createdAt === null) throw new TypeError(`workflow ${w.id}: createdAt is required`);
+    const names = new Set<string>();
+    for (const s of input.steps) {
+      if (names.has(s.name)) throw new StoreError(`workflow ${w.id}: duplicate step ${s.name}`);
+      names.add(s.name);
+    }
+    const history = input.history.map(normalizeHistory);
+    return this.guard('createWorkflow', async () => {
+      try {
+        const created = this.pg ? await this.createPostgres(input, createdAt, history) : await this.createSqlite(input, createdAt, history);
+        if (created) return { created: true, workflow: created };
+      } catch (err) {
+        // A duplicate id is the caller's conflict, not a store failure.
+        if ((await this.getWorkflowRow(this.db, w.id).catch(() => null)) !== null) throw new ConflictError(`workflow ${w.id} already exists`, { workflowId: w.id });
+        throw err;
+      }
+      const existing = await this.rows(
+        this.db,
+        sql`select * from ${this.ref('workflows')} where tenant_id = ${w.tenantId} and idempotency_key = ${w.idempotencyKey}`,
+      );
+      if (!existing[0]) throw new StoreError(`workflow ${w.id}: idempotency conflict but no existing workflow was found`);
+      return { created: false, workflow: this.toWorkflow(existing[0]) };
+    });
+  }
+
+  /** The workflow, or null when the id is unknown. */
+  async getWorkflow(id: string): Promise<WorkflowRecord | null> {
+    return this.guard('getWorkflow', async () => {
+      const row = await this.getWorkflowRow(this.db, id);
+      return row ? this.toWorkflow(row) : null;
+    });
+  }
+
+  /** Steps in definition order (empty for an unknown workflow). */
+  async getSteps(workflowId: string): Promise<StepRecord[]> {
+    return this.guard('getSteps', async () => (await this.getStepRows(this.db, workflowId)).map((r) => this.toStep(r)));
+  }
+
+  /** History in `seq` order (empty for an unknown workflow). */
+  async getHistory(workflowId: string): Promise<HistoryRecord[]> {
+    return this.guard('getHistory', async () => {
+      const rows = await this.rows(this.db, sql`select * from ${this.ref('history')} where workflow_id = ${workflowId} order by seq`);
+      return rows.map((r) => this.toHistory(r));
+    });
+  }
+
+  /** Workflows matching the filters, newest first by `(createdAt, id)`, at most `limit`; runs {@link listWorkflowsQuery}. */
+  async listWorkflows(query: StoreListQuery): Promise<WorkflowRecord[]> {
+    if (!(Math.floor(query.limit) > 0)) return [];
+    return this.guard('listWorkflows', async () => {
+      const result = await this.db.executeQuery<Row>(this.listWorkflowsQuery(query));
+      return result.rows.map((r) => this.toWorkflow(r));
+    });
+  }
+
+  /**
+   * The exact query {@link listWorkflows} runs, compiled: for `EXPLAIN`, logging
+   * or tests. Filters are equalities on `tenant_id`, `status`, `type`,
+   * `service_slug`, a `created_at` range (`createdAfter` inclusive,
+   * `createdBefore` exclusive) and the keyset position `(created_at, id) < after`,
+   * ordered by `created_at desc, id desc`; each filter has an index ending in
+   * `(created_at, id)`.
+   */
+  listWorkflowsQuery(query: StoreListQuery): CompiledQuery<Row> {
+    const base = this.tables.schema === undefined ? this.db : this.db.withSchema(this.tables.schema);
+    let q = base.selectFrom(this.tables.workflows).selectAll();
+    if (query.tenantId !== undefined) q = q.where('tenant_id', '=', query.tenantId);
+    if (query.status !== undefined) q = q.where('status', '=', query.status);
+    if (query.type !== undefined) q = q.where('type', '=', query.type);
+    if (query.serviceSlug !== undefined) q = q.where('service_slug', '=', query.serviceSlug);
+    if (query.createdAfter !== undefined) q = q.where('created_at', '>=', this.encodeTime(query.createdAfter));
+    if (query.createdBefore !== undefined) q = q.where('created_at', '<', this.encodeTime(query.createdBefore));
+    const after = query.after;
+    if (after !== undefined) {
+      const at = this.encodeTime(after.createdAt);
+      q = q.where((eb) => eb(eb.refTuple('created_at', 'id'), '<', eb.tuple(at, after.id)));
+    }
+    return q
+      .orderBy('created_at', 'desc')
+      .orderBy('id', 'desc')
+      .limit(Math.max(1, Math.floor(query.limit)))
+      .compile() as CompiledQuery<Row>;
+  }
+
+  /** The step whose current callback token hashes to `hash`, if any. */
+  async findStepByCallbackHash(hash: string): Promise<{ workflowId: string; stepName: string } | null> {
+    return this.guard('findStepByCallbackHash', async () => {
+      const rows = await this.rows(
+        this.db,
+        sql`select workflow_id, name from ${this.ref('steps')} where callback_token_hash = ${hash} limit 1`,
+      );
+      const row = rows[0];
+      return row ? { workflowId: String(row['workflow_id']), stepName: String(row['name']) } : null;
+    });
+  }
+
+  /** Claims due steps under the claim rule of {@link WorkflowStore}; see the class notes for how each dialect does it. */
+  async claimSteps(request: ClaimRequest): Promise<ClaimedStep[]> {
+    const limit = Math.min(Math.floor(request.limit), request.tokens.length);
+    if (!(limit > 0)) return [];
+    if (!(request.leaseMs >= 0)) throw new TypeError('leaseMs must be a non-negative number');
+    const tokens = request.tokens.slice(0, limit);
+    return this.guard('claimSteps', () =>
+      this.inTransaction((trx) => (this.pg ? this.claimPostgres(trx, request, limit, tokens) : this.claimSqlite(trx, request, limit, tokens))),
+    );
+  }
+
+  /**
+   * Runs `fn` holding the workflow's row lock (`SELECT … FOR UPDATE` on
+   * Postgres, the write lock of `BEGIN IMMEDIATE` on SQLite) and flushes its
+   * buffered writes when it resolves, in the same transaction. Errors thrown by
+   * `fn` propagate unchanged and nothing is written.
+   *
+   * `fn` must not call the store: on SQLite the single connection is held
+   * until the transaction ends.
+   *
+   * @throws a `not_found` error for an unknown workflow; a `stale_lease` error
+   *   when a fenced write finds another lease token (nothing is written then).
+   */
+  async transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+    return this.guard('transact', () =>
+      this.inTransaction(async (trx) => {
+        const { workflow, historySeq, now } = await this.lockWorkflow(trx, workflowId);
+        const steps = (await this.getStepRows(trx, workflowId)).map((r) => this.toStep(r));
+        const tx = new KyselyTransaction(now, workflow, historySeq, steps, (kind, value) => this.encode(kind, value));
+        let result: T;
+        try {
+          result = await fn(tx);
+        } catch (err) {
+          throw new CallbackError(err);
+        } finally {
+          tx.close();
+        }
+        await this.flush(trx, tx);
+        return result;
+      }),
+    );
+  }
+
+  /** Heartbeat: `leaseExpiresAt = now + leaseMs` if `leaseToken` is still the step's lease token. */
+  async extendLease(workflowId: string, stepName: string, leaseToken: string, leaseMs: number): Promise<boolean> {
+    return this.guard('extendLease', async () => {
+      const result = await sql`
+        update ${this.ref('steps')} set lease_expires_at = ${this.leaseExpirySql(leaseMs)}
+        where workflow_id = ${workflowId} and name = ${stepName} and lease_token = ${leaseToken}`.execute(this.db);
+      return Number(result.numAffectedRows ?? 0) > 0;
+    });
+  }
+
+  /** The earliest `dueAt` of a claimable step (ignoring leases), or null. */
+  async nextDueAt(): Promise<Date | null> {
+    return this.guard('nextDueAt', async () => {
+      const rows = await this.rows(
+        this.db,
+        sql`
+          select s.due_at from ${this.ref('steps')} s join ${this.ref('workflows')} w on w.id = s.workflow_id
+          where s.due_at is not null and s.status in (${CLAIMABLE_STEP_SQL}) and w.status in (${ACTIVE_WORKFLOW_SQL})
+          order by s.due_at limit 1`,
+      );
+      return rows[0] ? toDate(rows[0]['due_at']) : null;
+    });
+  }
+
+  // --- create ------------------------------------------------------------------
+
+  /** One statement: the workflow insert, and the step and history inserts only when it inserted. */
+  private async createPostgres(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
+    const ctes: RawBuilder<unknown>[] = [
+      sql`ins as (${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *)`,
+    ];
+    if (input.steps.length > 0) {
+      const values = input.steps.map((s) => sql`(${sql.join(this.stepValues(s).map(([kind, v]) => this.param(kind, v)))})`);
+      ctes.push(sql`
+        steps as (
+          insert into ${this.ref('steps')} (workflow_id, ${STEP_INSERT_COLUMNS})
+          select ins.id, v.* from ins cross join (values ${sql.join(values)}) as v
+        )`);
+    }
+    if (history.length > 0) {
+      const at = this.nowSql(undefined);
+      const values = history.map((h, i) => sql`(${sql.join([this.param('int', i + 1), ...this.historyCells(h, at)])})`);
+      ctes.push(sql`
+        hist as (
+          insert into ${this.ref('history')} (${HISTORY_COLUMN_LIST})
+          select ins.id, v.* from ins cross join (values ${sql.join(values)}) as v
+        )`);
+    }
+    const rows = await this.rows(this.db, sql`with ${sql.join(ctes)} select * from ins`);
+    return rows[0] ? this.toWorkflow(rows[0]) : null;
+  }
+
+  private async createSqlite(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
+    const w = input.workflow;
+    return this.inTransaction(async (trx) => {
+      const rows = await this.rows(
+        trx,
+        sql`${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *`,
+      );
+      const row = rows[0];
+      if (!row) return null;
+      if (input.steps.length > 0) {
+        const values = input.steps.map((s) => sql`(${w.id}, ${sql.join(this.stepValues(s).map(([kind, v]) => this.param(kind, v)))})`);
+        await sql`insert into ${this.ref('steps')} (workflow_id, ${STEP_INSERT_COLUMNS}) values ${sql.join(values)}`.execute(trx);
+      }
+      await this.insertHistory(
+        trx,
+        history.map((entry, i) => ({ workflowId: w.id, seq: i + 1, entry })),
+        this.nowSql(undefined),
+      );
+      return this.toWorkflow(row);
+    });
+  }
+
+  private insertWorkflowSql(input: CreateWorkflowInput, createdAt: Date): RawBuilder<unknown> {
+    const w = input.workflow;
+    const created = this.param('time', this.encodeTime(createdAt));
+    return sql`
+      insert into ${this.ref('workflows')}
+        (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
+         idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
+      values (${w.id}, ${w.tenantId}, ${w.type}, ${w.serviceSlug ?? null}, ${w.status}, ${w.definitionVersion},
+        ${this.param('json', encodeJson(w.input))}, null, null, ${w.idempotencyKey ?? null}, null, 0,
+        ${this.param('int', input.history.length)}, ${created}, ${created}, null)`;
+  }
+
+  private stepValues(s: CreateWorkflowInput['steps'][number]): [ColumnKind, unknown][] {
+    return [
+      ['text', s.name],
+      ['int', s.position],
+      ['json', JSON.stringify([...s.dependsOn])],
+      ['text', 'pending'],
+      ['int', s.maxAttempts],
+      ['time', this.encode('time', checkDate(s.dueAt, 'dueAt'))],
+    ];
+  }
+
+  // --- claims ------------------------------------------------------------------
+
+  private async claimPostgres(trx: Db, request: ClaimRequest, limit: number, tokens: ClaimRequest['tokens']): Promise<ClaimedStep[]> {
+    const now = this.nowSql(undefined);
+    const steps = this.ref('steps');
+    const workflows = this.ref('workflows');
+    const claimed = await this.rows(
+      trx,
+      sql`
+      with due as (
+        select s.workflow_id, s.name, s.status, s.lease_owner, s.due_at, s.position,
+          w.status as workflow_status, w.last_history_seq
+        from ${steps} s join ${workflows} w on w.id = s.workflow_id
+        where s.due_at is not null and s.due_at <= ${now}
+          and (s.lease_expires_at is null or s.lease_expires_at <= ${now})
+          and s.status in (${CLAIMABLE_STEP_SQL})
+          and w.status in (${ACTIVE_WORKFLOW_SQL})
+        order by s.due_at
+        limit ${limit}
+        for update of s, w skip locked
+      ),
+      numbered as (
+        select due.*, row_number() over (order by due.due_at, due.workflow_id, due.position) as rn from due
+      ),
+      tokens as (
+        select t.lease_token, t.callback_token_hash, t.rn
+        from unnest(${tokens.map((t) => t.leaseToken)}::text[], ${tokens.map((t) => t.callbackTokenHash)}::text[])
+          with ordinality as t(lease_token, callback_token_hash, rn)
+      ),
+      claimed as (
+        update ${steps} s set
+          lease_owner = ${request.workerId},
+          lease_token = tokens.lease_token,
+          lease_expires_at = ${this.leaseExpirySql(request.leaseMs)},
+          claimed_from_status = s.status,
+          claimed_from_owner = s.lease_owner,
+          status = case when s.status = 'pending' then 'running' else s.status end,
+          attempts = case when s.status in ('pending', 'running', 'compensating') then s.attempts + 1 else s.attempts end,
+          retry_count = case when s.status = 'running' then s.retry_count + 1 else s.retry_count end,
+          started_at = case when s.status in ('pending', 'running') then ${now} else s.started_at end,
+          callback_token_hash = case when s.status in ('pending', 'running') then tokens.callback_token_hash else s.callback_token_hash end,
+          callback_result = case when s.status in ('pending', 'running') then null else s.callback_result end
+        from numbered n join tokens on tokens.rn = n.rn
+        where s.workflow_id = n.workflow_id and s.name = n.name
+        returning s.workflow_id, s.name, s.attempts, n.status as previous_status, n.lease_owner as previous_owner,
+          n.workflow_status, n.last_history_seq, n.rn
+      ),
+      new_history as (
+        select x.*, x.base + row_number() over (partition by x.workflow_id order by x.rn, x.sub) as seq
+        from (
+          select workflow_id, min(last_history_seq) as base, min(rn) as rn, 0 as sub, 'workflow' as kind,
+            null::text as step_name, 'pending' as from_status, 'running' as to_status, null::text as action,
+            null::jsonb as detail
+          from claimed where workflow_status = 'pending' group by workflow_id
+          union all
+          select workflow_id, last_history_seq, rn, 1, 'step', name, 'pending', 'running', null, null
+          from claimed where previous_status = 'pending'
+          union all
+          select workflow_id, last_history_seq, rn, 1, 'note', name, null, null, 'lease_reclaimed',
+            jsonb_build_object('previousLeaseOwner', previous_owner, 'attempt', attempts)
+          from claimed where previous_status = 'running'
+        ) x
+      ),
+      history as (
+        insert into ${this.ref('history')} (workflow_id, seq, at, kind, step_name, from_status, to_status, action, detail)
+        select workflow_id, seq, ${now}, kind, step_name, from_status, to_status, action, detail from new_history
+      ),
+      workflow_updates as (
+        update ${workflows} w set
+          status = case when w.status = 'pending' then 'running' else w.status end,
+          retry_count = w.retry_count + c.reclaims,
+          last_history_seq = coalesce(h.seq, w.last_history_seq),
+          updated_at = ${now}
+        from (
+          select workflow_id, (count(*) filter (where previous_status = 'running'))::integer as reclaims
+          from claimed group by workflow_id
+        ) c
+        left join (select workflow_id, max(seq) as seq from new_history group by workflow_id) h on h.workflow_id = c.workflow_id
+        where w.id = c.workflow_id
+      )
+      select workflow_id, name, previous_status, ${now} as now from claimed order by rn`,
+    );
+    if (claimed.length === 0) return [];
+    // A separate statement: it sees every change committed before the locks were taken.
+    const ids = [...new Set(claimed.map((r) => String(r['workflow_id'])))];
+    const state = await this.rows(
+      trx,
+      sql`
+      select
+        (select coalesce(json_agg(w), '[]'::json) from ${workflows} w where w.id = any(${ids}::text[])) as workflows,
+        (select coalesce(json_agg(s order by s.workflow_id, s.position), '[]'::json) from ${steps} s
+          where s.workflow_id = any(${ids}::text[])) as steps`,
+    );
+    return this.assembleClaims(
+      claimed.map((r) => ({ workflowId: String(r['workflow_id']), name: String(r['name']), previous: r['previous_status'] as StepStatus })),
+      parseJsonRows(state[0]?.['workflows']),
+      parseJsonRows(state[0]?.['steps']),
+      toDate(claimed[0]!['now'])!,
+    );
+  }
+
+  private async claimSqlite(trx: Db, request: ClaimRequest, limit: number, tokens: ClaimRequest['tokens']): Promise<ClaimedStep[]> {
+    const nowMs = this.clock ? this.clock.now() : Date.now();
+    const now = new Date(nowMs);
+    const steps = this.ref('steps');
+    const workflows = this.ref('workflows');
+    const tokenJson = JSON.stringify(tokens.map((t) => [t.leaseToken, t.callbackTokenHash]));
+    // One UPDATE … RETURNING: SQLite's RETURNING sees only the new row, so the
+    // claim records what it replaced in claimed_from_status / claimed_from_owner.
+    const claimedRows = await this.rows(
+      trx,
+      sql`
+      with due as (
+        select s.workflow_id, s.name, s.due_at, s.position
+        from ${steps} s join ${workflows} w on w.id = s.workflow_id
+        where s.due_at is not null and s.due_at <= ${nowMs}
+          and (s.lease_expires_at is null or s.lease_expires_at <= ${nowMs})
+          and s.status in (${CLAIMABLE_STEP_SQL})
+          and w.status in (${ACTIVE_WORKFLOW_SQL})
+        order by s.due_at
+        limit ${limit}
+      ),
+      numbered as (
+        select workflow_id, name, row_number() over (order by due_at, workflow_id, position) - 1 as rn from due
+      )
+      update ${steps} set
+        lease_owner = ${request.workerId},
+        lease_token = json_extract(${tokenJson}, '$[' || numbered.rn || '][0]'),
+        lease_expires_at = ${nowMs + request.leaseMs},
+        claimed_from_status = status,
+        claimed_from_owner = lease_owner,
+        status = case when status = 'pending' then 'running' else status end,
+        attempts = case when status in ('pending', 'running', 'compensating') then attempts + 1 else attempts end,
+        retry_count = case when status = 'running' then retry_count + 1 else retry_count end,
+        started_at = case when status in ('pending', 'running') then ${nowMs} else started_at end,
+        callback_token_hash = case when status in ('pending', 'running')
+          then json_extract(${tokenJson}, '$[' || numbered.rn || '][1]') else callback_token_hash end,
+        callback_result = case when status in ('pending', 'running') then null else callback_result end
+      from numbered
+      where ${steps}.workflow_id = numbered.workflow_id and ${steps}.name = numbered.name
+      returning workflow_id, name, attempts, lease_token, claimed_from_status, claimed_from_owner`,
+    );
+    if (claimedRows.length === 0) return [];
+    const order = new Map(tokens.map((t, i) => [t.leaseToken, i]));
+    claimedRows.sort((a, b) => (order.get(String(a['lease_token'])) ?? 0) - (order.get(String(b['lease_token'])) ?? 0));
+
+    const ids = [...new Set(claimedRows.map((r) => String(r['workflow_id'])))];
+    const before = await this.rows(trx, sql`select id, status, last_history_seq from ${workflows} where id in (${sql.join(ids)})`);
+    const state = new Map(
+      before.map((r) => [String(r['id']), { pending: r['status'] === 'pending', seq: Number(r['last_history_seq']), reclaims: 0 }]),
+    );
+    const history: HistoryRow[] = [];
+    const append = (workflowId: string, entry: NewHistoryEntry): void => {
+      const w = state.get(workflowId)!;
+      history.push({ workflowId, seq: ++w.seq, entry });
+    };
+    for (const r of claimedRows) {
+      const workflowId = String(r['workflow_id']);
+      const name = String(r['name']);
+      const w = state.get(workflowId);
+      if (!w) throw new StoreError(`claimed step ${name} of workflow ${workflowId} has no workflow row`);
+      if (w.pending) {
+        w.pending = false;
+        append(workflowId, historyEntry('workflow', null, 'pending', 'running'));
+      }
+      if (r['claimed_from_status'] === 'pending') {
+        append(workflowId, historyEntry('step', name, 'pending', 'running'));
+      } else if (r['claimed_from_status'] === 'running') {
+        w.reclaims++;
+        append(workflowId, {
+          ...historyEntry('note', name, null, null),
+          action: 'lease_reclaimed',
+          detail: { previousLeaseOwner: r['claimed_from_owner'] ?? null, attempt: Number(r['attempts']) },
+        });
+      }
+    }
+    for (const [id, w] of state) {
+      await sql`
+        update ${workflows} set
+          status = case when status = 'pending' then 'running' else status end,
+          retry_count = retry_count + ${w.reclaims},
+          last_history_seq = ${w.seq},
+          updated_at = ${nowMs}
+        where id = ${id}`.execute(trx);
+    }
+    await this.insertHistory(trx, history, sql`${nowMs}`);
+    const workflowRows = await this.rows(trx, sql`select * from ${workflows} where id in (${sql.join(ids)})`);
+    const stepRows = await this.rows(
+      trx,
+      sql`select * from ${steps} where workflow_id in (${sql.join(ids)}) order by workflow_id, position`,
+    );
+    return this.assembleClaims(
+      claimedRows.map((r) => ({ workflowId: String(r['workflow_id']), name: String(r['name']), previous: r['claimed_from_status'] as StepStatus })),
+      workflowRows,
+      stepRows,
+      now,
+    );
+  }
+
+  private assembleClaims(
+    claimed: { workflowId: string; name: string; previous: StepStatus }[],
+    workflowRows: Row[],
+    stepRows: Row[],
+    now: Date,
+  ): ClaimedStep[] {
+    const workflows = new Map(workflowRows.map((r) => [String(r['id']), r]));
+    const stepsByWorkflow = new Map<string, Row[]>();
+    for (const r of stepRows) {
+      const id = String(r['workflow_id']);
+      let list = stepsByWorkflow.get(id);
+      if (!list) stepsByWorkflow.set(id, (list = []));
+      list.push(r);
+    }
+    return claimed.map((c) => {
+      const row = workflows.get(c.workflowId);
+      if (!row) throw new StoreError(`claimed step ${c.name} of workflow ${c.workflowId} has no workflow row`);
+      const steps = (stepsByWorkflow.get(c.workflowId) ?? []).map((r) => this.toStep(r)).sort((a, b) => a.position - b.position);
+      return { workflow: this.toWorkflow(row), steps, stepName: c.name, previousStatus: c.previous, now: new Date(now.getTime()) };
+    });
+  }
+
+  // --- transactions ---------------------------------------------------------------
+
+  /** Reads the workflow under its row lock, and the store's time once the lock is held. */
+  private async lockWorkflow(trx: Db, workflowId: string): Promise<{ workflow: WorkflowRecord; historySeq: number; now: Date }> {
+    let row: Row | undefined;
+    let now: Date;
+    if (this.pg) {
+      // clock_timestamp() in the outer query is evaluated after the lock is granted.
+      const clockSql = this.clock ? sql`null` : sql`clock_timestamp()`;
+      row = (
+        await this.rows(
+          trx,
+          sql`select w.*, ${clockSql} as locked_at from (select * from ${this.ref('workflows')} where id = ${workflowId} for update) w`,
+        )
+      )[0];
+      now = this.clock ? new Date(this.clock.now()) : (toDate(row?.['locked_at']) ?? new Date());
+    } else {
+      // BEGIN IMMEDIATE already holds the database's write lock.
+      row = (await this.getWorkflowRow(trx, workflowId)) ?? undefined;
+      now = new Date(this.clock ? this.clock.now() : Date.now());
+    }
+    if (!row) throw new NotFoundError(`workflow ${workflowId} not found`, { workflowId });
+    return { workflow: this.toWorkflow(row), historySeq: Number(row['last_history_seq'] ?? 0), now };
+  }
+
+  /** Applies a transaction's buffered writes: one statement on Postgres; per table and step on SQLite. */
+  private async flush(trx: Db, tx: KyselyTransaction): Promise<void> {
+    if (!tx.hasWrites) return;
+    const stale = tx.staleError();
+    if (stale) throw stale;
+    const workflowId = tx.workflow.id;
+    const now = this.param('time', this.encodeTime(tx.now));
+    const history: HistoryRow[] = tx.history.map((entry, i) => ({ workflowId, seq: tx.historySeq + i + 1, entry }));
+    const workflowSets = [sql`updated_at = ${now}`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
+    if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
+    const workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
+    const stepWrites = [...tx.stepWrites];
+
+    if (!this.pg) {
+      await workflowUpdate.execute(trx);
+      for (const [name, write] of stepWrites) {
+        const sets = [...write.cells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`);
+        const fence = write.fence ? sql` and lease_token is ${write.fence.expected}` : sql``;
+        const result = await sql`
+          update ${this.ref('steps')} set ${sql.join(sets)}
+          where workflow_id = ${workflowId} and name = ${name}${fence}`.execute(trx);
+        if (Number(result.numAffectedRows ?? 0) !== 1) throw staleLease(workflowId, name);
+      }
+      await this.insertHistory(trx, history, now);
+      return;
+    }
+
+    // Postgres: every write in one statement of data-modifying CTEs. Steps with
+    // the same set of changed columns share one UPDATE … FROM (VALUES …).
+    const ctes: RawBuilder<unknown>[] = [sql`wf as (${workflowUpdate})`];
+    const groups = new Map<string, [string, StepWrite][]>();
+    for (const entry of stepWrites) {
+      const key = [...entry[1].cells.keys()].sort().join(',');
+      let group = groups.get(key);
+      if (!group) groups.set(key, (group = []));
+      group.push(entry);
+    }
+    const counters: RawBuilder<unknown>[] = [];
+    let g = 0;
+    for (const group of groups.values()) {
+      const columns = [...group[0]![1].cells.keys()].sort();
+      const values = group.map(([name, write]) => {
+        const cells = columns.map((c) => {
+          const cell = write.cells.get(c)!;
+          return this.param(cell.kind, cell.value);
+        });
+        return sql`(${sql.join([sql`${name}::text`, sql`${write.fence !== null}::boolean`, sql`${write.fence?.expected ?? null}::text`, ...cells])})`;
+      });
+      const alias = sql.id(`g${g}`);
+      const names = sql.join(['k_name', 'k_fenced', 'k_expected', ...columns.map((_, i) => `c${i}`)].map((c) => sql.id(c)));
+      const sets = columns.map((c, i) => sql`${sql.ref(c)} = v.${sql.id(`c${i}`)}`);
+      ctes.push(sql`
+        ${alias} as (
+          update ${this.ref('steps')} s set ${sql.join(sets)}
+          from (values ${sql.join(values)}) as v(${names})
+          where s.workflow_id = ${workflowId} and s.name = v.k_name
+            and (not v.k_fenced or s.lease_token is not distinct from v.k_expected)
+          returning 1
+        )`);
+      counters.push(sql`(select count(*) from ${alias})`);
+      g++;
+    }
+    if (history.length > 0) ctes.push(sql`hist as (${this.historyInsertSql(history, now)})`);
+    const total = counters.length > 0 ? sql.join(counters, sql` + `) : sql`0`;
+    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated`);
+    if (Number(rows[0]?.['updated'] ?? 0) !== stepWrites.length) {
+      const missing = stepWrites.find(([, w]) => w.fence !== null)?.[0] ?? stepWrites[0]?.[0] ?? '';
+      throw staleLease(workflowId, missing);
+    }
+  }
+
+  // --- history -----------------------------------------------------------------
+
+  private async insertHistory(trx: Db, rows: HistoryRow[], defaultAt: RawBuilder<unknown>): Promise<void> {
+    for (let i = 0; i < rows.length; i += HISTORY_CHUNK) {
+      await this.historyInsertSql(rows.slice(i, i + HISTORY_CHUNK), defaultAt).execute(trx);
+    }
+  }
+
+  /** A multi-row history insert. */
+  private historyInsertSql(rows: HistoryRow[], defaultAt: RawBuilder<unknown>): RawBuilder<unknown> {
+    const values = rows.map(
+      ({ workflowId, seq, entry }) =>
+        sql`(${sql.join([this.param('text', workflowId), this.param('int', seq), ...this.historyCells(entry, defaultAt)])})`,
+    );
+    return sql`insert into ${this.ref('history')} (${HISTORY_COLUMN_LIST}) values ${sql.join(values)}`;
+  }
+
+  /** The cells of one history row after `(workflow_id, seq)`, in {@link HISTORY_COLUMNS} order. */
+  private historyCells(h: NewHistoryEntry, defaultAt: RawBuilder<unknown>): RawBuilder<unknown>[] {
+    return [
+      h.at ? this.param('time', this.encodeTime(h.at)) : defaultAt,
+      this.param('text', h.kind),
+      this.param('text', h.stepName),
+      this.param('text', h.from),
+      this.param('text', h.to),
+      this.param('text', h.actor),
+      this.param('text', h.reason),
+      this.param('text', h.action),
+      this.param('json', encodeJson(h.detail)),
+    ];
+  }
+
+  // --- plumbing ------------------------------------------------------------------
+
+  /**
+   * Runs `body` in a transaction: the store's own, or the host's when the store
+   * was given a `Transaction`. SQLite transactions begin IMMEDIATE, so the write
+   * lock is taken (waiting through busy_timeout) before anything is read.
+   */
+  private async inTransaction<T>(body: (trx: Db) => Promise<T>): Promise<T> {
+    if (this.db.isTransaction) return body(this.db);
+    if (this.pg) return this.db.transaction().execute(body);
+    return this.db.connection().execute(async (conn) => {
+      await sql`begin immediate`.execute(conn);
+      let result: T;
+      try {
+        result = await body(conn);
+      } catch (err) {
+        await sql`rollback`.execute(conn).catch(() => undefined);
+        throw err;
+      }
+      await sql`commit`.execute(conn);
+      return result;
+    });
+  }
+
+  /** Checks the database on first use, and turns driver errors into {@link StoreError}s. */
+  private async guard<T>(operation: string, body: () => Promise<T>): Promise<T> {
+    try {
+      if (!this.checked) {
+        const check = this.check();
+        this.checked = check;
+        check.catch(() => {
+          if (this.checked === check) this.checked = undefined;
+        });
+      }
+      await this.checked;
+      return await body();
+    } catch (err) {
+      if (err instanceof CallbackError) throw err.error;
+      if (err instanceof SagalineError || err instanceof TypeError) throw err;
+      const message = err instanceof Error ? err.message : String(err);
+      throw new StoreError(`${operation} failed: ${message}`, { cause: err });
+    }
+  }
+
+  private async rows(db: Db, query: RawBuilder<unknown>): Promise<Row[]> {
+    return (await query.execute(db)).rows as Row[];
+  }
+
+  private async getWorkflowRow(db: Db, id: string): Promise<Row | null> {
+    const rows = await this.rows(db, sql`select * from ${this.ref('workflows')} where id = ${id}`);
+    return rows[0] ?? null;
+  }
+
+  private async getStepRows(db: Db, workflowId: string): Promise<Row[]> {
+    return this.rows(db, sql`select * from ${this.ref('steps')} where workflow_id = ${workflowId} order by position`);
+  }
+
+  private ref(table: 'workflows' | 'steps' | 'history'): RawBuilder<unknown> {
+    return this.tables.ref(this.tables[table]);
+  }
+
+  /** A parameter, cast on Postgres so that its type never depends on inference. */
+  private param(kind: ColumnKind, value: unknown): RawBuilder<unknown> {
+    return this.pg ? sql`${value}::${sql.raw(PG_TYPES[kind])}` : sql`${value}`;
+  }
+
+  /** The store's time in SQL: the injected clock as a parameter, the statement's time on Postgres, else the JS clock. */
+  private nowSql(offsetMs: number | undefined): RawBuilder<unknown> {
+    const offset = offsetMs ?? 0;
+    if (this.clock) return this.param('time', this.encodeTime(new Date(this.clock.now() + offset)));
+    if (!this.pg) return sql`${Date.now() + offset}`;
+    return offset === 0 ? sql`statement_timestamp()` : sql`(statement_timestamp() + ${offset}::double precision * interval '1 millisecond')`;
+  }
+
+  private leaseExpirySql(leaseMs: number): RawBuilder<unknown> {
+    if (!(leaseMs >= 0)) throw new TypeError('leaseMs must be a non-negative number');
+    return this.nowSql(leaseMs);
+  }
+
+  private encodeTime(date: Date): unknown {
+    return this.pg ? date : date.getTime();
+  }
+
+  private encode(kind: ColumnKind, value: unknown): unknown {
+    if (value === null || value === undefined) return null;
+    switch (kind) {
+      case 'time':
+        return this.encodeTime(value as Date);
+      case 'json':
+        return encodeJson(value);
+      default:
+        return value;
+    }
+  }
+
+  private decodeJson(value: unknown): unknown {
+    if (value === null || value === undefined) return null;
+    // pg parses json/jsonb itself; SQLite returns the JSON text.
+    return !this.pg && typeof value === 'string' ? (JSON.parse(value) as unknown) : value;
+  }
+
+  private toWorkflow(r: Row): WorkflowRecord {
+    return {
+      id: String(r['id']),
+      tenantId: String(r['tenant_id']),
+      type: String(r['type']),
+      serviceSlug: (r['service_slug'] as string | null) ?? null,
+      status: r['status'] as WorkflowStatus,
+      definitionVersion: String(r['definition_version']),
+      input: this.decodeJson(r['input']),
+      output: this.decodeJson(r['output']),
+      error: this.decodeJson(r['error']) as StoredError | null,
+      idempotencyKey: (r['idempotency_key'] as string | null) ?? null,
+      currentStep: (r['current_step'] as string | null) ?? null,
+      retryCount: Number(r['retry_count'] ?? 0),
+      createdAt: toDate(r['created_at'])!,
+      updatedAt: toDate(r['updated_at'])!,
+      completedAt: toDate(r['completed_at']),
+    };
+  }
+
+  private toStep(r: Row): StepRecord {
+    return {
+      workflowId: String(r['workflow_id']),
+      name: String(r['name']),
+      position: Number(r['position']),
+      dependsOn: (this.decodeJson(r['depends_on']) as string[] | null) ?? [],
+      status: r['status'] as StepStatus,
+      attempts: Number(r['attempts']),
+      retryCount: Number(r['retry_count']),
+      maxAttempts: Number(r['max_attempts']),
+      startedAt: toDate(r['started_at']),
+      completedAt: toDate(r['completed_at']),
+      dueAt: toDate(r['due_at']),
+      leaseOwner: (r['lease_owner'] as string | null) ?? null,
+      leaseToken: (r['lease_token'] as string | null) ?? null,
+      leaseExpiresAt: toDate(r['lease_expires_at']),
+      callbackTokenHash: (r['callback_token_hash'] as string | null) ?? null,
+      callbackResult: this.decodeJson(r['callback_result']),
+      pollCount: Number(r['poll_count']),
+      pollDeadlineAt: toDate(r['poll_deadline_at']),
+      output: this.decodeJson(r['output']),
+      error: this.decodeJson(r['error']) as StoredError | null,
+      completionSeq: r['completion_seq'] === null || r['completion_seq'] === undefined ? null : Number(r['completion_seq']),
+    };
+  }
+
+  private toHistory(r: Row): HistoryRecord {
+    return {
+      seq: Number(r['seq']),
+      workflowId: String(r['workflow_id']),
+      at: toDate(r['at'])!,
+      kind: r['kind'] as HistoryRecord['kind'],
+      stepName: (r['step_name'] as string | null) ?? null,
+      from: (r['from_status'] as string | null) ?? null,
+      to: (r['to_status'] as string | null) ?? null,
+      actor: (r['actor'] as string | null) ?? null,
+      reason: (r['reason'] as string | null) ?? null,
+      action: (r['action'] as string | null) ?? null,
+      detail: this.decodeJson(r['detail']),
+    };
+  }
+}
+
+const STEP_INSERT_COLUMNS = sql.raw('name, position, depends_on, status, max_attempts, due_at');
+const HISTORY_COLUMN_LIST = sql.raw(HISTORY_COLUMNS.map(([c]) => c).join(', '));
+
+/**
+ * The transaction handed to `fn`: the snapshot read under the lock, and a
+ * buffer of writes. Fences are checked against the snapshot as the writes
+ * would apply (the lock keeps the rows from changing), and again by the UPDATE.
+ */
+class KyselyTransaction implements WorkflowTransaction {
+  readonly workflowCells = new Map<string, Cell>();
+  readonly stepWrites = new Map<string, StepWrite>();
+  readonly history: NewHistoryEntry[] = [];
+  hasWrites = false;
+  private closed = false;
+  private stale: StaleLeaseError | undefined;
+  /** Each step's lease token as the buffered writes leave it. */
+  private readonly leaseTokens: Map<string, string | null>;
+  private readonly stepsByName: Map<string, StepRecord>;
+
+  constructor(
+    readonly now: Date,
+    readonly workflow: WorkflowRecord,
+    /** The workflow's `last_history_seq` read under the lock. */
+    readonly historySeq: number,
+    readonly steps: readonly StepRecord[],
+    private readonly encode: (kind: ColumnKind, value: unknown) => unknown,
+  ) {
+    this.stepsByName = new Map(steps.map((s) => [s.name, s]));
+    this.leaseTokens = new Map(steps.map((s) => [s.name, s.leaseToken]));
+  }
+
+  updateWorkflow(patch: WorkflowPatch): void {
+    this.assertOpen();
+    if (patch.status !== undefined && !isWorkflowStatus(patch.status)) throw new TypeError(`unknown workflow status ${String(patch.status)}`);
+    const cells = toCells(patch, WORKFLOW_COLUMNS, this.encode);
+    for (const [column, cell] of cells) this.workflowCells.set(column, cell);
+    this.hasWrites = true;
+  }
+
+  updateStep(name: string, patch: StepPatch, options?: { expectLeaseToken?: string | null }): void {
+    this.assertOpen();
+    const step = this.stepsByName.get(name);
+    if (!step) {
+      throw new NotFoundError(`step ${name} not found in workflow ${this.workflow.id}`, { workflowId: this.workflow.id, stepName: name });
+    }
+    if (patch.status !== undefined && !isStepStatus(patch.status)) throw new TypeError(`unknown step status ${String(patch.status)}`);
+    const cells = toCells(patch, STEP_COLUMNS, this.encode);
+    let write = this.stepWrites.get(name);
+    if (!write) this.stepWrites.set(name, (write = { cells: new Map(), fence: null }));
+    const expected = options?.expectLeaseToken;
+    if (expected !== undefined) {
+      const current = this.leaseTokens.get(name) ?? null;
+      if (current !== expected && !this.stale) {
+        this.stale = new StaleLeaseError(
+          `step ${name} of workflow ${this.workflow.id}: lease token ${String(current)} is not the expected ${String(expected)}`,
+          { workflowId: this.workflow.id, stepName: name, status: step.status, attempts: step.attempts },
+        );
+      }
+      write.fence ??= { expected: step.leaseToken };
+    }
+    for (const [column, cell] of cells) write.cells.set(column, cell);
+    if (patch.leaseToken !== undefined) this.leaseTokens.set(name, patch.leaseToken);
+    this.hasWrites = true;
+  }
+
+  appendHistory(entries: NewHistoryEntry[]): void {
+    this.assertOpen();
+    const normalized = entries.map(normalizeHistory);
+    this.history.push(...normalized);
+    this.hasWrites = true;
+  }
+
+  /** The first fence that failed, if any. */
+  staleError(): StaleLeaseError | undefined {
+    return this.stale;
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+
+  private assertOpen(): void {
+    if (this.closed) {
+      throw new StoreError(`the transaction on workflow ${this.workflow.id} has already ended; writes must happen inside the callback`);
+    }
+  }
+}
+
+function toCells(
+  patch: object,
+  columns: Record<string, readonly [string, ColumnKind]>,
+  encode: (kind: ColumnKind, value: unknown) => unknown,
+): [string, Cell][] {
+  const cells: [string, Cell][] = [];
+  for (const [key, value] of Object.entries(patch)) {
+    // `undefined` leaves the column as it is, as in a partial SQL update.
+    if (value === undefined) continue;
+    const column = columns[key];
+    if (!column) throw new TypeError(`${key} cannot be updated`);
+    const [name, kind] = column;
+    if (kind === 'time') checkDate(value, key);
+    cells.push([name, { kind, value: encode(kind, value) }]);
+  }
+  return cells;
+}
+
+function staleLease(workflowId: string, stepName: string): StaleLeaseError {
+  return new StaleLeaseError(`step ${stepName} of workflow ${workflowId}: the lease changed before the write was applied`, {
+    workflowId,
+    stepName,
+  });
+}
+
+function historyEntry(kind: HistoryRecord['kind'], stepName: string | null, from: string | null, to: string | null): NewHistoryEntry {
+  return { kind, stepName, from, to, actor: null, reason: null, action: null, detail: null };
+}
+
+function normalizeHistory(entry: NewHistoryEntry): NewHistoryEntry {
+  const out: NewHistoryEntry = {
+    kind: entry.kind,
+    stepName: entry.stepName ?? null,
+    from: entry.from ?? null,
+    to: entry.to ?? null,
+    actor: entry.actor ?? null,
+    reason: entry.reason ?? null,
+    action: entry.action ?? null,
+    detail: entry.detail ?? null,
+  };
+  const at = checkDate(entry.at ?? null, 'at');
+  if (at !== null) out.at = at;
+  return out;
+}
+
+function checkDate(value: unknown, field: string): Date | null {
+  if (value === null || value === undefined) return null;
+  if (value instanceof Date && !Number.isNaN(value.getTime())) return value;
+  throw new TypeError(`${field} must be a valid Date or null`);
+}
+
+/** JSON text for a JSON column, or null (`undefined`, functions and the like store as null). */
+function encodeJson(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  const text = JSON.stringify(value) as string | undefined;
+  return text === undefined || text === 'null' ? null : text;
+}
+
+/** A timestamp as returned by the driver (Date, epoch ms, or ISO text from JSON) as a Date. */
+function toDate(value: unknown): Date | null {
+  if (value === null || value === undefined) return null;
+  if (value instanceof Date) return value;
+  if (typeof value === 'number' || typeof value === 'bigint') return new Date(Number(value));
+  const text = String(value);
+  return new Date(/^-?\d+$/.test(text) ? Number(text) : text);
+}
+
+function parseJsonRows(value: unknown): Row[] {
+  if (value === null || value === undefined) return [];
+  return (typeof value === 'string' ? JSON.parse(value) : value) as Row[];
+}

@@ -1,0 +1,232 @@
+import { sql } from 'kysely';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createManualClock } from '../../src/core/clock.js';
+import type { ClaimRequest, CreateWorkflowInput, WorkflowStore } from '../../src/storage/workflow-store.js';
+import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
+import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
+import { runWorkflowStoreContract } from '../../src/testing/store-contract.js';
+import { createPostgresDatabase, openPostgres, type PostgresTestDatabase } from '../support/databases.js';
+import { storeFactory } from '../support/store-factories.js';
+
+const cleanups = new Map<WorkflowStore, () => Promise<void>>();
+
+runWorkflowStoreContract('postgres', {
+  async create(clock) {
+    const { store, cleanup } = await storeFactory('postgres').create(clock);
+    cleanups.set(store, cleanup);
+    return store;
+  },
+  async destroy(store) {
+    await cleanups.get(store)?.();
+    cleanups.delete(store);
+  },
+});
+
+function workflow(id: string, dueAt: Date | null, steps = ['a']): CreateWorkflowInput {
+  return {
+    workflow: {
+      id,
+      tenantId: 'tenant-a',
+      type: 'provision',
+      serviceSlug: null,
+      status: 'pending',
+      definitionVersion: 'v1',
+      input: { plan: 'basic' },
+      idempotencyKey: null,
+      createdAt: dueAt ?? new Date(),
+    },
+    steps: steps.map((name, position) => ({ name, position, dependsOn: [], maxAttempts: 3, dueAt })),
+    history: [],
+  };
+}
+
+let serial = 0;
+function claim(workerId: string, limit: number, leaseMs = 60_000): ClaimRequest {
+  return {
+    workerId,
+    leaseMs,
+    limit,
+    tokens: Array.from({ length: limit }, () => {
+      const n = ++serial;
+      return { leaseToken: `lease-${n}`, callbackTokenHash: `hash-${n}` };
+    }),
+  };
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+/** Polls (bounded) until `check` holds. */
+async function until(check: () => Promise<boolean>, what: string): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (await check()) return;
+    await new Promise<void>((r) => setImmediate(r));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+describe('KyselyWorkflowStore on Postgres', () => {
+  const opened: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!();
+  });
+
+  async function fresh(): Promise<PostgresTestDatabase> {
+    const database = await createPostgresDatabase();
+    opened.push(() => database.cleanup());
+    await migrateToLatest(database.db);
+    return database;
+  }
+
+  /** A second, independent pool on the same database: another process, as far as locks go. */
+  function otherProcess(url: string) {
+    const db = openPostgres(url, 4);
+    // Closed before the database is dropped (cleanups run last-in, first-out).
+    opened.push(() => db.destroy());
+    return db;
+  }
+
+  it('detects the dialect and compares times with the database clock when no clock is given', async () => {
+    const { db } = await fresh();
+    const store = new KyselyWorkflowStore({ db });
+    expect(store.dialect).toBe('postgres');
+    const { rows } = await sql<{ now: Date }>`select now() as now`.execute(db);
+    const dbNow = rows[0]!.now.getTime();
+    expect(Math.abs((await store.now()).getTime() - dbNow)).toBeLessThan(5_000);
+
+    // Due times a minute either side of the database's time: only the past one is claimable,
+    // whatever the application's clock says.
+    await store.createWorkflow(workflow('past', new Date(dbNow - 60_000)));
+    await store.createWorkflow(workflow('future', new Date(dbNow + 60_000)));
+    const claimed = await store.claimSteps(claim('w1', 10, 30_000));
+    expect(claimed.map((c) => c.workflow.id)).toEqual(['past']);
+    const step = claimed[0]!.steps[0]!;
+    expect(step.leaseExpiresAt!.getTime() - claimed[0]!.now.getTime()).toBe(30_000);
+    expect(Math.abs(claimed[0]!.now.getTime() - dbNow)).toBeLessThan(5_000);
+  });
+
+  it('skips a workflow locked by a transaction in another process without waiting', async () => {
+    const { db, url } = await fresh();
+    const clock = createManualClock(Date.UTC(2026, 0, 1));
+    const mine = new KyselyWorkflowStore({ db, clock });
+    const theirs = new KyselyWorkflowStore({ db: otherProcess(url), clock });
+    await mine.createWorkflow(workflow('locked', new Date(clock.now())));
+    await mine.createWorkflow(workflow('free', new Date(clock.now())));
+
+    const entered = deferred();
+    const gate = deferred();
+    const held = mine.transact('locked', async (tx) => {
+      entered.resolve();
+      await gate.promise;
+      tx.updateWorkflow({ currentStep: 'a' });
+    });
+    await entered.promise;
+    // The other process's claim returns at once with only the free workflow's step.
+    const claimed = await theirs.claimSteps(claim('w2', 10));
+    expect(claimed.map((c) => c.workflow.id)).toEqual(['free']);
+    gate.resolve();
+    await held;
+    expect((await theirs.claimSteps(claim('w2', 10))).map((c) => c.workflow.id)).toEqual(['locked']);
+  });
+
+  it('serializes transactions on one workflow across processes', async () => {
+    const { db, url } = await fresh();
+    const clock = createManualClock(Date.UTC(2026, 0, 1));
+    const mine = new KyselyWorkflowStore({ db, clock });
+    const theirs = new KyselyWorkflowStore({ db: otherProcess(url), clock });
+    await mine.createWorkflow(workflow('w1', null));
+
+    const entered = deferred();
+    const gate = deferred();
+    const events: string[] = [];
+    const first = mine.transact('w1', async (tx) => {
+      entered.resolve();
+      await gate.promise;
+      tx.updateWorkflow({ currentStep: 'first' });
+      events.push('first');
+    });
+    await entered.promise;
+    const second = theirs.transact('w1', (tx) => {
+      events.push(`second saw ${String(tx.workflow.currentStep)}`);
+      tx.updateWorkflow({ currentStep: 'second' });
+    });
+    // The second transaction is blocked on the row lock: wait until Postgres reports it waiting.
+    await until(async () => {
+      const { rows } = await sql<{ n: number }>`
+        select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`.execute(db);
+      return rows[0]!.n > 0;
+    }, 'the second transaction to wait for the lock');
+    expect(events).toEqual([]);
+    gate.resolve();
+    await Promise.all([first, second]);
+    expect(events).toEqual(['first', 'second saw first']);
+    expect((await mine.getWorkflow('w1'))?.currentStep).toBe('second');
+  });
+
+  it('hands every step to exactly one of many concurrent claimers in different processes', async () => {
+    const { db, url } = await fresh();
+    const clock = createManualClock(Date.UTC(2026, 0, 1));
+    const seedStore = new KyselyWorkflowStore({ db, clock });
+    const expected = new Set<string>();
+    for (let i = 0; i < 60; i++) {
+      const id = `w${String(i).padStart(3, '0')}`;
+      await seedStore.createWorkflow(workflow(id, new Date(clock.now() - i), ['a', 'b', 'c']));
+      for (const name of ['a', 'b', 'c']) expected.add(`${id}/${name}`);
+    }
+    const stores = [0, 1, 2, 3].map(() => new KyselyWorkflowStore({ db: otherProcess(url), clock }));
+    const seen = new Map<string, string>();
+    await Promise.all(
+      stores.map(async (store, i) => {
+        for (;;) {
+          const batch = await store.claimSteps(claim(`worker-${i}`, 7));
+          if (batch.length === 0) return;
+          for (const c of batch) {
+            const key = `${c.workflow.id}/${c.stepName}`;
+            expect(seen.get(key), key).toBeUndefined();
+            seen.set(key, `worker-${i}`);
+          }
+        }
+      }),
+    );
+    expect(new Set(seen.keys())).toEqual(expected);
+    const { rows } = await sql<{ status: string; n: number }>`
+      select status, count(*)::int as n from sagaline_steps group by status`.execute(db);
+    expect(rows).toEqual([{ status: 'running', n: 180 }]);
+    const history = await sql<{ n: number }>`select count(*)::int as n from sagaline_history where kind = 'step'`.execute(db);
+    expect(history.rows[0]!.n).toBe(180);
+  });
+
+  it('runs inside a host transaction and rolls back with it', async () => {
+    const { db } = await fresh();
+    const clock = createManualClock(Date.UTC(2026, 0, 1));
+    await expect(
+      db.transaction().execute(async (trx) => {
+        const store = new KyselyWorkflowStore({ db: trx, clock });
+        await store.createWorkflow(workflow('w1', new Date(clock.now())));
+        expect((await store.claimSteps(claim('w', 1))).map((c) => c.stepName)).toEqual(['a']);
+        await store.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'a' }));
+        expect((await store.getWorkflow('w1'))?.currentStep).toBe('a');
+        throw new Error('host rolls back');
+      }),
+    ).rejects.toThrow('host rolls back');
+    expect(await new KyselyWorkflowStore({ db, clock }).getWorkflow('w1')).toBeNull();
+  });
+
+  it('stores JSON columns as jsonb and times as timestamptz', async () => {
+    const { db } = await fresh();
+    const { rows } = await sql<{ column_name: string; data_type: string }>`
+      select column_name, data_type from information_schema.columns
+      where table_name = 'sagaline_steps' and column_name in ('output', 'due_at', 'depends_on')
+      order by column_name`.execute(db);
+    expect(rows).toEqual([
+      { column_name: 'depends_on', data_type: 'jsonb' },
+      { column_name: 'due_at', data_type: 'timestamp with time zone' },
+      { column_name: 'output', data_type: 'jsonb' },
+    ]);
+  });
+});
