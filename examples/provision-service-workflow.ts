@@ -47,7 +47,7 @@ export class FakeCloud {
 
   orderCertificate(hostname: string) {
     const orderId = `ord_${hash(hostname)}`;
-    if (!this.certificates.has(orderId)) this.certificates.set(orderId, { hostname, readyAfterPolls: 2, polls: 0 });
+    if (!this.certificates.has(orderId)) this.certificates.set(orderId, { hostname, readyAfterPolls: 1, polls: 0 });
     this.log.push(`order certificate ${orderId}`);
     return { orderId };
   }
@@ -106,7 +106,7 @@ export function provisionServiceWorkflow(
     })
     .step('issue_cert', {
       dependsOn: ['register_dns'],
-      pollIntervalMs: 2000,
+      pollIntervalMs: 1000,
       pollTimeoutMs: 10 * 60_000,
       run: (ctx) => cloud.orderCertificate(ctx.deps.register_dns.hostname),
       poll: (ctx) => {
