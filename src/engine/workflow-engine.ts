@@ -10,6 +10,7 @@ import { createEventEmitter, safeEmit, type WorkflowEventEmitter, type WorkflowE
 import type {
   ClaimedStep,
   HistoryRecord,
+  NewStep,
   StepPatch,
   StepRecord,
   StoredError,
@@ -154,6 +155,14 @@ export class WorkflowEngine implements WorkflowEngineApi {
     }
     const now = await this.store.now();
     const id = `wf_${crypto.randomUUID().replace(/-/g, '')}`;
+    const steps = def.steps.map((s) => ({
+      name: s.name,
+      position: s.position,
+      dependsOn: [...s.dependsOn],
+      maxAttempts: s.retry.maximumAttempts,
+      dueAt: s.dependsOn.length === 0 ? now : null,
+    }));
+    const history = [{ kind: 'workflow' as const, stepName: null, from: null, to: 'pending', actor: null, reason: null, action: 'start', detail: null, at: now }];
     const result = await this.store.createWorkflow({
       workflow: {
         id,
@@ -166,20 +175,18 @@ export class WorkflowEngine implements WorkflowEngineApi {
         idempotencyKey: opts.data.idempotencyKey ?? null,
         createdAt: now,
       },
-      steps: def.steps.map((s) => ({
-        name: s.name,
-        position: s.position,
-        dependsOn: [...s.dependsOn],
-        maxAttempts: s.retry.maximumAttempts,
-        dueAt: s.dependsOn.length === 0 ? now : null,
-      })),
-      history: [{ kind: 'workflow', stepName: null, from: null, to: 'pending', actor: null, reason: null, action: 'start', detail: null, at: now }],
+      steps,
+      history,
     });
-    if (result.created) {
-      this.emit({ name: 'workflow:started', payload: { workflowId: id, tenantId: opts.data.tenantId, type: def.name, at: now } });
-      this.wake();
-    }
-    return this.get(result.workflow.id);
+    if (!result.created) return this.get(result.workflow.id);
+    this.emit({ name: 'workflow:started', payload: { workflowId: id, tenantId: opts.data.tenantId, type: def.name, at: now } });
+    this.wake();
+    // The new rows are exactly what was written: answer without reading them back.
+    return toDetail(
+      result.workflow,
+      steps.map((s) => newStepRecord(id, s)),
+      history.map((h, i) => ({ ...h, seq: i + 1, workflowId: id })),
+    );
   }
 
   /** A workflow with its steps and history. Throws `not_found` for an unknown id. */
@@ -1134,6 +1141,33 @@ export function createEngine(options: EngineOptions): WorkflowEngine {
 }
 
 // ---------------------------------------------------------------- helpers
+
+/** A step row as `createWorkflow` writes it. */
+function newStepRecord(workflowId: string, s: NewStep): StepRecord {
+  return {
+    workflowId,
+    name: s.name,
+    position: s.position,
+    dependsOn: s.dependsOn,
+    status: 'pending',
+    attempts: 0,
+    retryCount: 0,
+    maxAttempts: s.maxAttempts,
+    startedAt: null,
+    completedAt: null,
+    dueAt: s.dueAt,
+    leaseOwner: null,
+    leaseToken: null,
+    leaseExpiresAt: null,
+    callbackTokenHash: null,
+    callbackResult: null,
+    pollCount: 0,
+    pollDeadlineAt: null,
+    output: null,
+    error: null,
+    completionSeq: null,
+  };
+}
 
 function runKey(workflowId: string, stepName: string): string {
   return `${workflowId}\u0000${stepName}`;
