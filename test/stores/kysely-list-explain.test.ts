@@ -154,9 +154,9 @@ describe.each(dialects)('list queries over $name with 100,000 workflows', (diale
     ['created range', { createdAfter: new Date(BASE_MS + 1_000_000), createdBefore: new Date(BASE_MS + 2_000_000), limit: 51 }],
   ];
 
-  it.each(plans)('uses an index, never a full scan of the workflows table: %s', async (_, query) => {
+  it.each(plans)('uses an index, never a full scan of the workflows table: %s', async (title, query) => {
     const plan = await dialect.explain(database.db, store.listWorkflowsQuery(query));
-    if (process.env['SHOW_PLANS']) console.log(`${dialect.name} ${_}:\n${plan}`);
+    if (process.env['SHOW_PLANS']) console.log(`${dialect.name} ${title}:\n${plan}`);
     expect(plan, plan).not.toMatch(dialect.fullScan);
     expect(plan, plan).toMatch(dialect.name === 'postgres' ? /Index (Only )?Scan/ : /USING (COVERING )?INDEX/);
   });

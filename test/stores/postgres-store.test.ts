@@ -61,9 +61,10 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
-/** Polls (bounded) until `check` holds. */
+/** Polls the database until `check` holds, for at most ten seconds. */
 async function until(check: () => Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 500; i++) {
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
     if (await check()) return;
     await new Promise<void>((r) => setImmediate(r));
   }
@@ -215,6 +216,16 @@ describe('KyselyWorkflowStore on Postgres', () => {
       }),
     ).rejects.toThrow('host rolls back');
     expect(await new KyselyWorkflowStore({ db, clock }).getWorkflow('w1')).toBeNull();
+  });
+
+  it('wraps a database failure in a store error that keeps the cause', async () => {
+    const { db } = await fresh();
+    const store = new KyselyWorkflowStore({ db });
+    await store.check();
+    await sql`drop table sagaline_history`.execute(db);
+    const err: unknown = await store.getHistory('w1').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'store', name: 'StoreError', message: expect.stringMatching(/^getHistory failed: /) });
+    expect((err as Error).cause).toMatchObject({ code: '42P01' });
   });
 
   it('stores JSON columns as jsonb and times as timestamptz', async () => {

@@ -96,6 +96,16 @@ describe('KyselyWorkflowStore on SQLite', () => {
     await expect(new KyselyWorkflowStore({ db }).check()).rejects.toThrow(/busy_timeout/);
   });
 
+  it('accepts an in-memory database, where WAL and busy_timeout do not apply', async () => {
+    const db = new Kysely<any>({ dialect: new SqliteDialect({ database: new Database(':memory:', { timeout: 0 }) }) });
+    opened.push(() => db.destroy());
+    await migrateToLatest(db);
+    const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0) });
+    await expect(store.check()).resolves.toBeUndefined();
+    await store.createWorkflow(workflow('w1'));
+    expect((await store.claimSteps({ workerId: 'w', leaseMs: 1_000, limit: 1, tokens: [{ leaseToken: 'l', callbackTokenHash: 'h' }] })).map((c) => c.stepName)).toEqual(['a']);
+  });
+
   it('tells the host to migrate when the tables are missing', async () => {
     const { db } = await createSqliteDatabase().then((d) => (opened.push(() => d.cleanup()), d));
     await expect(new KyselyWorkflowStore({ db }).getWorkflow('x')).rejects.toThrow(/migrateToLatest/);

@@ -11,7 +11,7 @@
  * never skipped.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { chmodSync, chownSync, cpSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -38,6 +38,9 @@ declare module 'vitest' {
 
 const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 20_000;
+const DIR_PREFIX = 'sagaline-pg-';
+/** A server directory this old with no live server in it is left over from a killed run. */
+const STALE_AFTER_MS = 60 * 60_000;
 
 interface RunAs {
   uid: number;
@@ -60,7 +63,8 @@ export interface PostgresServer {
 /** Starts a throwaway Postgres server (initdb in a temp dir, then `postgres`). */
 export async function startPostgres(): Promise<PostgresServer> {
   const runAs = resolveRunAs();
-  const root = mkdtempSync(join(tmpdir(), 'sagaline-pg-'));
+  removeStaleDirs();
+  const root = mkdtempSync(join(tmpdir(), DIR_PREFIX));
   try {
     if (runAs) chownSync(root, runAs.uid, runAs.gid);
     chmodSync(root, 0o700);
@@ -116,6 +120,7 @@ async function launch(bin: string, dataDir: string, root: string, port: number, 
   });
   const killOnExit = (): void => {
     child.kill('SIGKILL');
+    rmSync(root, { recursive: true, force: true });
   };
   process.once('exit', killOnExit);
 
@@ -167,6 +172,34 @@ async function canConnect(info: PostgresServerInfo): Promise<boolean> {
     return false;
   } finally {
     await client.end().catch(() => undefined);
+  }
+}
+
+/** Removes server directories of earlier runs that were killed before their teardown. */
+function removeStaleDirs(): void {
+  const base = tmpdir();
+  for (const name of readdirSync(base)) {
+    if (!name.startsWith(DIR_PREFIX)) continue;
+    const dir = join(base, name);
+    try {
+      if (Date.now() - statSync(dir).mtimeMs < STALE_AFTER_MS || serverAlive(join(dir, 'data'))) continue;
+      rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // another run's directory, or already gone
+    }
+  }
+}
+
+function serverAlive(dataDir: string): boolean {
+  const pidFile = join(dataDir, 'postmaster.pid');
+  if (!existsSync(pidFile)) return false;
+  const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+  if (!(pid > 0)) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 

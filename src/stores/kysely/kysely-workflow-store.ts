@@ -58,19 +58,7 @@ const WORKFLOW_COLUMNS = {
   retryCount: ['retry_count', 'int'],
 } as const satisfies Record<keyof WorkflowPatch, readonly [string, ColumnKind]>;
 
-const HISTORY_COLUMNS: readonly (readonly [string, ColumnKind])[] = [
-  ['workflow_id', 'text'],
-  ['seq', 'int'],
-  ['at', 'time'],
-  ['kind', 'text'],
-  ['step_name', 'text'],
-  ['from_status', 'text'],
-  ['to_status', 'text'],
-  ['actor', 'text'],
-  ['reason', 'text'],
-  ['action', 'text'],
-  ['detail', 'json'],
-];
+const HISTORY_COLUMNS = ['workflow_id', 'seq', 'at', 'kind', 'step_name', 'from_status', 'to_status', 'actor', 'reason', 'action', 'detail'];
 
 /** History rows per INSERT statement (well under both databases' parameter limits). */
 const HISTORY_CHUNK = 500;
@@ -156,6 +144,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * @throws StoreError naming the missing table or setting.
    */
   async check(): Promise<void> {
+    await this.runChecks();
+    this.checked = Promise.resolve();
+  }
+
+  private async runChecks(): Promise<void> {
     if (!this.pg) {
       const mode = String((await this.rows(this.db, sql`pragma journal_mode`))[0]?.['journal_mode'] ?? '').toLowerCase();
       const main = (await this.rows(this.db, sql`pragma database_list`)).find((r) => r['name'] === 'main');
@@ -690,12 +683,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const workflowSets = [sql`updated_at = ${now}`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
     if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
     const workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
-    const stepWrites = [...tx.stepWrites];
+    // A write with no column (an empty patch) matters only for its fence.
+    const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
 
     if (!this.pg) {
       await workflowUpdate.execute(trx);
       for (const [name, write] of stepWrites) {
         const sets = [...write.cells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`);
+        if (sets.length === 0) sets.push(sql`name = name`);
         const fence = write.fence ? sql` and lease_token is ${write.fence.expected}` : sql``;
         const result = await sql`
           update ${this.ref('steps')} set ${sql.join(sets)}
@@ -730,6 +725,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       const alias = sql.id(`g${g}`);
       const names = sql.join(['k_name', 'k_fenced', 'k_expected', ...columns.map((_, i) => `c${i}`)].map((c) => sql.id(c)));
       const sets = columns.map((c, i) => sql`${sql.ref(c)} = v.${sql.id(`c${i}`)}`);
+      if (sets.length === 0) sets.push(sql`name = s.name`);
       ctes.push(sql`
         ${alias} as (
           update ${this.ref('steps')} s set ${sql.join(sets)}
@@ -786,12 +782,15 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   /**
    * Runs `body` in a transaction: the store's own, or the host's when the store
-   * was given a `Transaction`. SQLite transactions begin IMMEDIATE, so the write
-   * lock is taken (waiting through busy_timeout) before anything is read.
+   * was given a `Transaction` (which should then be read committed on Postgres).
+   * SQLite transactions begin IMMEDIATE, so the write lock is taken (waiting
+   * through busy_timeout) before anything is read.
    */
   private async inTransaction<T>(body: (trx: Db) => Promise<T>): Promise<T> {
     if (this.db.isTransaction) return body(this.db);
-    if (this.pg) return this.db.transaction().execute(body);
+    // Read committed whatever the server default: each statement must see what
+    // committed before it (the steps read after the workflow lock is granted).
+    if (this.pg) return this.db.transaction().setIsolationLevel('read committed').execute(body);
     return this.db.connection().execute(async (conn) => {
       await sql`begin immediate`.execute(conn);
       let result: T;
@@ -810,7 +809,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private async guard<T>(operation: string, body: () => Promise<T>): Promise<T> {
     try {
       if (!this.checked) {
-        const check = this.check();
+        const check = this.runChecks();
         this.checked = check;
         check.catch(() => {
           if (this.checked === check) this.checked = undefined;
@@ -947,7 +946,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
 }
 
 const STEP_INSERT_COLUMNS = sql.raw('name, position, depends_on, status, max_attempts, due_at');
-const HISTORY_COLUMN_LIST = sql.raw(HISTORY_COLUMNS.map(([c]) => c).join(', '));
+const HISTORY_COLUMN_LIST = sql.raw(HISTORY_COLUMNS.join(', '));
 
 /**
  * The transaction handed to `fn`: the snapshot read under the lock, and a

@@ -1,0 +1,132 @@
+import { Kysely, PostgresDialect, type LogEvent } from 'kysely';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { createManualClock } from '../../src/core/clock.js';
+import type { ClaimRequest, CreateWorkflowInput, WorkflowStore } from '../../src/storage/workflow-store.js';
+import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
+import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
+import { createPostgresDatabase } from '../support/databases.js';
+import { storeFactory } from '../support/store-factories.js';
+
+const T0 = Date.UTC(2026, 0, 1, 0, 0, 0, 321);
+
+function workflow(id: string, steps = ['a', 'b', 'c']): CreateWorkflowInput {
+  return {
+    workflow: {
+      id,
+      tenantId: 'tenant-a',
+      type: 'provision',
+      serviceSlug: 'svc',
+      status: 'pending',
+      definitionVersion: 'v1',
+      input: { plan: 'basic' },
+      idempotencyKey: null,
+      createdAt: new Date(T0),
+    },
+    steps: steps.map((name, position) => ({ name, position, dependsOn: [], maxAttempts: 3, dueAt: new Date(T0) })),
+    history: [{ kind: 'workflow', stepName: null, from: null, to: 'pending', actor: null, reason: null, action: 'start', detail: null }],
+  };
+}
+
+function claim(limit: number): ClaimRequest {
+  return {
+    workerId: 'w1',
+    leaseMs: 60_000,
+    limit,
+    tokens: Array.from({ length: limit }, (_, i) => ({ leaseToken: `lease-${i}`, callbackTokenHash: `hash-${i}` })),
+  };
+}
+
+describe.each(['sqlite', 'postgres'] as const)('KyselyWorkflowStore writes on %s', (name) => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (cleanups.length) await cleanups.pop()!();
+  });
+
+  async function fresh(): Promise<WorkflowStore> {
+    const { store, cleanup } = await storeFactory(name).create(createManualClock(T0));
+    cleanups.push(cleanup);
+    return store;
+  }
+
+  it('applies steps with different sets of changed columns in one transaction', async () => {
+    const store = await fresh();
+    await store.createWorkflow(workflow('w1'));
+    await store.claimSteps(claim(3));
+    await store.transact('w1', (tx) => {
+      tx.updateStep('a', { status: 'completed', output: { a: 1 }, leaseToken: null }, { expectLeaseToken: 'lease-0' });
+      tx.updateStep('b', { status: 'completed', output: { b: 2 }, leaseToken: null }, { expectLeaseToken: 'lease-1' });
+      tx.updateStep('c', { pollCount: 4 });
+      tx.updateStep('c', { dueAt: null });
+      tx.appendHistory([{ kind: 'note', stepName: null, from: null, to: null, actor: null, reason: null, action: 'x', detail: [1] }]);
+    });
+    const steps = await store.getSteps('w1');
+    expect(steps.map((s) => [s.name, s.status, s.output, s.leaseToken, s.pollCount, s.dueAt])).toEqual([
+      ['a', 'completed', { a: 1 }, null, 0, new Date(T0)],
+      ['b', 'completed', { b: 2 }, null, 0, new Date(T0)],
+      ['c', 'running', null, 'lease-2', 4, null],
+    ]);
+    // start, workflow pending -> running, three step starts, the note.
+    expect((await store.getHistory('w1')).map((h) => h.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
+  it('checks the fence of an update that changes nothing', async () => {
+    const store = await fresh();
+    await store.createWorkflow(workflow('w1', ['a']));
+    await store.claimSteps(claim(1));
+    await expect(store.transact('w1', (tx) => tx.updateStep('a', {}, { expectLeaseToken: 'other' }))).rejects.toMatchObject({
+      code: 'stale_lease',
+    });
+    await expect(store.transact('w1', (tx) => tx.updateStep('a', {}, { expectLeaseToken: 'lease-0' }))).resolves.toBeUndefined();
+  });
+
+  it('rejects a value that is not JSON and writes nothing', async () => {
+    const store = await fresh();
+    await store.createWorkflow(workflow('w1', ['a']));
+    const circular: Record<string, unknown> = {};
+    circular['self'] = circular;
+    // Fails in the callback, as a TypeError from JSON.stringify, before anything is sent.
+    await expect(store.transact('w1', (tx) => tx.updateStep('a', { output: circular }))).rejects.toThrow(TypeError);
+    expect((await store.getSteps('w1'))[0]?.output).toBeNull();
+  });
+});
+
+describe('KyselyWorkflowStore round trips on Postgres', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (cleanups.length) await cleanups.pop()!();
+  });
+
+  it('claims in one transaction of two statements and writes a transaction in one statement', async () => {
+    const database = await createPostgresDatabase();
+    cleanups.push(() => database.cleanup());
+    await migrateToLatest(database.db);
+    const statements: string[] = [];
+    const db = new Kysely<any>({
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url, max: 2 }) }),
+      log: (event: LogEvent) => {
+        statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase());
+      },
+    });
+    cleanups.push(() => db.destroy());
+    const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0) });
+    await store.check();
+
+    statements.length = 0;
+    await store.createWorkflow(workflow('w1'));
+    expect(statements).toEqual(['with ins']);
+
+    statements.length = 0;
+    expect(await store.claimSteps(claim(3))).toHaveLength(3);
+    expect(statements).toEqual(['start transaction', 'with due', 'select (select', 'commit']);
+
+    statements.length = 0;
+    await store.transact('w1', (tx) => {
+      tx.updateStep('a', { status: 'completed', leaseToken: null }, { expectLeaseToken: 'lease-0' });
+      tx.updateStep('b', { status: 'failed', error: { code: 'x', message: 'y' } });
+      tx.updateWorkflow({ currentStep: 'b' });
+      tx.appendHistory([{ kind: 'step', stepName: 'a', from: 'running', to: 'completed', actor: null, reason: null, action: null, detail: null }]);
+    });
+    expect(statements).toEqual(['start transaction', 'select w.*,', 'select *', 'with wf', 'commit']);
+  });
+});
