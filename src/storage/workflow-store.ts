@@ -82,7 +82,7 @@ export interface StepRecord {
 
 /** One audit row: a transition, an admin action, or a note. */
 export interface HistoryRecord {
-  /** Store-assigned, increasing within a workflow. */
+  /** Store-assigned: 1, 2, 3, … within each workflow. */
   seq: number;
   workflowId: string;
   at: Date;
@@ -165,8 +165,9 @@ export interface WorkflowTransaction {
   updateWorkflow(patch: WorkflowPatch): void;
   /**
    * Updates one step. With `expectLeaseToken` the write is fenced: if the row's
-   * lease token differs when applied, the whole transaction fails with a
-   * {@link StaleLeaseError}-coded error and nothing is written.
+   * lease token differs when applied (`null` expects no lease; omitted means no
+   * fence), the whole transaction fails with a `stale_lease` error and nothing
+   * is written. Fields left out of `patch` (or `undefined`) are not changed.
    */
   updateStep(name: string, patch: StepPatch, options?: { expectLeaseToken?: string | null }): void;
   appendHistory(entries: NewHistoryEntry[]): void;
@@ -261,11 +262,17 @@ export interface WorkflowStore {
   /**
    * Runs `fn` holding the workflow's row lock and applies its buffered writes
    * atomically. Throws a `not_found` {@link SagalineError} for an unknown id.
+   * `fn` must not call the store (on a single-connection database that would
+   * wait on itself); it decides from the snapshot and buffers writes.
    */
   transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T>;
   /** Heartbeat: `leaseExpiresAt = now + leaseMs` if the lease token still matches. False when the lease was lost. */
   extendLease(workflowId: string, stepName: string, leaseToken: string, leaseMs: number): Promise<boolean>;
-  /** The earliest `dueAt` of a claimable step (ignoring leases), or null: lets a worker sleep exactly until work is due. */
+  /**
+   * The earliest `dueAt` among steps in claimable statuses of active workflows,
+   * ignoring leases (a leased step reports its past `dueAt`), or null. An upper
+   * bound for how long a worker may sleep; not a promise that a claim will succeed.
+   */
   nextDueAt(): Promise<Date | null>;
   /** Releases resources the store owns (never the host's database handle). */
   close?(): Promise<void>;
