@@ -274,6 +274,12 @@ export interface WorkflowStore {
    * bound for how long a worker may sleep; not a promise that a claim will succeed.
    */
   nextDueAt(): Promise<Date | null>;
+  /**
+   * Optional wake-ups across processes: `listener` is called when another
+   * process may have made work due (e.g. Postgres `LISTEN/NOTIFY`). Best
+   * effort: workers still poll as a fallback. Resolves to an unsubscribe function.
+   */
+  subscribe?(listener: () => void): Promise<() => Promise<void>>;
   /** Releases resources the store owns (never the host's database handle). */
   close?(): Promise<void>;
 }
