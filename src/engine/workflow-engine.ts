@@ -97,8 +97,11 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private readonly definitions = new Map<string, Map<string, WorkflowDefinition<any, any>>>();
   private readonly latest = new Map<string, WorkflowDefinition<any, any>>();
   /** Handlers running in this process, by `workflowId\0stepName`. */
-  private readonly running = new Map<string, { controller: AbortController; leaseToken: string; done: Promise<void> }>();
+  private readonly running = new Map<string, { controller: AbortController; leaseToken: string }>();
   private inFlight = 0;
+  /** Every claimed step being processed in this engine, until its result is written. */
+  private readonly launches = new Set<Promise<void>>();
+  private unsubscribe: Promise<(() => Promise<void>) | null> | null = null;
   private workerLoop: Promise<void> | null = null;
   private stopping = false;
   private wakeUp: (() => void) | null = null;
@@ -414,6 +417,12 @@ export class WorkflowEngine implements WorkflowEngineApi {
   startWorker(): void {
     if (this.workerLoop) return;
     this.stopping = false;
+    if (this.store.subscribe && !this.unsubscribe) {
+      this.unsubscribe = this.store.subscribe(() => this.wake()).catch((err: unknown) => {
+        this.logger.warn('could not subscribe to store wake-ups; polling only', { error: describeError(err) });
+        return null;
+      });
+    }
     this.workerLoop = this.loop().catch((err: unknown) => {
       this.logger.error('worker loop crashed', { error: describeError(err) });
     });
@@ -430,17 +439,22 @@ export class WorkflowEngine implements WorkflowEngineApi {
     const loop = this.workerLoop;
     if (loop) await loop;
     this.workerLoop = null;
-    const pending = [...this.running.values()].map((r) => r.done);
-    if (pending.length > 0) {
+    const unsubscribe = this.unsubscribe ? await this.unsubscribe : null;
+    this.unsubscribe = null;
+    if (unsubscribe) {
+      await unsubscribe().catch((err: unknown) => this.logger.warn('unsubscribing from store wake-ups failed', { error: describeError(err) }));
+    }
+    if (this.launches.size > 0) {
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timedOut = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), this.shutdownTimeoutMs);
       });
-      const outcome = await Promise.race([Promise.all(pending).then(() => 'done' as const), timedOut]);
+      const outcome = await Promise.race([Promise.all([...this.launches]).then(() => 'done' as const), timedOut]);
       if (timer) clearTimeout(timer);
       if (outcome === 'timeout') {
+        // Abandon what is still running: nothing is written for it, and its lease expires for another worker.
         for (const r of this.running.values()) r.controller.abort(new AbortedError('shutdown'));
-        await Promise.all([...this.running.values()].map((r) => r.done));
+        await Promise.all([...this.launches]);
       }
     }
   }
@@ -516,7 +530,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
    */
   private launch(first: Claim, chain = false): Promise<void> {
     this.inFlight++;
-    return (async () => {
+    const launched = (async () => {
       let current: Claim | null = first;
       while (current) {
         const c: Claim = current;
@@ -531,8 +545,11 @@ export class WorkflowEngine implements WorkflowEngineApi {
       }
     })().finally(() => {
       this.inFlight--;
+      this.launches.delete(launched);
       this.wake();
     });
+    this.launches.add(launched);
+    return launched;
   }
 
   private async process(c: Claim, chain: boolean): Promise<Claim | null> {
@@ -647,9 +664,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
   ): Promise<Outcome> {
     const key = runKey(c.workflow.id, c.stepName);
     const controller = new AbortController();
-    let finish!: () => void;
-    const done = new Promise<void>((resolve) => (finish = resolve));
-    this.running.set(key, { controller, leaseToken: c.leaseToken, done });
+    this.running.set(key, { controller, leaseToken: c.leaseToken });
     const timers: ClockTimer[] = [];
     let heartbeat: ClockTimer | null = null;
     const beat = () => {
@@ -692,7 +707,6 @@ export class WorkflowEngine implements WorkflowEngineApi {
       (heartbeat as ClockTimer | null)?.cancel();
       if (!controller.signal.aborted) controller.abort(new AbortedError('shutdown'));
       if (this.running.get(key)?.controller === controller) this.running.delete(key);
-      finish();
     }
   }
 
