@@ -1,5 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { Clock } from '../../core/clock.js';
+import type { PgListenClient } from './kysely-notifications.js';
 
 /** The SQL dialects the Kysely store supports. */
 export type KyselyStoreDialect = 'postgres' | 'sqlite';
@@ -52,4 +53,66 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    * @default the database clock (Postgres) or the system clock (SQLite)
    */
   clock?: Clock;
+  /**
+   * Group commit: concurrent {@link KyselyWorkflowStore.transact} calls on
+   * different workflows share one database transaction. While a batch
+   * commits, new calls queue; the next batch takes everything queued (at most
+   * `maxBatch`, each workflow at most once), locks all its workflow rows in
+   * one statement (in id order), reads all their steps in one statement, runs
+   * each callback on its own snapshot, writes everything in as few statements
+   * as possible and commits once. Every caller resolves only after that
+   * commit, so a result is durable before anything depends on it.
+   *
+   * A callback that throws (or whose fence is stale) fails only its own
+   * caller and writes nothing; a batch that fails to commit fails every
+   * caller in it and writes nothing. A slow callback delays its whole batch.
+   * Needs a `Kysely` instance, not a `Transaction`.
+   *
+   * `true` is `{ maxBatch: 64 }`.
+   *
+   * @default false
+   */
+  groupCommit?: boolean | KyselyGroupCommitOptions;
+  /**
+   * Wake-ups across processes (Postgres only), through `LISTEN/NOTIFY` on a
+   * channel named after the table prefix and schema.
+   *
+   * With this option, every write that creates a workflow or leaves a step
+   * claimable now without a lease sends one `pg_notify` in its own
+   * transaction (delivered when it commits), and with `listen` the store
+   * offers {@link KyselyWorkflowStore.subscribe}, which the engine's worker
+   * uses to wake up before its poll interval ends. Give every process that
+   * writes the option, so that the others hear of its work; a process with
+   * no worker may pass `{}` to send without listening.
+   *
+   * @default false (no notifications are sent; `subscribe` is undefined)
+   */
+  notifications?: KyselyNotificationOptions | false;
+}
+
+/** Options of {@link KyselyWorkflowStoreConfig.groupCommit}. */
+export interface KyselyGroupCommitOptions {
+  /**
+   * The most `transact` calls (hence workflows) in one database transaction.
+   *
+   * @default 64
+   */
+  maxBatch?: number;
+}
+
+/** Options of {@link KyselyWorkflowStoreConfig.notifications}. */
+export interface KyselyNotificationOptions {
+  /**
+   * A dedicated, connected client (a `pg.Client`, not a pooled one) on which
+   * the store runs `LISTEN` while someone is subscribed. The host owns it:
+   * the store never connects, ends or reconnects it.
+   *
+   * @example
+   * ```ts
+   * const listen = new pg.Client({ connectionString });
+   * await listen.connect();
+   * const store = new KyselyWorkflowStore({ db, notifications: { listen } });
+   * ```
+   */
+  listen?: PgListenClient;
 }

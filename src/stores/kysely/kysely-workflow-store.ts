@@ -19,6 +19,8 @@ import type {
   WorkflowStore,
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
+import { DEFAULT_MAX_BATCH, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
+import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { resolveTables, type TableNames } from './kysely-tables.js';
 import type { KyselyStoreDialect, KyselyWorkflowStoreConfig } from './kysely-workflow-store-config.js';
 
@@ -63,8 +65,16 @@ const HISTORY_COLUMNS = ['workflow_id', 'seq', 'at', 'kind', 'step_name', 'from_
 /** History rows per INSERT statement (well under both databases' parameter limits). */
 const HISTORY_CHUNK = 500;
 
-const CLAIMABLE_STEP_SQL = sql.raw(`'pending', 'running', 'waiting_callback', 'waiting_poll', 'compensating'`);
-const ACTIVE_WORKFLOW_SQL = sql.raw(`'pending', 'running', 'rolling_back'`);
+const CLAIMABLE_STEP_STATUSES: ReadonlySet<string> = new Set(['pending', 'running', 'waiting_callback', 'waiting_poll', 'compensating']);
+const ACTIVE_WORKFLOW_STATUSES: ReadonlySet<string> = new Set(['pending', 'running', 'rolling_back']);
+const CLAIMABLE_STEP_SQL = sql.raw([...CLAIMABLE_STEP_STATUSES].map((s) => `'${s}'`).join(', '));
+const ACTIVE_WORKFLOW_SQL = sql.raw([...ACTIVE_WORKFLOW_STATUSES].map((s) => `'${s}'`).join(', '));
+
+/**
+ * Bind parameters per write statement of a batch: under both databases'
+ * limits (65,535 on Postgres, 32,766 on SQLite) with room to spare.
+ */
+const MAX_STATEMENT_PARAMS = 16_000;
 
 /** One column value ready for SQL: its kind and its encoded parameter. */
 interface Cell {
@@ -91,6 +101,32 @@ class CallbackError {
   constructor(readonly error: unknown) {}
 }
 
+/** A `transact` call waiting for its group-commit batch. */
+interface TransactEntry extends BatchEntry {
+  fn(tx: WorkflowTransaction): unknown;
+}
+
+/** How one call of a batch ended before the commit: its result, or its own error. */
+type BatchOutcome = { ok: true; value: unknown; tx: KyselyTransaction } | { ok: false; error: unknown };
+
+/** A workflow row read under its lock. */
+interface LockedWorkflow {
+  workflow: WorkflowRecord;
+  historySeq: number;
+}
+
+/** One part of a batch's writes, and the bind parameters it takes. */
+interface WritePiece {
+  sql: RawBuilder<unknown>;
+  params: number;
+  /** Step rows it must update (a fenced row whose lease changed is not updated). */
+  stepRows: number;
+  /** Names the step reported when the count falls short. */
+  firstStep: [string, string] | null;
+  /** Whether it is a data-modifying CTE whose updated rows are counted (`returning 1`). */
+  counted: boolean;
+}
+
 /**
  * A {@link WorkflowStore} on Postgres or SQLite through the host's Kysely
  * instance. Create the tables first with {@link migrateToLatest}.
@@ -106,6 +142,10 @@ class CallbackError {
  *
  * A transaction's writes are buffered and flushed when its callback returns:
  * one write statement on Postgres, one statement per table and step on SQLite.
+ * With {@link KyselyWorkflowStoreConfig.groupCommit}, concurrent transactions
+ * on different workflows share one database transaction and one commit.
+ * With {@link KyselyWorkflowStoreConfig.notifications} (Postgres), writes that
+ * make work due send a `NOTIFY`, and {@link subscribe} listens for them.
  *
  * @example
  * ```ts
@@ -125,6 +165,18 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private readonly clock: Clock | undefined;
   private readonly pg: boolean;
   private checked: Promise<void> | undefined;
+  /** The `pg_notify` channel, when notifications are on. */
+  private readonly notifyChannel: string | undefined;
+  private readonly batches: GroupCommitQueue<TransactEntry> | undefined;
+
+  /**
+   * Wake-ups from other processes: `listener` is called after a transaction
+   * that created a workflow or made a step claimable commits (in any process
+   * whose store has `notifications`). Resolves once `LISTEN` is in place, to
+   * an unsubscribe function. Present only when the store was given
+   * `notifications: { listen }` (Postgres); undefined otherwise.
+   */
+  declare readonly subscribe?: (listener: () => void) => Promise<() => Promise<void>>;
 
   /** Creates a store over the host's Kysely instance or transaction; opens nothing. */
   constructor(config: KyselyWorkflowStoreConfig) {
@@ -134,6 +186,25 @@ export class KyselyWorkflowStore implements WorkflowStore {
     this.dialect = this.tables.dialect;
     this.pg = this.dialect === 'postgres';
     this.clock = config.clock;
+    const notifications = config.notifications;
+    if (notifications) {
+      if (!this.pg) throw new TypeError('the notifications option needs Postgres (LISTEN/NOTIFY)');
+      this.notifyChannel = notificationChannel(this.tables.prefix, this.tables.schema);
+      const listen = notifications.listen;
+      if (listen) {
+        if (typeof listen.query !== 'function' || typeof listen.on !== 'function' || typeof listen.removeListener !== 'function') {
+          throw new TypeError('notifications.listen must be a connected pg.Client (query, on, removeListener)');
+        }
+        const wakeups = new PgWakeups(listen, this.notifyChannel);
+        this.subscribe = (listener) => wakeups.subscribe(listener);
+      }
+    }
+    const group = config.groupCommit;
+    if (group) {
+      if (this.db.isTransaction) throw new TypeError('groupCommit needs a Kysely instance, not a Transaction: the store must own its commits');
+      const maxBatch = group === true ? DEFAULT_MAX_BATCH : (group.maxBatch ?? DEFAULT_MAX_BATCH);
+      this.batches = new GroupCommitQueue<TransactEntry>(maxBatch, (batch) => this.runBatch(batch));
+    }
   }
 
   /**
@@ -304,12 +375,25 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * `fn` propagate unchanged and nothing is written.
    *
    * `fn` must not call the store: on SQLite the single connection is held
-   * until the transaction ends.
+   * until the transaction ends, and under group commit the call would wait
+   * for the batch that is waiting for `fn`.
+   *
+   * With `groupCommit`, the call joins the next batch (see
+   * {@link KyselyWorkflowStoreConfig.groupCommit}); it resolves once the
+   * batch has committed, and rejects with a `store` error, writing nothing,
+   * when the batch fails to commit.
    *
    * @throws a `not_found` error for an unknown workflow; a `stale_lease` error
    *   when a fenced write finds another lease token (nothing is written then).
    */
   async transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+    const batches = this.batches;
+    if (batches) {
+      return this.guard(
+        'transact',
+        () => new Promise<T>((resolve, reject) => batches.push({ key: workflowId, fn, resolve: resolve as (value: unknown) => void, reject })),
+      );
+    }
     return this.guard('transact', () =>
       this.inTransaction(async (trx) => {
         const { workflow, historySeq, now } = await this.lockWorkflow(trx, workflowId);
@@ -377,7 +461,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
           select ins.id, v.* from ins cross join (values ${sql.join(values)}) as v
         )`);
     }
-    const rows = await this.rows(this.db, sql`with ${sql.join(ctes)} select * from ins`);
+    // The notification goes out only when the row was inserted (and on commit).
+    const rows = await this.rows(this.db, sql`with ${sql.join(ctes)} select *${this.notifySql(true)} from ins`);
     return rows[0] ? this.toWorkflow(rows[0]) : null;
   }
 
@@ -739,11 +824,228 @@ export class KyselyWorkflowStore implements WorkflowStore {
     }
     if (history.length > 0) ctes.push(sql`hist as (${this.historyInsertSql(history, now)})`);
     const total = counters.length > 0 ? sql.join(counters, sql` + `) : sql`0`;
-    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated`);
+    const notify = this.notifySql(tx.wakes());
+    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated${notify}`);
     if (Number(rows[0]?.['updated'] ?? 0) !== stepWrites.length) {
       const missing = stepWrites.find(([, w]) => w.fence !== null)?.[0] ?? stepWrites[0]?.[0] ?? '';
       throw staleLease(workflowId, missing);
     }
+  }
+
+
+  // --- group commit ------------------------------------------------------------------
+
+  /**
+   * Runs one batch of `transact` calls in one database transaction and
+   * settles every call after it ends: results only once committed.
+   */
+  private async runBatch(batch: TransactEntry[]): Promise<void> {
+    let outcomes: BatchOutcome[] = [];
+    try {
+      await this.inTransaction(async (trx) => {
+        const { locked, now } = await this.lockWorkflows(trx, batch.map((e) => e.key));
+        const steps = await this.readSteps(trx, [...locked.keys()]);
+        outcomes = await Promise.all(
+          batch.map(async (entry): Promise<BatchOutcome> => {
+            const found = locked.get(entry.key);
+            if (!found) return { ok: false, error: new NotFoundError(`workflow ${entry.key} not found`, { workflowId: entry.key }) };
+            const tx = new KyselyTransaction(now, found.workflow, found.historySeq, steps.get(entry.key) ?? [], (kind, value) =>
+              this.encode(kind, value),
+            );
+            try {
+              const value = await entry.fn(tx);
+              const stale = tx.hasWrites ? tx.staleError() : undefined;
+              return stale ? { ok: false, error: stale } : { ok: true, value, tx };
+            } catch (err) {
+              return { ok: false, error: new CallbackError(err) };
+            } finally {
+              tx.close();
+            }
+          }),
+        );
+        const writes = outcomes.flatMap((o) => (o.ok && o.tx.hasWrites ? [o.tx] : []));
+        await this.flushBatch(trx, writes, now);
+      });
+    } catch (err) {
+      // Nothing of the batch was written. A call whose own callback failed keeps its own error.
+      batch.forEach((entry, i) => {
+        const outcome = outcomes[i];
+        entry.reject(outcome && !outcome.ok ? outcome.error : err);
+      });
+      return;
+    }
+    batch.forEach((entry, i) => {
+      const outcome = outcomes[i]!;
+      if (outcome.ok) entry.resolve(outcome.value);
+      else entry.reject(outcome.error);
+    });
+  }
+
+  /**
+   * Locks a batch's workflow rows in one statement, in id order (so that two
+   * batches never wait on each other in a cycle), and reads the store's time
+   * once every lock is held.
+   */
+  private async lockWorkflows(trx: Db, ids: string[]): Promise<{ locked: Map<string, LockedWorkflow>; now: Date }> {
+    const sorted = [...new Set(ids)].sort();
+    let rows: Row[];
+    let now: Date;
+    if (this.pg) {
+      // Rows leave the locking subquery one at a time: the last row's clock_timestamp() follows every lock.
+      const clockSql = this.clock ? sql`null` : sql`clock_timestamp()`;
+      rows = await this.rows(
+        trx,
+        sql`select w.*, ${clockSql} as locked_at
+          from (select * from ${this.ref('workflows')} where id = any(${sorted}::text[]) order by id for update) w`,
+      );
+      const last = rows.reduce<Date | null>((max, r) => {
+        const at = toDate(r['locked_at']);
+        return at && (!max || at > max) ? at : max;
+      }, null);
+      // Without rows no transaction is handed out, and the time is not used.
+      now = this.clock ? new Date(this.clock.now()) : (last ?? new Date());
+    } else {
+      // BEGIN IMMEDIATE already holds the database's write lock.
+      rows = await this.rows(trx, sql`select * from ${this.ref('workflows')} where id in (${sql.join(sorted)})`);
+      now = new Date(this.clock ? this.clock.now() : Date.now());
+    }
+    const locked = new Map<string, LockedWorkflow>();
+    for (const row of rows) locked.set(String(row['id']), { workflow: this.toWorkflow(row), historySeq: Number(row['last_history_seq'] ?? 0) });
+    return { locked, now };
+  }
+
+  /** The steps of several workflows, each list in definition order. */
+  private async readSteps(trx: Db, ids: string[]): Promise<Map<string, StepRecord[]>> {
+    const byWorkflow = new Map<string, StepRecord[]>(ids.map((id) => [id, []]));
+    if (ids.length === 0) return byWorkflow;
+    const where = this.pg ? sql`workflow_id = any(${ids}::text[])` : sql`workflow_id in (${sql.join(ids)})`;
+    const rows = await this.rows(trx, sql`select * from ${this.ref('steps')} where ${where} order by workflow_id, position`);
+    for (const row of rows) byWorkflow.get(String(row['workflow_id']))?.push(this.toStep(row));
+    return byWorkflow;
+  }
+
+  /**
+   * Applies the buffered writes of a batch's transactions: workflows and steps
+   * grouped by the set of columns they change, each group one
+   * `UPDATE … FROM (VALUES …)`, and one history insert. On Postgres they are
+   * data-modifying CTEs of one statement (more only past the parameter limit)
+   * that also sends the batch's one notification; on SQLite, one statement each.
+   */
+  private async flushBatch(trx: Db, txs: KyselyTransaction[], now: Date): Promise<void> {
+    if (txs.length === 0) return;
+    const nowCell: Cell = { kind: 'time', value: this.encodeTime(now) };
+    const workflowGroups = new Map<string, { columns: string[]; rows: { id: string; cells: Map<string, Cell> }[] }>();
+    const stepGroups = new Map<string, { columns: string[]; rows: { workflowId: string; name: string; write: StepWrite }[] }>();
+    const history: HistoryRow[] = [];
+    let wakes = false;
+    for (const tx of txs) {
+      const id = tx.workflow.id;
+      const cells = new Map<string, Cell>([['updated_at', nowCell], ...tx.workflowCells]);
+      if (tx.history.length > 0) cells.set('last_history_seq', { kind: 'int', value: tx.historySeq + tx.history.length });
+      tx.history.forEach((entry, i) => history.push({ workflowId: id, seq: tx.historySeq + i + 1, entry }));
+      addToGroup(workflowGroups, [...cells.keys()].sort(), { id, cells });
+      for (const [name, write] of tx.stepWrites) {
+        // A write with no column (an empty patch) matters only for its fence.
+        if (write.cells.size === 0 && write.fence === null) continue;
+        addToGroup(stepGroups, [...write.cells.keys()].sort(), { workflowId: id, name, write });
+      }
+      wakes ||= tx.wakes();
+    }
+
+    const pieces: WritePiece[] = [];
+    for (const group of workflowGroups.values()) {
+      for (const rows of chunk(group.rows, Math.floor(MAX_STATEMENT_PARAMS / (group.columns.length + 1)))) {
+        const values = rows.map((r) => this.valuesRow([sql`${r.id}`, ...group.columns.map((c) => this.cellSql(r.cells.get(c)!))]));
+        const piece = this.updateFromValues('workflows', group.columns, ['k_id'], values, sql`w.id = v.k_id`);
+        pieces.push({ ...piece, params: rows.length * (group.columns.length + 1) });
+      }
+    }
+    for (const group of stepGroups.values()) {
+      const perRow = group.columns.length + 4;
+      for (const rows of chunk(group.rows, Math.floor(MAX_STATEMENT_PARAMS / perRow))) {
+        const values = rows.map(({ workflowId, name, write }) =>
+          this.valuesRow([
+            sql`${workflowId}`,
+            sql`${name}`,
+            this.pg ? sql`${write.fence !== null}::boolean` : sql`${write.fence !== null ? 1 : 0}`,
+            this.pg ? sql`${write.fence?.expected ?? null}::text` : sql`${write.fence?.expected ?? null}`,
+            ...group.columns.map((c) => this.cellSql(write.cells.get(c)!)),
+          ]),
+        );
+        const fence = this.pg ? sql`s.lease_token is not distinct from v.k_expected` : sql`s.lease_token is v.k_expected`;
+        const where = sql`s.workflow_id = v.k_wf and s.name = v.k_name and (not v.k_fenced or ${fence})`;
+        const piece = this.updateFromValues('steps', group.columns, ['k_wf', 'k_name', 'k_fenced', 'k_expected'], values, where);
+        pieces.push({ ...piece, params: rows.length * perRow, stepRows: rows.length, firstStep: [rows[0]!.workflowId, rows[0]!.name] });
+      }
+    }
+    const nowSql = this.param('time', this.encodeTime(now));
+    for (const rows of chunk(history, HISTORY_CHUNK)) {
+      pieces.push({ sql: this.historyInsertSql(rows, nowSql), params: rows.length * HISTORY_COLUMNS.length, stepRows: 0, firstStep: null, counted: false });
+    }
+
+    if (!this.pg) {
+      for (const piece of pieces) {
+        const result = await piece.sql.execute(trx);
+        if (piece.counted && Number(result.numAffectedRows ?? 0) !== piece.stepRows) throw batchStale(piece);
+      }
+      return;
+    }
+    // Postgres: pack the pieces into as few statements as the parameter limit allows.
+    const statements: WritePiece[][] = [[]];
+    let params = 0;
+    for (const piece of pieces) {
+      if (params + piece.params > MAX_STATEMENT_PARAMS && statements[statements.length - 1]!.length > 0) {
+        statements.push([]);
+        params = 0;
+      }
+      statements[statements.length - 1]!.push(piece);
+      params += piece.params;
+    }
+    for (let i = 0; i < statements.length; i++) {
+      const group = statements[i]!;
+      const ctes = group.map((piece, j) => sql`${sql.id(`p${j}`)} as (${piece.sql})`);
+      const counted = group.flatMap((piece, j) => (piece.counted ? [sql`(select count(*) from ${sql.id(`p${j}`)})`] : []));
+      const total = counted.length > 0 ? sql.join(counted, sql` + `) : sql`0`;
+      const notify = this.notifySql(wakes && i === statements.length - 1);
+      const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated${notify}`);
+      const expected = group.reduce((n, piece) => n + piece.stepRows, 0);
+      if (Number(rows[0]?.['updated'] ?? 0) !== expected) throw batchStale(group.find((piece) => piece.stepRows > 0) ?? group[0]!);
+    }
+  }
+
+  /** `UPDATE <table> SET … FROM (VALUES …)`: the workflows (`w`) or steps (`s`) named by the key columns. */
+  private updateFromValues(
+    table: 'workflows' | 'steps',
+    columns: string[],
+    keys: string[],
+    values: RawBuilder<unknown>[],
+    where: RawBuilder<unknown>,
+  ): Omit<WritePiece, 'params'> {
+    const alias = table === 'workflows' ? 'w' : 's';
+    const names = [...keys, ...columns.map((_, i) => `c${i}`)].map((c) => sql.id(c));
+    const sets = columns.map((c, i) => sql`${sql.ref(c)} = v.${sql.id(`c${i}`)}`);
+    if (sets.length === 0) sets.push(sql`name = ${sql.id(alias)}.name`);
+    const target = sql`${this.ref(table)} as ${sql.id(alias)}`;
+    const countable = table === 'steps';
+    const query = this.pg
+      ? sql`update ${target} set ${sql.join(sets)} from (values ${sql.join(values)}) as v(${sql.join(names)})
+          where ${where}${countable ? sql` returning 1` : sql``}`
+      : sql`with v(${sql.join(names)}) as (values ${sql.join(values)})
+          update ${target} set ${sql.join(sets)} from v where ${where}`;
+    return { sql: query, stepRows: 0, firstStep: null, counted: countable };
+  }
+
+  private valuesRow(cells: RawBuilder<unknown>[]): RawBuilder<unknown> {
+    return sql`(${sql.join(cells)})`;
+  }
+
+  private cellSql(cell: Cell): RawBuilder<unknown> {
+    return this.param(cell.kind, cell.value);
+  }
+
+  /** `, pg_notify(…)` for a statement's select list when notifications are on and `when` holds; else nothing. */
+  private notifySql(when: boolean): RawBuilder<unknown> {
+    return this.notifyChannel !== undefined && when ? sql`, pg_notify(${this.notifyChannel}::text, '') as notified` : sql``;
   }
 
   // --- history -----------------------------------------------------------------
@@ -963,6 +1265,9 @@ class KyselyTransaction implements WorkflowTransaction {
   /** Each step's lease token as the buffered writes leave it. */
   private readonly leaseTokens: Map<string, string | null>;
   private readonly stepsByName: Map<string, StepRecord>;
+  /** What decides claimability, as the buffered writes leave each written step. */
+  private readonly claimState = new Map<string, Pick<StepRecord, 'status' | 'dueAt' | 'leaseExpiresAt'>>();
+  private workflowStatus: WorkflowStatus;
 
   constructor(
     readonly now: Date,
@@ -974,6 +1279,7 @@ class KyselyTransaction implements WorkflowTransaction {
   ) {
     this.stepsByName = new Map(steps.map((s) => [s.name, s]));
     this.leaseTokens = new Map(steps.map((s) => [s.name, s.leaseToken]));
+    this.workflowStatus = workflow.status;
   }
 
   updateWorkflow(patch: WorkflowPatch): void {
@@ -981,6 +1287,7 @@ class KyselyTransaction implements WorkflowTransaction {
     if (patch.status !== undefined && !isWorkflowStatus(patch.status)) throw new TypeError(`unknown workflow status ${String(patch.status)}`);
     const cells = toCells(patch, WORKFLOW_COLUMNS, this.encode);
     for (const [column, cell] of cells) this.workflowCells.set(column, cell);
+    if (patch.status !== undefined) this.workflowStatus = patch.status;
     this.hasWrites = true;
   }
 
@@ -1007,7 +1314,31 @@ class KyselyTransaction implements WorkflowTransaction {
     }
     for (const [column, cell] of cells) write.cells.set(column, cell);
     if (patch.leaseToken !== undefined) this.leaseTokens.set(name, patch.leaseToken);
+    const state = this.claimState.get(name) ?? { status: step.status, dueAt: step.dueAt, leaseExpiresAt: step.leaseExpiresAt };
+    this.claimState.set(name, {
+      status: patch.status ?? state.status,
+      dueAt: patch.dueAt !== undefined ? patch.dueAt : state.dueAt,
+      leaseExpiresAt: patch.leaseExpiresAt !== undefined ? patch.leaseExpiresAt : state.leaseExpiresAt,
+    });
     this.hasWrites = true;
+  }
+
+  /**
+   * Whether the writes leave work for any worker: a written step claimable at
+   * `now` (due, in a claimable status, its lease free) of an active workflow,
+   * or a workflow made active again. A step made due and leased in the same
+   * transaction (a chained claim) is nobody else's work.
+   */
+  wakes(): boolean {
+    if (!ACTIVE_WORKFLOW_STATUSES.has(this.workflowStatus)) return false;
+    if (!ACTIVE_WORKFLOW_STATUSES.has(this.workflow.status)) return true;
+    const now = this.now.getTime();
+    for (const s of this.claimState.values()) {
+      if (s.dueAt === null || s.dueAt.getTime() > now || !CLAIMABLE_STEP_STATUSES.has(s.status)) continue;
+      if (s.leaseExpiresAt !== null && s.leaseExpiresAt.getTime() > now) continue;
+      return true;
+    }
+    return false;
   }
 
   appendHistory(entries: NewHistoryEntry[]): void {
@@ -1049,6 +1380,26 @@ function toCells(
     cells.push([name, { kind, value: encode(kind, value) }]);
   }
   return cells;
+}
+
+function addToGroup<R>(groups: Map<string, { columns: string[]; rows: R[] }>, columns: string[], row: R): void {
+  const key = columns.join(',');
+  let group = groups.get(key);
+  if (!group) groups.set(key, (group = { columns, rows: [] }));
+  group.rows.push(row);
+}
+
+function chunk<T>(items: T[], size: number): T[][] {
+  const out: T[][] = [];
+  const n = Math.max(1, size);
+  for (let i = 0; i < items.length; i += n) out.push(items.slice(i, i + n));
+  return out;
+}
+
+/** A fenced step write that found another lease token under the lock: the whole batch is rolled back. */
+function batchStale(piece: WritePiece): StaleLeaseError {
+  const [workflowId, stepName] = piece.firstStep ?? ['', ''];
+  return staleLease(workflowId, stepName);
 }
 
 function staleLease(workflowId: string, stepName: string): StaleLeaseError {

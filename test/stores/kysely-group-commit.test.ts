@@ -1,0 +1,483 @@
+/**
+ * Group commit of the Kysely store: concurrent `transact` calls share one
+ * database transaction. Checked on SQLite and Postgres: the store contract,
+ * results equal to serial application, isolation of a throwing callback, a
+ * stale fence and an unknown workflow within a batch, and that a batch that
+ * fails to commit (a forced failure, or its connection killed) writes nothing
+ * and fails every caller, while what committed before stays; and an engine
+ * on such a store, whose results must be durable before events and dependents.
+ */
+import { Kysely, PostgresDialect, sql, SqliteDialect, type LogEvent, type RawBuilder } from 'kysely';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { createManualClock, type ManualClock } from '../../src/core/clock.js';
+import { defineWorkflow, step } from '../../src/core/define-workflow.js';
+import { createEngine } from '../../src/engine/workflow-engine.js';
+import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry, WorkflowStore } from '../../src/storage/workflow-store.js';
+import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
+import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
+import type { KyselyWorkflowStoreConfig } from '../../src/stores/kysely/kysely-workflow-store-config.js';
+import { runWorkflowStoreContract } from '../../src/testing/store-contract.js';
+import { createPostgresDatabase, createPostgresSchema, createSqliteDatabase, openSqlite } from '../support/databases.js';
+
+const T0 = Date.UTC(2026, 0, 1, 0, 0, 0, 250);
+
+type Dialect = 'sqlite' | 'postgres';
+
+interface GroupStore {
+  store: KyselyWorkflowStore;
+  db: Kysely<any>;
+  /** The store's tables (schema-qualified on Postgres). */
+  table(name: 'history'): RawBuilder<unknown>;
+  /** Another group-commit store on the same tables, through a Kysely instance that logs every statement. */
+  logged(log: (event: LogEvent) => void): KyselyWorkflowStore;
+  cleanup(): Promise<void>;
+}
+
+/** A migrated database for a group-commit store, with a way to clean up. */
+async function groupStore(dialect: Dialect, clock: ManualClock, options: Partial<KyselyWorkflowStoreConfig> = {}): Promise<GroupStore> {
+  const extra: (() => Promise<void>)[] = [];
+  const closeExtra = async () => {
+    while (extra.length) await extra.pop()!();
+  };
+  if (dialect === 'sqlite') {
+    const database = await createSqliteDatabase();
+    await migrateToLatest(database.db);
+    return {
+      store: new KyselyWorkflowStore({ db: database.db, clock, groupCommit: true, ...options }),
+      db: database.db,
+      table: (name) => sql.id(`sagaline_${name}`),
+      logged(log) {
+        const db = new Kysely<any>({ dialect: new SqliteDialect({ database: openSqlite(database.file) }), log });
+        extra.push(() => db.destroy());
+        return new KyselyWorkflowStore({ db, clock, groupCommit: true, ...options });
+      },
+      cleanup: async () => {
+        await closeExtra();
+        await database.cleanup();
+      },
+    };
+  }
+  const database = await createPostgresSchema();
+  await migrateToLatest(database.db, { schema: database.schema });
+  return {
+    store: new KyselyWorkflowStore({ db: database.db, schema: database.schema, clock, groupCommit: true, ...options }),
+    db: database.db,
+    table: (name) => sql.id(database.schema, `sagaline_${name}`),
+    logged(log) {
+      const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url, max: 2 }) }), log });
+      extra.push(() => db.destroy());
+      return new KyselyWorkflowStore({ db, schema: database.schema, clock, groupCommit: true, ...options });
+    },
+    cleanup: async () => {
+      await closeExtra();
+      await database.cleanup();
+    },
+  };
+}
+
+for (const dialect of ['sqlite', 'postgres'] as const) {
+  const cleanups = new Map<WorkflowStore, () => Promise<void>>();
+  runWorkflowStoreContract(`${dialect} with group commit`, {
+    async create(clock) {
+      const { store, cleanup } = await groupStore(dialect, clock);
+      cleanups.set(store, cleanup);
+      return store;
+    },
+    async destroy(store) {
+      await cleanups.get(store)?.();
+      cleanups.delete(store);
+    },
+  });
+}
+
+function workflow(id: string, steps = ['a']): CreateWorkflowInput {
+  return {
+    workflow: {
+      id,
+      tenantId: 'tenant-a',
+      type: 'provision',
+      serviceSlug: null,
+      status: 'pending',
+      definitionVersion: 'v1',
+      input: { n: id },
+      idempotencyKey: null,
+      createdAt: new Date(T0),
+    },
+    steps: steps.map((name, position) => ({ name, position, dependsOn: [], maxAttempts: 3, dueAt: new Date(T0) })),
+    history: [{ kind: 'workflow', stepName: null, from: null, to: 'pending', actor: null, reason: null, action: 'start', detail: null }],
+  };
+}
+
+function note(action: string, detail: unknown = null): NewHistoryEntry {
+  return { kind: 'note', stepName: null, from: null, to: null, actor: null, reason: null, action, detail };
+}
+
+function claim(limit: number, prefix = 'lease'): ClaimRequest {
+  return {
+    workerId: 'w1',
+    leaseMs: 60_000,
+    limit,
+    tokens: Array.from({ length: limit }, (_, i) => ({ leaseToken: `${prefix}-${i}`, callbackTokenHash: `${prefix}-hash-${i}` })),
+  };
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+/** Adds one to the counter kept in the workflow's `output`, and records the value seen in a note. */
+function increment(tag: string) {
+  return (tx: Parameters<Parameters<WorkflowStore['transact']>[1]>[0]): number => {
+    const seen = ((tx.workflow.output as { n?: number } | null)?.n ?? 0) + 1;
+    tx.updateWorkflow({ output: { n: seen } });
+    tx.appendHistory([note('inc', { tag, seen })]);
+    return seen;
+  };
+}
+
+/** Everything a workflow holds, for before/after comparisons. */
+async function snapshot(store: WorkflowStore, id: string): Promise<unknown> {
+  return { workflow: await store.getWorkflow(id), steps: await store.getSteps(id), history: await store.getHistory(id) };
+}
+
+describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) => {
+  const opened: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!();
+  });
+
+  async function fresh(options: Partial<KyselyWorkflowStoreConfig> = {}) {
+    const clock = createManualClock(T0);
+    const made = await groupStore(dialect, clock, options);
+    opened.push(made.cleanup);
+    return { ...made, clock };
+  }
+
+  it('gives the results of serial application to many concurrent transactions on few workflows', async () => {
+    const { store } = await fresh();
+    const ids = Array.from({ length: 12 }, (_, i) => `w${String(i).padStart(2, '0')}`);
+    for (const id of ids) await store.createWorkflow(workflow(id));
+    // 240 calls at once: 20 per workflow, interleaved; a batch takes each workflow once.
+    const calls = Array.from({ length: 240 }, (_, i) => ({ id: ids[i % ids.length]!, tag: `c${i}` }));
+    const results = await Promise.all(calls.map((c) => store.transact(c.id, increment(c.tag))));
+    for (const id of ids) {
+      const mine = calls.flatMap((c, i) => (c.id === id ? [{ tag: c.tag, seen: results[i] }] : []));
+      // Calls on one workflow ran in arrival order, each seeing the one before.
+      expect(mine.map((m) => m.seen)).toEqual(mine.map((_, k) => k + 1));
+      expect((await store.getWorkflow(id))?.output).toEqual({ n: 20 });
+      const history = await store.getHistory(id);
+      expect(history.map((h) => h.seq)).toEqual(Array.from({ length: 21 }, (_, k) => k + 1));
+      expect(history.slice(1).map((h) => h.detail)).toEqual(mine);
+    }
+  });
+
+  it('commits concurrent transactions on different workflows in one transaction of few statements', async () => {
+    const { store, logged } = await fresh();
+    for (let i = 0; i < 8; i++) await store.createWorkflow(workflow(`w${i}`, ['a', 'b']));
+    await store.claimSteps(claim(16));
+    const statements: string[] = [];
+    const observed = logged((event) => statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase()));
+    await observed.check();
+    const steps = await Promise.all(Array.from({ length: 8 }, (_, i) => store.getSteps(`w${i}`)));
+    statements.length = 0;
+    await Promise.all(
+      steps.map(([a, b], i) =>
+        observed.transact(`w${i}`, (tx) => {
+          const done = { status: 'completed', output: { i }, leaseToken: null, leaseOwner: null, leaseExpiresAt: null } as const;
+          tx.updateStep('a', done, { expectLeaseToken: a!.leaseToken });
+          if (i % 2 === 0) tx.updateStep('b', { pollCount: i }, { expectLeaseToken: b!.leaseToken });
+          tx.updateWorkflow({ currentStep: 'a' });
+          tx.appendHistory([note(`done ${i}`)]);
+        }),
+      ),
+    );
+    if (dialect === 'postgres') {
+      // Lock every row, read every step, one statement of writes.
+      expect(statements).toEqual(['start transaction', 'select w.*,', 'select *', 'with "p0"', 'commit']);
+    } else {
+      // The workflows, two groups of steps, the history.
+      expect(statements).toEqual(['begin immediate', 'select *', 'select *', 'with v("k_id",', 'with v("k_wf",', 'with v("k_wf",', 'insert into', 'commit']);
+    }
+    for (let i = 0; i < 8; i++) {
+      const [a, b] = await store.getSteps(`w${i}`);
+      expect(a).toMatchObject({ status: 'completed', output: { i }, leaseToken: null });
+      expect(b).toMatchObject({ status: 'running', pollCount: i % 2 === 0 ? i : 0 });
+      expect((await store.getHistory(`w${i}`)).at(-1)?.action).toBe(`done ${i}`);
+      expect((await store.getWorkflow(`w${i}`))?.currentStep).toBe('a');
+    }
+  });
+
+  it('fails only the caller whose callback throws, an unknown workflow or a stale fence', async () => {
+    const { store } = await fresh();
+    for (const id of ['ok1', 'boom', 'stale', 'ok2']) await store.createWorkflow(workflow(id));
+    await store.claimSteps(claim(4));
+    const before = { boom: await snapshot(store, 'boom'), stale: await snapshot(store, 'stale') };
+    const boom = new Error('boom');
+    const gate = deferred();
+    const outcomes = await Promise.allSettled([
+      store.transact('ok1', async (tx) => {
+        // Still running when the others have finished: they wait for the batch's commit.
+        await gate.promise;
+        return increment('ok1')(tx);
+      }),
+      store.transact('boom', (tx) => {
+        increment('boom')(tx);
+        gate.resolve();
+        throw boom;
+      }),
+      store.transact('stale', (tx) => {
+        increment('stale')(tx);
+        tx.updateStep('a', { status: 'completed' }, { expectLeaseToken: 'not-the-lease' });
+      }),
+      store.transact('missing', () => 'never called'),
+      store.transact('ok2', increment('ok2')),
+    ]);
+    expect(outcomes[0]).toEqual({ status: 'fulfilled', value: 1 });
+    expect(outcomes[1]).toEqual({ status: 'rejected', reason: boom });
+    expect(outcomes[2]).toMatchObject({ status: 'rejected', reason: { code: 'stale_lease', workflowId: 'stale' } });
+    expect(outcomes[3]).toMatchObject({ status: 'rejected', reason: { code: 'not_found', workflowId: 'missing' } });
+    expect(outcomes[4]).toEqual({ status: 'fulfilled', value: 1 });
+    expect(await snapshot(store, 'boom')).toEqual(before.boom);
+    expect(await snapshot(store, 'stale')).toEqual(before.stale);
+    expect((await store.getWorkflow('ok1'))?.output).toEqual({ n: 1 });
+    expect((await store.getWorkflow('ok2'))?.output).toEqual({ n: 1 });
+  });
+
+  it('runs a second transaction on the same workflow in a later batch, after the first committed', async () => {
+    const { store } = await fresh({ groupCommit: { maxBatch: 2 } });
+    for (const id of ['a', 'b', 'c']) await store.createWorkflow(workflow(id));
+    const order: string[] = [];
+    const track = (label: string, id: string) =>
+      store.transact(id, (tx) => {
+        order.push(`${label}:${String((tx.workflow.output as { n?: number } | null)?.n ?? 0)}`);
+        increment(label)(tx);
+      });
+    // Batch 1 takes a1 and b (maxBatch 2, a2 waits for a1); batch 2 takes a2 and c.
+    await Promise.all([track('a1', 'a'), track('a2', 'a'), track('b', 'b'), track('c', 'c')]);
+    expect(order).toEqual(['a1:0', 'b:0', 'a2:1', 'c:0']);
+    expect((await store.getWorkflow('a'))?.output).toEqual({ n: 2 });
+  });
+
+  it('writes nothing of a batch that fails to commit, fails every caller, and goes on', async () => {
+    const { store, db, table } = await fresh();
+    const ids = ['w1', 'w2', 'w3', 'w4'];
+    for (const id of ids) await store.createWorkflow(workflow(id));
+    await Promise.all(ids.map((id) => store.transact(id, increment(`${id}-first`))));
+    // A note with action 'explode' fails the transaction: at commit on Postgres (a deferred
+    // constraint trigger), at its insert on SQLite.
+    if (dialect === 'postgres') {
+      await sql`create function explode() returns trigger language plpgsql as $$
+        begin if new.action = 'explode' then raise exception 'exploded at commit'; end if; return new; end $$`.execute(db);
+      await sql`create constraint trigger explode after insert on ${table('history')}
+        deferrable initially deferred for each row execute function explode()`.execute(db);
+    } else {
+      await sql`create trigger explode before insert on ${table('history')}
+        when new.action = 'explode' begin select raise(abort, 'exploded'); end`.execute(db);
+    }
+    const before = await Promise.all(ids.map((id) => snapshot(store, id)));
+    const outcomes = await Promise.allSettled(
+      ids.map((id) =>
+        store.transact(id, (tx) => {
+          const seen = increment(`${id}-second`)(tx);
+          if (id === 'w3') tx.appendHistory([note('explode')]);
+          return seen;
+        }),
+      ),
+    );
+    for (const outcome of outcomes) {
+      expect(outcome).toMatchObject({ status: 'rejected', reason: { code: 'store', message: expect.stringMatching(/exploded/) } });
+    }
+    expect(await Promise.all(ids.map((id) => snapshot(store, id)))).toEqual(before);
+    // The store carries on with the next batch.
+    expect(await Promise.all(ids.map((id) => store.transact(id, increment(`${id}-third`))))).toEqual([2, 2, 2, 2]);
+  });
+});
+
+describe('group commit on Postgres when the connection dies', () => {
+  const opened: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!();
+  });
+
+  /** A database and a pool whose checked-out clients survive their connection being killed. */
+  async function fresh(poolSize = 4) {
+    const database = await createPostgresDatabase();
+    opened.push(() => database.cleanup());
+    await migrateToLatest(database.db);
+    const pool = new pg.Pool({ connectionString: database.url, max: poolSize, application_name: 'group_commit_test' });
+    pool.on('error', () => undefined);
+    // pg-pool listens for errors only on idle clients: one killed in a transaction would crash the run.
+    pool.on('connect', (client) => client.on('error', () => undefined));
+    const db = new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
+    opened.push(() => db.destroy());
+    return { admin: database.db, db };
+  }
+
+  it('fails every caller of a batch whose connection is killed before its commit, and writes nothing', async () => {
+    const { admin, db } = await fresh();
+    const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0), groupCommit: true });
+    const ids = ['w1', 'w2', 'w3'];
+    for (const id of ids) await store.createWorkflow(workflow(id));
+    const before = await Promise.all(ids.map((id) => snapshot(store, id)));
+    const inside = deferred();
+    const gate = deferred();
+    const calls = ids.map((id) =>
+      store.transact(id, async (tx) => {
+        const seen = increment(id)(tx);
+        if (id === 'w2') {
+          inside.resolve();
+          await gate.promise;
+        }
+        return seen;
+      }),
+    );
+    await inside.promise;
+    // The batch holds its locks, idle in transaction: kill its connection.
+    const { rows } = await sql<{ killed: boolean }>`
+      select pg_terminate_backend(pid) as killed from pg_stat_activity
+      where datname = current_database() and application_name = 'group_commit_test' and state like 'idle in transaction%'`.execute(admin);
+    expect(rows).toEqual([{ killed: true }]);
+    gate.resolve();
+    const outcomes = await Promise.allSettled(calls);
+    for (const outcome of outcomes) expect(outcome).toMatchObject({ status: 'rejected', reason: { code: 'store' } });
+    expect(await Promise.all(ids.map((id) => snapshot(store, id)))).toEqual(before);
+    expect(await Promise.all(ids.map((id) => store.transact(id, increment(id))))).toEqual([1, 1, 1]);
+  });
+
+  it('loses nothing that was acknowledged when connections are killed between and during batches', async () => {
+    const { admin, db } = await fresh(3);
+    const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0), groupCommit: { maxBatch: 8 } });
+    const ids = Array.from({ length: 16 }, (_, i) => `w${String(i).padStart(2, '0')}`);
+    for (const id of ids) await store.createWorkflow(workflow(id));
+    const acknowledged = new Set<string>();
+    const failed = new Set<string>();
+    let running = true;
+    const killer = (async () => {
+      let kills = 0;
+      while (running) {
+        await new Promise((r) => setTimeout(r, 7));
+        const { rows } = await sql<{ n: number }>`
+          select count(pg_terminate_backend(pid))::int as n from pg_stat_activity
+          where datname = current_database() and application_name = 'group_commit_test' and state <> 'idle'`.execute(admin);
+        kills += rows[0]!.n;
+      }
+      return kills;
+    })();
+    // 24 clients, each a loop of transactions on its workflow (two clients per workflow for 8 of them).
+    await Promise.all(
+      Array.from({ length: 24 }, async (_, client) => {
+        const id = ids[client % ids.length]!;
+        for (let k = 0; k < 25; k++) {
+          const tag = `${client}.${k}`;
+          try {
+            await store.transact(id, increment(tag));
+            acknowledged.add(tag);
+          } catch (err) {
+            expect(err).toMatchObject({ code: 'store' });
+            failed.add(tag);
+          }
+        }
+      }),
+    );
+    running = false;
+    const kills = await killer;
+    expect(kills).toBeGreaterThan(0);
+    expect(failed.size).toBeGreaterThan(0);
+    expect(acknowledged.size).toBeGreaterThan(0);
+    for (const id of ids) {
+      const history = await store.getHistory(id);
+      const notes = history.filter((h) => h.action === 'inc').map((h) => h.detail as { tag: string; seen: number });
+      // Each stored transaction is whole: the counter, the history numbering and the notes agree.
+      expect(history.map((h) => h.seq)).toEqual(history.map((_, k) => k + 1));
+      expect(notes.map((n) => n.seen)).toEqual(notes.map((_, k) => k + 1));
+      const output: unknown = (await store.getWorkflow(id))?.output;
+      expect(output).toEqual(notes.length === 0 ? null : { n: notes.length });
+      for (const n of notes) expect(failed.has(n.tag), `${n.tag} failed but was stored`).toBe(false);
+      const stored = new Set(notes.map((n) => n.tag));
+      for (const tag of acknowledged) {
+        const client = Number(tag.split('.')[0]);
+        if (ids[client % ids.length] === id) expect(stored.has(tag), `${tag} was acknowledged but is missing`).toBe(true);
+      }
+    }
+  });
+});
+
+describe.each(['sqlite', 'postgres'] as const)('an engine on a group-commit %s store', (dialect) => {
+  const opened: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!();
+  });
+
+  it('runs many concurrent workflows to completion, each result durable before its event and its dependents', async () => {
+    const { store, cleanup } = await groupStore(dialect, createManualClock(T0));
+    opened.push(cleanup);
+    const names = ['s1', 's2', 's3', 's4', 's5'];
+    const runs: string[] = [];
+    const problems: string[] = [];
+    const wf = defineWorkflow({
+      name: 'chain',
+      input: z.object({ n: z.number() }),
+      steps: Object.fromEntries(
+        names.map((name, i) => [
+          name,
+          step({
+            ...(i > 0 ? { dependsOn: [names[i - 1]!] } : {}),
+            run: async (ctx) => {
+              runs.push(`${ctx.workflowId}:${name}`);
+              // The step it depends on is already stored as completed.
+              if (i > 0 && ctx.deps[names[i - 1]!] !== i - 1) problems.push(`${ctx.workflowId}:${name} saw ${JSON.stringify(ctx.deps)}`);
+              return i;
+            },
+          }),
+        ]),
+      ),
+    });
+    const engine = createEngine({ store, workflows: [wf], concurrency: 16, idlePollMs: 5, clock: createManualClock(T0) });
+    const checks: Promise<void>[] = [];
+    engine.events.on('step:completed', (e) => {
+      // Read through the store as the event fires: the completion must already be committed.
+      checks.push(
+        store.getSteps(e.workflowId).then((steps) => {
+          if (steps.find((x) => x.name === e.stepName)?.status !== 'completed') problems.push(`${e.workflowId}:${e.stepName} emitted before stored`);
+        }),
+      );
+    });
+    const completed = new Set<string>();
+    engine.events.on('workflow:completed', (e) => completed.add(e.workflowId));
+    engine.startWorker();
+    opened.push(() => engine.stop());
+    const ids = await Promise.all(Array.from({ length: 24 }, (_, n) => engine.start('chain', { tenantId: 't', input: { n } }).then((d) => d.id)));
+    await expect.poll(() => completed.size, { timeout: 30_000, interval: 10 }).toBe(ids.length);
+    await Promise.all(checks);
+    expect(problems).toEqual([]);
+    expect(runs).toHaveLength(ids.length * names.length);
+    for (const id of ids) {
+      const detail = await engine.get(id);
+      expect(detail.status).toBe('completed');
+      expect(detail.steps.map((x) => [x.status, x.attempts])).toEqual(names.map(() => ['completed', 1]));
+      expect(runs.filter((r) => r.startsWith(`${id}:`))).toEqual(names.map((name) => `${id}:${name}`));
+    }
+  });
+});
+
+describe('group commit options', () => {
+  it('rejects a host transaction and a bad maxBatch', async () => {
+    const database = await createSqliteDatabase();
+    try {
+      await migrateToLatest(database.db);
+      await database.db.transaction().execute(async (trx) => {
+        expect(() => new KyselyWorkflowStore({ db: trx, groupCommit: true })).toThrow(/Kysely instance, not a Transaction/);
+      });
+      expect(() => new KyselyWorkflowStore({ db: database.db, groupCommit: { maxBatch: 0 } })).toThrow(/maxBatch/);
+      expect(() => new KyselyWorkflowStore({ db: database.db, groupCommit: false })).not.toThrow();
+    } finally {
+      await database.cleanup();
+    }
+  });
+});

@@ -1,0 +1,244 @@
+/**
+ * Wake-ups across processes on Postgres: writes that create a workflow or
+ * leave a step claimable send a `NOTIFY` on commit; `subscribe` listens on a
+ * client the host owns; an engine whose worker sleeps a long poll interval
+ * picks up work started elsewhere because of it.
+ */
+import { Kysely, sql } from 'kysely';
+import pg from 'pg';
+import { afterEach, describe, expect, expectTypeOf, it } from 'vitest';
+import { z } from 'zod';
+import { createManualClock } from '../../src/core/clock.js';
+import { defineWorkflow, step } from '../../src/core/define-workflow.js';
+import { createEngine } from '../../src/engine/workflow-engine.js';
+import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry } from '../../src/storage/workflow-store.js';
+import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
+import { notificationChannel, type PgListenClient } from '../../src/stores/kysely/kysely-notifications.js';
+import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
+import { createPostgresSchema, createSqliteDatabase, openPostgres } from '../support/databases.js';
+
+const T0 = Date.UTC(2026, 0, 1, 0, 0, 0, 125);
+
+function workflow(id: string, steps = ['a'], dueAt: Date | null = new Date(T0)): CreateWorkflowInput {
+  return {
+    workflow: {
+      id,
+      tenantId: 'tenant-a',
+      type: 'provision',
+      serviceSlug: null,
+      status: 'pending',
+      definitionVersion: 'v1',
+      input: {},
+      idempotencyKey: null,
+      createdAt: new Date(T0),
+    },
+    steps: steps.map((name, position) => ({ name, position, dependsOn: [], maxAttempts: 3, dueAt: position === 0 ? dueAt : null })),
+    history: [],
+  };
+}
+
+function note(action: string): NewHistoryEntry {
+  return { kind: 'note', stepName: null, from: null, to: null, actor: null, reason: null, action, detail: null };
+}
+
+function claim(leaseToken: string): ClaimRequest {
+  return { workerId: 'w', leaseMs: 60_000, limit: 1, tokens: [{ leaseToken, callbackTokenHash: `${leaseToken}-hash` }] };
+}
+
+describe('PgListenClient', () => {
+  it('is what a pg.Client offers', () => {
+    expectTypeOf<pg.Client>().toExtend<PgListenClient>();
+  });
+
+  it('names the channel after the prefix and schema, within the identifier limit', () => {
+    expect(notificationChannel('sagaline_', undefined)).toBe('sagaline_wake');
+    expect(notificationChannel('app_', 'tenant_7')).toBe('app_wake_tenant_7');
+    const odd = notificationChannel('app_', 'Some "schema"');
+    expect(odd).toMatch(/^app_wake_[0-9a-f]{16}$/);
+    expect(notificationChannel('app_', 'x'.repeat(63))).toHaveLength('app_wake_'.length + 16);
+    expect(notificationChannel('app_', 'Some "schema"')).toBe(odd);
+    expect(notificationChannel('app_', 'Some "schemb"')).not.toBe(odd);
+  });
+});
+
+describe('KyselyWorkflowStore without notifications', () => {
+  it('has no subscribe on SQLite or without the option, and refuses notifications on SQLite', async () => {
+    const database = await createSqliteDatabase();
+    try {
+      const store = new KyselyWorkflowStore({ db: database.db });
+      expect(store.subscribe).toBeUndefined();
+      expect('subscribe' in store).toBe(false);
+      const listen = { query: async () => undefined, on: () => undefined, removeListener: () => undefined };
+      expect(() => new KyselyWorkflowStore({ db: database.db, notifications: { listen } })).toThrow(/needs Postgres/);
+      expect(new KyselyWorkflowStore({ db: database.db, notifications: false }).subscribe).toBeUndefined();
+    } finally {
+      await database.cleanup();
+    }
+  });
+});
+
+describe('notifications on Postgres', () => {
+  const opened: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!();
+  });
+
+  /** A schema with its tables; `process()` opens another pool on it, as another process would. */
+  async function fresh() {
+    const database = await createPostgresSchema();
+    opened.push(() => database.cleanup());
+    await migrateToLatest(database.db, { schema: database.schema });
+    return {
+      ...database,
+      process(): Kysely<any> {
+        const db = openPostgres(database.url, 3);
+        opened.push(() => db.destroy());
+        return db;
+      },
+      async listener(): Promise<pg.Client> {
+        const client = new pg.Client({ connectionString: database.url });
+        await client.connect();
+        opened.push(() => client.end());
+        return client;
+      },
+    };
+  }
+
+  /** Counts wake-ups; `settled()` returns once every notification committed so far has been delivered. */
+  async function counting(store: KyselyWorkflowStore, client: pg.Client) {
+    let calls = 0;
+    const unsubscribe = await store.subscribe!(() => calls++);
+    return {
+      unsubscribe,
+      count: () => calls,
+      // The server sends pending notifications before answering a query on the listening session.
+      async settled(): Promise<number> {
+        await client.query('select 1');
+        return calls;
+      },
+    };
+  }
+
+  it('wakes a subscriber in another process when a workflow is created or a step is made claimable', async () => {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const client = await env.listener();
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    const writer = new KyselyWorkflowStore({ db: env.db, schema: env.schema, clock, notifications: {} });
+    expect(writer.subscribe).toBeUndefined();
+    const wakes = await counting(listening, client);
+    expect((await client.query<{ c: string }>('select pg_listening_channels() as c')).rows).toEqual([
+      { c: notificationChannel('sagaline_', env.schema) },
+    ]);
+
+    await writer.createWorkflow(workflow('w1', ['a', 'b']));
+    await expect.poll(() => wakes.count()).toBe(1);
+    // An idempotent repeat inserts nothing and says nothing.
+    await writer.createWorkflow({ ...workflow('w2'), workflow: { ...workflow('w2').workflow, idempotencyKey: 'k' } });
+    await expect.poll(() => wakes.count()).toBe(2);
+    await writer.createWorkflow({ ...workflow('w3'), workflow: { ...workflow('w3').workflow, idempotencyKey: 'k' } });
+    expect(await wakes.settled()).toBe(2);
+
+    // Claims, a note, a throwing callback, a step due later: no new work for anyone.
+    await writer.claimSteps(claim('lease-1'));
+    await writer.transact('w1', (tx) => tx.appendHistory([note('nothing due')]));
+    await writer
+      .transact('w1', (tx) => {
+        tx.updateStep('b', { dueAt: tx.now });
+        throw new Error('rolled back');
+      })
+      .catch(() => undefined);
+    await writer.transact('w1', (tx) => tx.updateStep('b', { dueAt: new Date(tx.now.getTime() + 60_000) }));
+    // Made due and leased in the same transaction (a chained claim): nobody else's work.
+    await writer.transact('w1', (tx) => tx.updateStep('b', { dueAt: tx.now, leaseToken: 'mine', leaseExpiresAt: new Date(tx.now.getTime() + 30_000) }));
+    expect(await wakes.settled()).toBe(2);
+
+    // A step made due with its lease free, and a lease given up on a due step.
+    await writer.transact('w2', (tx) => tx.updateStep('a', { dueAt: tx.now }));
+    await expect.poll(() => wakes.count()).toBe(3);
+    await writer.transact('w1', (tx) => tx.updateStep('b', { leaseToken: null, leaseExpiresAt: null, leaseOwner: null }));
+    await expect.poll(() => wakes.count()).toBe(4);
+
+    // Unsubscribed: UNLISTEN, and no more calls.
+    await wakes.unsubscribe();
+    expect((await client.query('select pg_listening_channels() as c')).rows).toEqual([]);
+    await writer.createWorkflow(workflow('w4'));
+    expect(await wakes.settled()).toBe(4);
+  });
+
+  it('sends one notification per group-commit batch that makes work due', async () => {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const client = await env.listener();
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    const writer = new KyselyWorkflowStore({ db: env.db, schema: env.schema, clock, notifications: {}, groupCommit: true });
+    for (const id of ['w1', 'w2', 'w3']) await writer.createWorkflow(workflow(id, ['a'], null));
+    const wakes = await counting(listening, client);
+    // A batch in which nothing is made due.
+    await Promise.all(['w1', 'w2', 'w3'].map((id) => writer.transact(id, (tx) => tx.appendHistory([note('quiet')]))));
+    expect(await wakes.settled()).toBe(0);
+    // A batch in which two of three make a step due.
+    await Promise.all(['w1', 'w2', 'w3'].map((id) => writer.transact(id, (tx) => (id === 'w3' ? undefined : tx.updateStep('a', { dueAt: tx.now })))));
+    await expect.poll(() => wakes.count()).toBe(1);
+    expect(await wakes.settled()).toBe(1);
+    await wakes.unsubscribe();
+  });
+
+  it('does not wake stores of other tables, and survives a throwing listener', async () => {
+    const env = await fresh();
+    const other = await fresh();
+    const clock = createManualClock(T0);
+    const client = await env.listener();
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    const elsewhere = new KyselyWorkflowStore({ db: other.db, schema: other.schema, clock, notifications: {} });
+    const here = new KyselyWorkflowStore({ db: env.db, schema: env.schema, clock, notifications: {} });
+    const unsubscribeThrowing = await listening.subscribe!(() => {
+      throw new Error('listener failed');
+    });
+    const wakes = await counting(listening, client);
+    await elsewhere.createWorkflow(workflow('x1'));
+    expect(await wakes.settled()).toBe(0);
+    await here.createWorkflow(workflow('h1'));
+    await expect.poll(() => wakes.count()).toBe(1);
+    // Two subscriptions share one LISTEN, kept until the last one leaves.
+    await unsubscribeThrowing();
+    expect((await client.query('select pg_listening_channels() as c')).rows).toHaveLength(1);
+    await wakes.unsubscribe();
+    expect((await client.query('select pg_listening_channels() as c')).rows).toHaveLength(0);
+  });
+
+  it('lets an engine with a one-minute poll interval pick up a workflow started by another engine at once', async () => {
+    const env = await fresh();
+    const ran: string[] = [];
+    const wf = defineWorkflow({
+      name: 'woken',
+      input: z.object({ n: z.number() }),
+      steps: {
+        first: step({ run: (ctx) => (ran.push(`first:${ctx.input.n}`), 1) }),
+        second: step({ dependsOn: ['first'], run: (ctx) => (ran.push(`second:${ctx.input.n}`), 2) }),
+      },
+    });
+    const client = await env.listener();
+    // Two engines on separate pools, as two processes: A only starts workflows; B's worker polls once a minute.
+    const storeA = new KyselyWorkflowStore({ db: env.db, schema: env.schema, notifications: {} });
+    const storeB = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, notifications: { listen: client } });
+    const engineA = createEngine({ store: storeA, workflows: [wf], idlePollMs: 60_000 });
+    const engineB = createEngine({ store: storeB, workflows: [wf], idlePollMs: 60_000 });
+    const completed: string[] = [];
+    engineB.events.on('workflow:completed', (e) => completed.push(e.workflowId));
+    engineB.startWorker();
+    opened.push(() => engineB.stop());
+    const channel = notificationChannel('sagaline_', env.schema);
+    // B's worker has listened, claimed nothing and gone to sleep for a minute.
+    await expect.poll(async () => (await client.query('select pg_listening_channels() as c')).rows, { timeout: 5_000 }).toEqual([{ c: channel }]);
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from ${sql.id(env.schema, 'sagaline_workflows')}`.execute(env.db);
+    expect(rows[0]!.n).toBe(0);
+
+    const startedAt = Date.now();
+    const { id } = await engineA.start('woken', { tenantId: 't', input: { n: 7 } });
+    await expect.poll(() => completed, { timeout: 5_000, interval: 5 }).toEqual([id]);
+    expect(Date.now() - startedAt).toBeLessThan(5_000);
+    expect(ran).toEqual(['first:7', 'second:7']);
+    expect((await engineA.get(id)).status).toBe('completed');
+  });
+});
