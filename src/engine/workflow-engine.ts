@@ -723,7 +723,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
       if (!current || current.leaseToken !== c.leaseToken) return { written: false as const, next: null };
       const w = new TxWriter(tx, events, c.leaseToken);
       write(w, current);
-      return { written: true as const, next: pair ? this.claimReadyStep(w, pair) : null };
+      // Checked again here: stop() may have been called while the handler ran, and nothing new starts once it was.
+      return { written: true as const, next: pair && !this.stopping ? this.claimReadyStep(w, pair) : null };
     });
     if (!outcome.written) {
       this.logger.info('discarded a result whose lease was lost', { workflowId: c.workflow.id, stepName: c.stepName });
@@ -919,9 +920,16 @@ export class WorkflowEngine implements WorkflowEngineApi {
     }
     const wf = w.workflow();
     const allDone = steps.every((s) => s.status === 'completed' || s.status === 'skipped');
+    const blocked = steps.find((s) => s.status === 'failed');
     if (allDone && (wf.status === 'running' || wf.status === 'pending')) {
       w.setWorkflowStatus('completed', { completedAt: w.now, output: collectOutputs(steps), currentStep: null });
       w.emit({ name: 'workflow:completed', payload: w.base() });
+    } else if (wf.status === 'running' && blocked && !steps.some(canStillMove)) {
+      // An operator retried one of several failed steps and that branch is done: another step is
+      // still failed and nothing else can run, so the workflow is failed again, not running forever.
+      const wfError: StoredError = { ...(blocked.error ?? { code: 'step_failed', message: `step ${blocked.name} failed` }), step: blocked.name };
+      w.setWorkflowStatus('failed', { error: wfError, currentStep: blocked.name });
+      w.emit({ name: 'workflow:failed', payload: { ...w.base(), error: wfError } });
     } else if (next) {
       w.setCurrentStep(next);
     }
@@ -1181,6 +1189,11 @@ function newStepRecord(workflowId: string, s: NewStep): StepRecord {
     error: null,
     completionSeq: null,
   };
+}
+
+/** A step that can still move its workflow without an operator: due, running or waiting. */
+function canStillMove(s: StepRecord): boolean {
+  return s.status === 'running' || s.status === 'waiting_callback' || s.status === 'waiting_poll' || (s.status === 'pending' && s.dueAt !== null);
 }
 
 function runKey(workflowId: string, stepName: string): string {

@@ -1,0 +1,190 @@
+/**
+ * SIGKILL at exact points of a step's life, on a SQLite file and on Postgres
+ * shared by processes (issue 6, items 1 and 2). The engine process kills
+ * itself where told (see `KillPoint` in `test/support/engine-process.ts`),
+ * after writing a marker; a second process then finishes the work.
+ *
+ * Forward: (a) claimed but the body has not run, (b) the body's side effect
+ * happened but its result is not stored, (c) the result is stored. A step runs
+ * again only when its result was not stored, with the same idempotency key;
+ * a stored result is never run again; the workflows finish. The other
+ * workflows in flight die wherever they happened to be, and must finish too.
+ *
+ * Rollback: a step fails for good, the workflow compensates, and the process
+ * dies inside a compensation (before or after it is recorded). On restart the
+ * rollback resumes, never goes forward, compensations run in reverse
+ * completion order, and a recorded compensation never runs again.
+ */
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { KillPoint } from '../../support/engine-process.js';
+import {
+  EngineProcess,
+  compensationEffectViolations,
+  completedAttempt,
+  createProcessDatabase,
+  effectsByWorkflow,
+  killAllProcesses,
+  processStores,
+  processCompensable,
+  readAllStored,
+  readMarkers,
+  runEffectViolations,
+  waitFor,
+  type ProcessDatabase,
+} from '../../process/process-harness.js';
+import { violations } from '../support/invariants.js';
+import { caseTimeoutMs, iterations, loop } from '../support/iterations.js';
+import { reportedCase } from '../support/report.js';
+
+const SUITE = 'kill-points';
+/** Workflows in flight when the process dies. */
+const IN_FLIGHT = 4;
+const stores = processStores();
+
+/**
+ * One round: process A runs `IN_FLIGHT` fresh workflows until it kills itself
+ * at `point` of step `target`; process B then finishes them. Resolves to what
+ * the checks need.
+ */
+async function killRound(
+  db: ProcessDatabase,
+  round: string,
+  workflow: 'pw_linear5' | 'pw_rollback5',
+  point: KillPoint,
+  target: string,
+  input: Record<string, unknown> = {},
+) {
+  const markerFile = join(db.dir, `${round}.jsonl`);
+  const [a, b] = await Promise.all([
+    EngineProcess.spawn({
+      workerId: `${round}_a`,
+      database: db.target,
+      effects: db.effectsTarget,
+      leaseMs: 1000,
+      concurrency: IN_FLIGHT,
+      idlePollMs: 20,
+      kill: { point, step: target, markerFile },
+    }),
+    EngineProcess.spawn({ workerId: `${round}_b`, database: db.target, effects: db.effectsTarget, leaseMs: 10_000, concurrency: IN_FLIGHT, idlePollMs: 50 }),
+  ]);
+  const { ids, errors } = await a.start(workflow, { count: IN_FLIGHT, tenantId: round, input });
+  expect(errors).toEqual([]);
+  await a.work();
+  expect(await a.waitForExit(30_000)).toEqual({ code: null, signal: 'SIGKILL' });
+  const markers = readMarkers(markerFile);
+  expect(markers).toHaveLength(1);
+  const marker = markers[0]!;
+  expect(marker).toMatchObject({ point, stepName: target, workerId: a.workerId });
+
+  await b.work();
+  const done = workflow === 'pw_linear5' ? 'completed' : 'rolled_back';
+  await waitFor(
+    async () => {
+      if (!b.alive) throw new Error(`process B died\n${b.describe()}`);
+      return (await db.statusCounts(ids))[done] === IN_FLIGHT;
+    },
+    `every workflow ${done}`,
+    30_000,
+  );
+  await b.stop();
+  expect(b.problems()).toEqual([]);
+
+  const stored = await readAllStored(db.store, ids);
+  const effects = effectsByWorkflow(await db.effects());
+  for (const s of stored) {
+    const mine = effects.get(s.workflow.id) ?? [];
+    expect(violations(s, processCompensable)).toEqual([]);
+    expect(runEffectViolations(s, mine)).toEqual([]);
+    if (workflow === 'pw_rollback5') expect(compensationEffectViolations(s, mine, processCompensable)).toEqual([]);
+  }
+  const victim = stored.find((s) => s.workflow.id === marker.workflowId)!;
+  expect(victim).toBeDefined();
+  const victimEffects = effects.get(marker.workflowId) ?? [];
+  return { marker, victim, victimEffects, a, b };
+}
+
+describe.skipIf(stores.length === 0).each(stores.length > 0 ? stores : ['postgres' as const])('SIGKILL at exact points on %s shared by processes', (storeName) => {
+  let database: ProcessDatabase | undefined;
+  afterEach(async () => {
+    await killAllProcesses();
+    await database?.cleanup();
+    database = undefined;
+  });
+
+  const forward: { point: KillPoint; fault: string }[] = [
+    { point: 'after-claim', fault: 'SIGKILL after the claim, before the step body' },
+    { point: 'after-effect', fault: "SIGKILL after the body's side effect, before its result is stored" },
+    { point: 'after-store', fault: 'SIGKILL after the result is stored' },
+  ];
+  for (const { point, fault } of forward) {
+    it(
+      fault,
+      () =>
+        reportedCase({ suite: SUITE, fault, stores: [storeName] }, async (tally) => {
+          database = await createProcessDatabase(storeName);
+          const db = database;
+          await loop(iterations(1, 0.1), tally, async (i) => {
+            const target = `s${(i % 5) + 1}`;
+            const { marker, victim, victimEffects, b } = await killRound(db, `${point.replace(/-/g, '_')}_${i}`, 'pw_linear5', point, target);
+            const step = victim.steps.find((s) => s.name === target)!;
+            const runs = victimEffects.filter((e) => e.kind === 'run' && e.stepName === target).map((e) => [e.attempt, e.worker]);
+            const k = marker.attempt;
+            if (point === 'after-claim') {
+              // Claimed, never ran: the next attempt is its only run.
+              expect(runs).toEqual([[k + 1, b.workerId]]);
+              expect(completedAttempt(step)).toBe(k + 1);
+            } else if (point === 'after-effect') {
+              // Ran, result lost: it runs again, once, with the same idempotency key (checked for every row).
+              expect(runs).toEqual([
+                [k, marker.workerId],
+                [k + 1, b.workerId],
+              ]);
+              expect(completedAttempt(step)).toBe(k + 1);
+            } else {
+              // Ran and stored: never again.
+              expect(runs).toEqual([[k, marker.workerId]]);
+              expect(completedAttempt(step)).toBe(k);
+            }
+            expect(victim.history.filter((h) => h.stepName === target && h.to === 'completed')).toHaveLength(1);
+          });
+        }),
+      caseTimeoutMs(),
+    );
+  }
+
+  const rollback: { point: KillPoint; fault: string }[] = [
+    { point: 'compensation-effect', fault: 'SIGKILL during rollback, after a compensation ran and before it was recorded' },
+    { point: 'compensation-stored', fault: 'SIGKILL during rollback, after a compensation was recorded' },
+  ];
+  for (const { point, fault } of rollback) {
+    it(
+      fault,
+      () =>
+        reportedCase({ suite: SUITE, fault, stores: [storeName] }, async (tally) => {
+          database = await createProcessDatabase(storeName);
+          const db = database;
+          await loop(iterations(1, 0.1), tally, async (i) => {
+            // Fail at r3, r4 or r5; die in the first or second compensation.
+            const failAt = 3 + (i % 3);
+            const target = `r${failAt - 1 - (Math.floor(i / 3) % 2)}`;
+            const { marker, victim, victimEffects } = await killRound(db, `${point.replace(/-/g, '_')}_${i}`, 'pw_rollback5', point, target, {
+              failAt: `r${failAt}`,
+            });
+            const comps = victimEffects.filter((e) => e.kind === 'compensate');
+            // Reverse order, each step once, the killed one again only if its compensation was not recorded.
+            const expectedOrder = Array.from({ length: failAt - 1 }, (_, j) => `r${failAt - 1 - j}`);
+            const k = marker.attempt;
+            const expected = expectedOrder.flatMap((name) => {
+              if (name !== target) return [[name, 1]];
+              return point === 'compensation-effect' ? [[name, k], [name, k + 1]] : [[name, k]];
+            });
+            expect(comps.map((e) => [e.stepName, e.attempt])).toEqual(expected);
+            expect(victim.steps.find((s) => s.name === target)?.status).toBe('compensated');
+            expect(victim.steps.find((s) => s.name === `r${failAt}`)?.status).toBe('failed');
+          });
+        }),
+      caseTimeoutMs(),
+    );
+  }
+});
