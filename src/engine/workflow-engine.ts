@@ -10,7 +10,6 @@ import { createEventEmitter, safeEmit, type WorkflowEventEmitter, type WorkflowE
 import type {
   ClaimedStep,
   HistoryRecord,
-  NewStep,
   StepPatch,
   StepRecord,
   StoredError,
@@ -30,6 +29,7 @@ import type {
   WorkflowEngineApi,
   WorkflowSummary,
 } from './engine-types.js';
+import { newStepRecord } from '../storage/step-records.js';
 import { fromBase64Url, hashToken, randomToken, toBase64Url } from './tokens.js';
 
 /** A claimed step with the plaintext tokens of its claim. */
@@ -1164,32 +1164,6 @@ export function createEngine(options: EngineOptions): WorkflowEngine {
 
 // ---------------------------------------------------------------- helpers
 
-/** A step row as `createWorkflow` writes it. */
-function newStepRecord(workflowId: string, s: NewStep): StepRecord {
-  return {
-    workflowId,
-    name: s.name,
-    position: s.position,
-    dependsOn: s.dependsOn,
-    status: 'pending',
-    attempts: 0,
-    retryCount: 0,
-    maxAttempts: s.maxAttempts,
-    startedAt: null,
-    completedAt: null,
-    dueAt: s.dueAt,
-    leaseOwner: null,
-    leaseToken: null,
-    leaseExpiresAt: null,
-    callbackTokenHash: null,
-    callbackResult: null,
-    pollCount: 0,
-    pollDeadlineAt: null,
-    output: null,
-    error: null,
-    completionSeq: null,
-  };
-}
 
 /** A step that can still move its workflow without an operator: due, running or waiting. */
 function canStillMove(s: StepRecord): boolean {

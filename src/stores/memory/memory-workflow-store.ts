@@ -26,6 +26,7 @@ import type {
   WorkflowStore,
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
+import { newStepRecord } from '../../storage/step-records.js';
 
 /** Options of {@link MemoryWorkflowStore}. */
 export interface MemoryWorkflowStoreOptions {
@@ -236,29 +237,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     for (const s of steps) {
       if (entry.slotsByName.has(s.name)) throw new StoreError(`workflow ${w.id}: duplicate step ${s.name}`);
       const slot: StepSlot = {
-        record: {
-          workflowId: w.id,
-          name: s.name,
-          position: s.position,
-          dependsOn: [...s.dependsOn],
-          status: 'pending',
-          attempts: 0,
-          retryCount: 0,
-          maxAttempts: s.maxAttempts,
-          startedAt: null,
-          completedAt: null,
-          dueAt: toDate(s.dueAt, 'dueAt'),
-          leaseOwner: null,
-          leaseToken: null,
-          leaseExpiresAt: null,
-          callbackTokenHash: null,
-          callbackResult: null,
-          pollCount: 0,
-          pollDeadlineAt: null,
-          output: null,
-          error: null,
-          completionSeq: null,
-        },
+        record: newStepRecord(w.id, { ...s, dueAt: toDate(s.dueAt, 'dueAt') }),
         workflow: entry,
         indexedDue: null,
         version: 0,
