@@ -228,8 +228,10 @@ export interface StoreListQuery {
  *   `callbackTokenHash` from the request, `callbackResult = null`; a `step`
  *   history row `pending -> running`;
  * - `running` (its lease expired): `attempts + 1`, `retryCount + 1` (and the
- *   workflow's `retryCount + 1`), `startedAt = now`, new `callbackTokenHash`,
- *   `callbackResult = null`; a `note` history row with action `lease_reclaimed`;
+ *   workflow's `retryCount + 1`), `startedAt = now`, new `callbackTokenHash`;
+ *   `callbackResult` is kept (a callback accepted for the lost attempt is
+ *   applied when the new attempt waits); a `note` history row with action
+ *   `lease_reclaimed`;
  * - `compensating`: `attempts + 1`;
  * - `waiting_callback`, `waiting_poll`: lease only.
  * A `pending` workflow of a claimed step becomes `running` (with a `workflow`

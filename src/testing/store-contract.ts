@@ -523,7 +523,8 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
           leaseToken: secondToken.leaseToken,
           leaseExpiresAt: new Date(T0 + 2_000),
           callbackTokenHash: secondToken.callbackTokenHash,
-          callbackResult: null,
+          // A callback accepted while the lost attempt ran is kept for the new one.
+          callbackResult: { status: 'failed' },
         });
         expect(c?.steps).toEqual([step]);
         expect(must(await store.getWorkflow(id), id).retryCount).toBe(1);

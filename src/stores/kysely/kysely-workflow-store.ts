@@ -552,7 +552,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
           retry_count = case when s.status = 'running' then s.retry_count + 1 else s.retry_count end,
           started_at = case when s.status in ('pending', 'running') then ${now} else s.started_at end,
           callback_token_hash = case when s.status in ('pending', 'running') then tokens.callback_token_hash else s.callback_token_hash end,
-          callback_result = case when s.status in ('pending', 'running') then null else s.callback_result end
+          callback_result = case when s.status = 'pending' then null else s.callback_result end
         from numbered n join tokens on tokens.rn = n.rn
         where s.workflow_id = n.workflow_id and s.name = n.name
         returning s.workflow_id, s.name, s.attempts, n.status as previous_status, n.lease_owner as previous_owner,
@@ -648,7 +648,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         started_at = case when status in ('pending', 'running') then ${nowMs} else started_at end,
         callback_token_hash = case when status in ('pending', 'running')
           then json_extract(${tokenJson}, '$[' || numbered.rn || '][1]') else callback_token_hash end,
-        callback_result = case when status in ('pending', 'running') then null else callback_result end
+        callback_result = case when status = 'pending' then null else callback_result end
       from numbered
       where ${steps}.workflow_id = numbered.workflow_id and ${steps}.name = numbered.name
       returning workflow_id, name, attempts, lease_token, claimed_from_status, claimed_from_owner`,

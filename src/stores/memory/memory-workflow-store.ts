@@ -430,7 +430,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
         workflow.retryCount += 1;
         next.startedAt = now;
         next.callbackTokenHash = token.callbackTokenHash;
-        next.callbackResult = null;
+        // A callback accepted for the lost attempt stays: the vendor will not call again.
         rows.push({
           ...historyRow('note', prev.name, null, null),
           action: 'lease_reclaimed',
