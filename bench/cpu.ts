@@ -1,0 +1,67 @@
+/**
+ * CPU time spent during a run: this process (`process.cpuUsage()`), and the
+ * Postgres server (the postmaster and all its processes, from `/proc`). On a
+ * machine with few cores this says whether a run was CPU-bound, and where.
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+
+/** CPU milliseconds (user + system) of this process so far. */
+export function ownCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+/** Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux). */
+const TICKS_PER_SECOND = 100;
+
+interface ProcStat {
+  pid: number;
+  ppid: number;
+  /** utime + stime, in ticks. */
+  own: number;
+  /** cutime + cstime: children that exited and were waited for, in ticks. */
+  reaped: number;
+}
+
+function readStat(pid: string): ProcStat | null {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+    const n = (i: number): number => Number(fields[i - 3]);
+    return { pid: Number(pid), ppid: n(4), own: n(14) + n(15), reaped: n(16) + n(17) };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * CPU milliseconds of a process tree: the root's own and reaped children's
+ * time, plus the time of its live descendants. Null where `/proc` is not
+ * readable (not Linux).
+ */
+export function processTreeCpuMs(rootPid: number): number | null {
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc').filter((e) => /^\d+$/.test(e));
+  } catch {
+    return null;
+  }
+  const stats = entries.map(readStat).filter((s): s is ProcStat => s !== null);
+  const children = new Map<number, ProcStat[]>();
+  for (const s of stats) {
+    let list = children.get(s.ppid);
+    if (!list) children.set(s.ppid, (list = []));
+    list.push(s);
+  }
+  const root = stats.find((s) => s.pid === rootPid);
+  if (!root) return null;
+  let ticks = root.own + root.reaped;
+  const stack = [...(children.get(rootPid) ?? [])];
+  while (stack.length > 0) {
+    const s = stack.pop()!;
+    ticks += s.own;
+    stack.push(...(children.get(s.pid) ?? []));
+  }
+  return (ticks * 1000) / TICKS_PER_SECOND;
+}

@@ -1,0 +1,178 @@
+/**
+ * The multi-process Postgres run: P engine processes (`bench/pg-worker.ts`)
+ * share one database; this process starts the workflows (through an engine
+ * without a worker) and measures, learning of completions over IPC. The
+ * workers find new workflows by polling every `--poll-ms`, and wake themselves
+ * when they finish a step.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { createEngine } from '../src/index.js';
+import { KyselyWorkflowStore } from '../src/kysely.js';
+import { onCleanup } from './cleanup.js';
+import { benchLogger } from './logger.js';
+import { openPostgres } from './postgres.js';
+import { assembleRun, cpuReading, cpuSince, WARMUP_FIRST_NUMBER, type EngineSettings, type RunContext } from './runs.js';
+import type { SagalineRun } from './results.js';
+import { StatementCounter, sumCounts, type StatementCounts } from './statement-counter.js';
+import { createTarget } from './targets.js';
+import { BENCH_WORKFLOW, benchStartOptions, benchWorkflow, CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW, type ClosedLoopResult } from './workload.js';
+import type { ParentMessage, WorkerMessage } from './worker-protocol.js';
+
+const SPAWN_TIMEOUT_MS = 60_000;
+const REPLY_TIMEOUT_MS = 30_000;
+
+/** One forked engine process and the messages it sends. */
+class WorkerProcess {
+  private readonly child: ChildProcess;
+  private readonly waiting = new Map<WorkerMessage['type'], { resolve: (m: WorkerMessage) => void; reject: (e: Error) => void }>();
+  private exitError: Error | null = null;
+  /** Gets completions and failures while a pass runs. */
+  tracker: CompletionTracker | null = null;
+  readonly kill: () => Promise<void>;
+
+  constructor(readonly index: number) {
+    const script = fileURLToPath(new URL('./pg-worker.ts', import.meta.url));
+    const execArgv = process.execArgv.some((a) => a.includes('tsx')) ? process.execArgv : [...process.execArgv, '--import', 'tsx'];
+    this.child = fork(script, [], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' });
+    this.child.on('message', (raw: unknown) => this.onMessage(raw as WorkerMessage));
+    const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
+    this.child.once('exit', (code, signal) => {
+      this.exitError = new Error(`engine process ${index} exited (code ${String(code)}, signal ${String(signal)})`);
+      for (const w of this.waiting.values()) w.reject(this.exitError);
+      this.waiting.clear();
+      this.tracker?.abort(this.exitError);
+    });
+    this.kill = onCleanup(`engine process ${index}`, async () => {
+      if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+      this.child.kill('SIGTERM');
+      const timer = setTimeout(() => this.child.kill('SIGKILL'), 5_000);
+      await exited;
+      clearTimeout(timer);
+    });
+  }
+
+  send(message: ParentMessage): void {
+    if (this.exitError) throw this.exitError;
+    this.child.send(message);
+  }
+
+  /** The next message of this type. */
+  next<T extends WorkerMessage['type']>(type: T, timeoutMs: number): Promise<Extract<WorkerMessage, { type: T }>> {
+    if (this.exitError) return Promise.reject(this.exitError);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(type);
+        reject(new Error(`engine process ${this.index} did not send "${type}" within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiting.set(type, {
+        resolve: (m) => {
+          clearTimeout(timer);
+          resolve(m as Extract<WorkerMessage, { type: T }>);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+    });
+  }
+
+  private onMessage(message: WorkerMessage): void {
+    if (message.type === 'completed') {
+      this.tracker?.completed(message.workflowId);
+      return;
+    }
+    if (message.type === 'failed') {
+      this.tracker?.failed(message.workflowId, message.reason);
+      return;
+    }
+    if (message.type === 'error') {
+      const error = new Error(`engine process ${this.index}: ${message.message}`);
+      for (const w of this.waiting.values()) w.reject(error);
+      this.waiting.clear();
+      this.tracker?.abort(error);
+      return;
+    }
+    const waiter = this.waiting.get(message.type);
+    if (waiter) {
+      this.waiting.delete(message.type);
+      waiter.resolve(message);
+    }
+  }
+}
+
+export async function runMultiProcess(ctx: RunContext, processes: number, clients: number): Promise<SagalineRun> {
+  const { options } = ctx;
+  const target = await createTarget('postgres', `bench_postgres_${processes}p_${clients}c`, {
+    tempDir: ctx.tempDir,
+    postgres: ctx.postgres,
+    poolSize: options.poolSize,
+  });
+  const url = target.url!;
+  const settings: EngineSettings = { concurrency: options.concurrency, idlePollMs: options.pollMs, poolSize: options.poolSize };
+  const workers = Array.from({ length: processes }, (_, i) => new WorkerProcess(i + 1));
+  try {
+    await Promise.all(workers.map((w) => w.next('spawned', SPAWN_TIMEOUT_MS)));
+
+    /** One pass: workers start, this process starts `count` workflows and waits for them, workers stop. */
+    const pass = async (
+      count: number,
+      firstNumber: number,
+    ): Promise<{ loop: ClosedLoopResult; statements: StatementCounts; cpu: { nodeMs: number; postgresMs: number | null } }> => {
+      const tracker = new CompletionTracker();
+      const ready = workers.map((w) => w.next('ready', REPLY_TIMEOUT_MS));
+      for (const w of workers) {
+        w.tracker = tracker;
+        w.send({ type: 'start', url, poolSize: options.poolSize, concurrency: options.concurrency, idlePollMs: options.pollMs });
+      }
+      await Promise.all(ready);
+      const counter = new StatementCounter();
+      const { db, close } = openPostgres(url, options.poolSize, counter.log);
+      // This engine only starts workflows: it never runs a worker.
+      const starter = createEngine({ store: new KyselyWorkflowStore({ db }), workflows: [benchWorkflow], logger: benchLogger });
+      let loop: ClosedLoopResult;
+      let ownCpu: { nodeMs: number; postgresMs: number | null };
+      try {
+        const cpuBefore = cpuReading(ctx);
+        loop = await runClosedLoop({
+          workflows: count,
+          clients,
+          tracker,
+          timeoutMs: options.runTimeoutSeconds * 1000,
+          firstNumber,
+          start: async (n) => (await starter.start(BENCH_WORKFLOW, benchStartOptions(n))).id,
+        });
+        ownCpu = cpuSince(ctx, cpuBefore, 0);
+      } finally {
+        await close();
+      }
+      const stopped = workers.map((w) => w.next('stopped', REPLY_TIMEOUT_MS));
+      for (const w of workers) w.send({ type: 'stop' });
+      const replies = await Promise.all(stopped);
+      // The workers' CPU covers their whole pass (start to stop), a little more than the measured loop.
+      const cpu = { nodeMs: ownCpu.nodeMs + replies.reduce((sum, r) => sum + r.cpuMs, 0), postgresMs: ownCpu.postgresMs };
+      for (const w of workers) w.tracker = null;
+      return { loop, statements: sumCounts([counter.snapshot(), ...replies.map((r) => r.statements)]), cpu };
+    };
+
+    if (options.warmupWorkflows > 0) await pass(options.warmupWorkflows, WARMUP_FIRST_NUMBER);
+    const before = await target.readCounters(null);
+    const measured = await pass(options.workflows, 0);
+    const after = await target.readCounters(null);
+    await target.verify(options.workflows + options.warmupWorkflows);
+    return assembleRun({
+      label: `postgres, ${processes} processes`,
+      cpu: measured.cpu,
+      store: 'postgres',
+      processes,
+      loop: measured.loop,
+      transactions: target.transactions(before, after, options.workflows, STEPS_PER_WORKFLOW),
+      statements: measured.statements,
+      settings,
+      baselines: ctx.baselines,
+    });
+  } finally {
+    await Promise.all(workers.map((w) => w.kill()));
+  }
+}

@@ -1,0 +1,114 @@
+/** Command-line options of `npm run bench`. */
+import { parseArgs } from 'node:util';
+import type { StoreKind } from './results.js';
+
+export interface BenchOptions {
+  workflows: number;
+  clients: number[];
+  /** Engine processes of the multi-process Postgres run (0: no such run). */
+  processes: number;
+  stores: StoreKind[];
+  json: string | null;
+  quick: boolean;
+  baselineSeconds: number;
+  warmupWorkflows: number;
+  /** Engine `concurrency` (step handlers at once, per process). */
+  concurrency: number;
+  /** Postgres pool size per process. */
+  poolSize: number;
+  /** Engine `idlePollMs` of the multi-process run's workers (they learn of new workflows by polling). */
+  pollMs: number;
+  runTimeoutSeconds: number;
+  totalTimeoutSeconds: number;
+}
+
+export const USAGE = `Usage: npm run bench -- [options]
+
+Measures the machine's raw commit rates (Postgres, SQLite) and sagaline on the
+memory, SQLite and Postgres stores with a 5-step workflow, in one run, and
+prints one table. Starts its own Postgres server (fsync on).
+
+Options:
+  --workflows N         workflows per measured run (default 2000; --quick: 200)
+  --clients LIST        closed-loop clients, comma-separated (default 1,32)
+  --processes N         engine processes of the multi-process Postgres run (default 3; 0 skips it)
+  --stores LIST         any of memory,sqlite,postgres (default all)
+  --json FILE           also write the figures to FILE
+  --quick               a short pass to check that everything works (< 1 minute)
+  --baseline-seconds S  duration of each raw baseline (default 5; --quick: 0.5)
+  --warmup N            warm-up workflows before each measured run (default N/10, at most 200; --quick: 10)
+  --concurrency N       engine concurrency per process (default 32)
+  --pool N              Postgres pool size per process (default 10)
+  --poll-ms N           idle poll interval of the multi-process workers (default 20)
+  --run-timeout S       a measured run fails after S seconds (default 300; --quick: 60)
+  --timeout S           the whole bench stops after S seconds (default 1800; --quick: 180)
+  -h, --help            this text`;
+
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        workflows: { type: 'string' },
+        clients: { type: 'string' },
+        processes: { type: 'string' },
+        stores: { type: 'string' },
+        json: { type: 'string' },
+        quick: { type: 'boolean', default: false },
+        'baseline-seconds': { type: 'string' },
+        warmup: { type: 'string' },
+        concurrency: { type: 'string' },
+        pool: { type: 'string' },
+        'poll-ms': { type: 'string' },
+        'run-timeout': { type: 'string' },
+        timeout: { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
+  const v = parsed.values;
+  if (v.help) return 'help';
+  const quick = v.quick === true;
+  const workflows = intArg('--workflows', v.workflows, quick ? 200 : 2000, 1);
+  const clients = (v.clients ?? '1,32').split(',').map((c) => intArg('--clients', c.trim(), 0, 1));
+  const stores = (v.stores ?? 'memory,sqlite,postgres').split(',').map((s) => s.trim());
+  for (const s of stores) if (s !== 'memory' && s !== 'sqlite' && s !== 'postgres') throw new UsageError(`--stores: unknown store "${s}"`);
+  return {
+    workflows,
+    clients: [...new Set(clients)],
+    processes: intArg('--processes', v.processes, 3, 0),
+    stores: [...new Set(stores)] as StoreKind[],
+    json: v.json ?? null,
+    quick,
+    baselineSeconds: numArg('--baseline-seconds', v['baseline-seconds'], quick ? 0.5 : 5, 0.1),
+    warmupWorkflows: intArg('--warmup', v.warmup, quick ? 10 : Math.min(200, Math.ceil(workflows / 10)), 0),
+    concurrency: intArg('--concurrency', v.concurrency, 32, 1),
+    poolSize: intArg('--pool', v.pool, 10, 1),
+    pollMs: intArg('--poll-ms', v['poll-ms'], 20, 1),
+    runTimeoutSeconds: numArg('--run-timeout', v['run-timeout'], quick ? 60 : 300, 1),
+    totalTimeoutSeconds: numArg('--timeout', v.timeout, quick ? 180 : 1800, 1),
+  };
+}
+
+function intArg(name: string, value: string | undefined, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min) throw new UsageError(`${name} must be an integer >= ${min}, got "${value}"`);
+  return n;
+}
+
+function numArg(name: string, value: string | undefined, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < min) throw new UsageError(`${name} must be a number >= ${min}, got "${value}"`);
+  return n;
+}

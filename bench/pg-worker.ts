@@ -1,0 +1,66 @@
+/**
+ * One engine process of the multi-process Postgres run, forked by the bench
+ * (`bench/multi-process.ts`). It runs a worker against the shared database and
+ * reports completions to the parent over IPC; the parent starts the workflows.
+ *
+ * Messages in: `start` (open a pool and start a worker), `stop` (stop the
+ * worker, close the pool, report the statements sent). The process exits when
+ * the parent goes away.
+ */
+import { createEngine, type WorkflowEngine } from '../src/index.js';
+import { KyselyWorkflowStore } from '../src/kysely.js';
+import { ownCpuMs } from './cpu.js';
+import { benchLogger } from './logger.js';
+import { openPostgres } from './postgres.js';
+import { NO_STATEMENTS, StatementCounter } from './statement-counter.js';
+import { benchWorkflow } from './workload.js';
+import type { ParentMessage, WorkerMessage } from './worker-protocol.js';
+
+let current: { engine: WorkflowEngine; close: () => Promise<void>; counter: StatementCounter; cpuAtStart: number } | null = null;
+
+function send(message: WorkerMessage): void {
+  if (process.connected) process.send?.(message);
+}
+
+async function start(message: Extract<ParentMessage, { type: 'start' }>): Promise<void> {
+  if (current) throw new Error('already started');
+  const counter = new StatementCounter();
+  const { db, close } = openPostgres(message.url, message.poolSize, counter.log);
+  const engine = createEngine({
+    store: new KyselyWorkflowStore({ db }),
+    workflows: [benchWorkflow],
+    concurrency: message.concurrency,
+    idlePollMs: message.idlePollMs,
+    shutdownTimeoutMs: 5_000,
+    logger: benchLogger,
+  });
+  engine.events.on('workflow:completed', (e) => send({ type: 'completed', workflowId: e.workflowId }));
+  engine.events.on('workflow:failed', (e) => send({ type: 'failed', workflowId: e.workflowId, reason: `${e.error.code}: ${e.error.message}` }));
+  current = { engine, close, counter, cpuAtStart: ownCpuMs() };
+  engine.startWorker();
+  send({ type: 'ready' });
+}
+
+async function stop(): Promise<void> {
+  const running = current;
+  current = null;
+  if (!running) {
+    send({ type: 'stopped', statements: NO_STATEMENTS, cpuMs: 0 });
+    return;
+  }
+  await running.engine.stop();
+  const cpuMs = ownCpuMs() - running.cpuAtStart;
+  await running.close();
+  send({ type: 'stopped', statements: running.counter.snapshot(), cpuMs });
+}
+
+process.on('message', (raw: unknown) => {
+  const message = raw as ParentMessage;
+  const handled = message.type === 'start' ? start(message) : stop();
+  handled.catch((err: unknown) => send({ type: 'error', message: err instanceof Error ? (err.stack ?? err.message) : String(err) }));
+});
+
+// The parent decides when to stop; a Ctrl-C in the terminal reaches it too, and it stops this process.
+process.on('SIGINT', () => undefined);
+process.on('disconnect', () => process.exit(0));
+send({ type: 'spawned' });

@@ -1,0 +1,147 @@
+/** The machine description and the printed table. */
+import { spawnSync } from 'node:child_process';
+import { statfsSync } from 'node:fs';
+import { availableParallelism, cpus, loadavg, release, totalmem, type } from 'node:os';
+import Database from 'better-sqlite3';
+import type { BaselineResult } from './baselines.js';
+import type { BenchResults, MachineInfo } from './results.js';
+
+const FILESYSTEMS: Record<number, string> = {
+  0xef53: 'ext4',
+  0x58465342: 'xfs',
+  0x9123683e: 'btrfs',
+  0x01021994: 'tmpfs (no real fsync)',
+  0x794c7630: 'overlayfs',
+  0x2fc12fc1: 'zfs',
+};
+
+export function describeMachine(
+  tempDir: string,
+  postgres: { version: string; settings: Record<string, string> } | null,
+  loadAverage: number[],
+): MachineInfo {
+  const memory = new Database(':memory:');
+  const sqlite = String(memory.prepare('select sqlite_version() as v').pluck().get());
+  memory.close();
+  let filesystem: string | null = null;
+  try {
+    const fsType = statfsSync(tempDir).type;
+    filesystem = FILESYSTEMS[fsType] ?? `0x${fsType.toString(16)}`;
+  } catch {
+    filesystem = null;
+  }
+  return {
+    nproc: availableParallelism(),
+    cpu: cpus()[0]?.model.trim() ?? 'unknown',
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    os: `${type()} ${release()}`,
+    node: process.version,
+    postgres: postgres?.version ?? null,
+    postgresSettings: postgres?.settings ?? null,
+    sqlite,
+    filesystem,
+    loadAverage,
+    loadAverageAtEnd: loadavg(),
+  };
+}
+
+/** The measured code's revision (`git describe --always --dirty`), or null outside a git checkout. */
+export function codeRevision(): string | null {
+  const root = new URL('..', import.meta.url).pathname;
+  const git = spawnSync('git', ['describe', '--always', '--dirty', '--abbrev=12'], { cwd: root, encoding: 'utf8' });
+  return git.status === 0 ? git.stdout.trim() || null : null;
+}
+
+/** The one table the bench prints (Markdown, so it can go into the README as is), with its legend. */
+export function formatTable(results: BenchResults): string {
+  const header = [
+    'run',
+    'procs',
+    'clients',
+    'workflows/s',
+    'steps/s',
+    'p50 ms',
+    'p99 ms',
+    'tx/wf (all)',
+    'write tx/wf',
+    'stmts/step',
+    'CPU ms/wf node+pg',
+    '% of raw commits/s',
+  ];
+  const rows: string[][] = [];
+  const drifted: string[] = [];
+  const baselineRow = (name: string, b: BaselineResult | undefined, end: BaselineResult | undefined): void => {
+    if (!b) return;
+    const cpu = `${fixed(b.cpu.nodeMsPerCommit, 2)}${b.cpu.postgresMsPerCommit !== null ? `+${fixed(b.cpu.postgresMsPerCommit, 2)}` : ''} per commit`;
+    const rate = end ? `${int(b.commitsPerSec)} → ${int(end.commitsPerSec)} commits/s` : `${int(b.commitsPerSec)} commits/s`;
+    if (end && Math.max(b.commitsPerSec, end.commitsPerSec) > 1.25 * Math.min(b.commitsPerSec, end.commitsPerSec)) drifted.push(name.replace(/^raw: /, ''));
+    rows.push([name, '1', String(b.connections), '—', rate, ms(b.latency.p50Ms), ms(b.latency.p99Ms), '1', '1', '1', cpu, '100%']);
+  };
+  const end = results.baselines.atEnd;
+  baselineRow('raw: Postgres single-row UPDATE, 1 connection', results.baselines.postgres1, end?.postgres1);
+  baselineRow('raw: Postgres single-row UPDATE, 8 connections', results.baselines.postgres8, end?.postgres8);
+  baselineRow('raw: SQLite single-row UPDATE (WAL, synchronous=FULL)', results.baselines.sqlite, end?.sqlite);
+  for (const r of results.runs) {
+    rows.push([
+      `sagaline: ${r.label}`,
+      String(r.processes),
+      String(r.clients),
+      int(r.workflowsPerSec),
+      int(r.stepsPerSec),
+      ms(r.latency.p50Ms),
+      ms(r.latency.p99Ms),
+      r.transactions ? fixed(r.transactions.perWorkflow) : '—',
+      r.transactions ? fixed(r.transactions.writePerWorkflow) : '—',
+      r.statements ? fixed(r.statements.perStep) : '—',
+      `${fixed(r.cpu.nodeMsPerWorkflow, 2)}${r.cpu.postgresMsPerWorkflow !== null ? `+${fixed(r.cpu.postgresMsPerWorkflow, 2)}` : ''}`,
+      r.baseline ? pct(r.baseline.stepsPerSecRatio) : '—',
+    ]);
+  }
+  for (const f of results.failures) {
+    rows.push([`sagaline: ${f.label}`, String(f.processes), String(f.clients), 'FAILED', '', '', '', '', '', '', '', '']);
+  }
+  const right = header.map((_, i) => i > 0);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]): string =>
+    `| ${cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(' | ')} |`;
+  const rule = `|${widths.map((w, i) => (right[i] ? `${'-'.repeat(w + 1)}:` : `${'-'.repeat(w + 2)}`)).join('|')}|`;
+  const m = results.machine;
+  const o = results.options;
+  const single = results.runs.find((r) => r.processes === 1);
+  const multi = results.runs.find((r) => r.processes > 1);
+  const legend = [
+    `${o.workflows} workflows of 5 trivial steps per run (after ${o.warmupWorkflows} warm-up workflows); closed-loop clients; latency from start() to workflow:completed.`,
+    `Machine: ${m.nproc} cores (${m.cpu}), ${m.memoryGiB} GiB, ${m.os}, ${m.filesystem ?? 'unknown fs'}, load average ${m.loadAverage[0]?.toFixed(1) ?? '?'} at start and ${m.loadAverageAtEnd[0]?.toFixed(1) ?? '?'} at end; Node ${m.node}; PostgreSQL ${m.postgres ?? '—'}` +
+      `${m.postgresSettings ? ` (fsync=${m.postgresSettings['fsync']}, synchronous_commit=${m.postgresSettings['synchronous_commit']})` : ''}; SQLite ${m.sqlite}; ${results.date}` +
+      `${results.revision ? `; code ${results.revision}` : ''}.`,
+    `Engine: concurrency ${o.concurrency} per process; Postgres pool of ${o.poolSize} per process; idle poll ${single?.settings.idlePollMs ?? '—'} ms in one process` +
+      `${multi ? `, ${multi.settings.idlePollMs} ms in the ${multi.processes}-process run (its workers learn of new workflows by polling)` : ''}.`,
+    'Raw rates were measured right before and right after the sagaline runs on the same database (before → after); % of raw commits/s divides steps/s by their mean (Postgres: 8 connections; SQLite: one connection).',
+    ...(drifted.length > 0
+      ? [`WARNING: the raw rate moved by more than 25% during the run (${drifted.join('; ')}): the machine's load changed, so the ratios are unreliable.`]
+      : []),
+    'tx/wf (all): committed transactions per workflow, read-only ones included (Postgres: pg_stat_database.xact_commit; SQLite: counted on the connection).',
+    'write tx/wf: transactions that wrote (Postgres: assigned a transaction id; SQLite: committed to the WAL). stmts/step: SQL statements per step (round trips on Postgres), start() included.',
+    `CPU ms/wf: CPU time per workflow of the Node processes (SQLite runs in them) + the Postgres server; ${m.nproc} cores give at most ${int(m.nproc * 1000)} ms of CPU per second.`,
+  ].filter((l) => l !== '');
+  return [line(header), rule, ...rows.map(line), '', ...legend].join('\n');
+}
+
+function int(n: number): string {
+  return Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '—';
+}
+
+function fixed(n: number, digits = 1): string {
+  return Number.isFinite(n) ? n.toFixed(digits) : '—';
+}
+
+function ms(n: number): string {
+  if (!Number.isFinite(n)) return '—';
+  return n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2);
+}
+
+function pct(ratio: number): string {
+  if (!Number.isFinite(ratio)) return '—';
+  const p = ratio * 100;
+  return `${p >= 10 ? p.toFixed(0) : p.toFixed(1)}%`;
+}

@@ -1,0 +1,165 @@
+/**
+ * `npm run bench`: the raw commit rates of the machine's Postgres and SQLite,
+ * then sagaline on the memory, SQLite and Postgres stores (and several engine
+ * processes on Postgres), all in one run, printed as one table. See
+ * `npm run bench -- --help`, and the README's Performance section.
+ *
+ * Progress goes to stderr, the table to stdout.
+ */
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { postgresUpdateRate, sqliteUpdateRate } from './baselines.js';
+import { installCleanupHandlers, onCleanup, removeTempDir, runCleanups, shuttingDown, trackTempDir } from './cleanup.js';
+import { loggedProblems } from './logger.js';
+import { runMultiProcess } from './multi-process.js';
+import { parseBenchOptions, USAGE, UsageError, type BenchOptions } from './options.js';
+import { PostgresStartError, startBenchPostgres, type BenchPostgres } from './postgres.js';
+import { codeRevision, describeMachine, formatTable } from './report.js';
+import type { BaselineSet, BenchBaselines, BenchResults, FailedRun, SagalineRun, StoreKind } from './results.js';
+import { applyBaselines, runInProcess, type RunContext } from './runs.js';
+
+/** The bench was interrupted (a signal, or the overall timeout): cleanup is under way. */
+class Interrupted extends Error {
+  override readonly name = 'Interrupted';
+}
+
+function progress(line: string): void {
+  process.stderr.write(`bench: ${line}\n`);
+}
+
+async function main(options: BenchOptions): Promise<number> {
+  const loadAverage = loadavg();
+  const tempDir = mkdtempSync(join(tmpdir(), 'sagaline-bench-'));
+  trackTempDir(tempDir);
+  onCleanup('bench temp dir', () => removeTempDir(tempDir));
+
+  let postgres: BenchPostgres | null = null;
+  if (options.stores.includes('postgres')) {
+    progress('starting Postgres…');
+    postgres = await startBenchPostgres();
+    progress(`Postgres ${postgres.version} up (fsync=${postgres.settings['fsync'] ?? '?'})`);
+  }
+
+  if (postgres) await postgres.createDatabase('bench_raw');
+  /** The raw baselines of one database, measured right before and right after its sagaline runs. */
+  const measureBaselines = async (store: 'sqlite' | 'postgres', when: 'before' | 'after', into: BaselineSet): Promise<void> => {
+    const seconds = options.baselineSeconds;
+    if (store === 'postgres' && postgres) {
+      const url = postgres.url('bench_raw');
+      progress(`raw baseline (${when}): Postgres single-row UPDATE, 1 connection, ${seconds} s`);
+      into.postgres1 = await postgresUpdateRate(url, 1, seconds, postgres.pid);
+      progress(`raw baseline (${when}): Postgres single-row UPDATE, 8 connections, ${seconds} s`);
+      into.postgres8 = await postgresUpdateRate(url, 8, seconds, postgres.pid);
+    }
+    if (store === 'sqlite') {
+      progress(`raw baseline (${when}): SQLite single-row UPDATE (WAL, synchronous=FULL), ${seconds} s`);
+      into.sqlite = await sqliteUpdateRate(join(tempDir, 'raw.db'), seconds);
+    }
+  };
+  const baselines: BenchBaselines = { atEnd: {} };
+
+  const ctx: RunContext = { options, tempDir, postgres, baselines };
+  const runs: SagalineRun[] = [];
+  const failures: FailedRun[] = [];
+  const attempt = async (label: string, store: StoreKind, processes: number, clients: number, run: () => Promise<SagalineRun>): Promise<void> => {
+    if (shuttingDown()) throw new Interrupted();
+    progress(`sagaline: ${label}, ${clients} client${clients === 1 ? '' : 's'}, ${options.workflows} workflows…`);
+    const problemsBefore = loggedProblems();
+    try {
+      const result = await run();
+      runs.push(result);
+      const problems = loggedProblems() - problemsBefore;
+      progress(
+        `  ${Math.round(result.workflowsPerSec)} workflows/s, ${Math.round(result.stepsPerSec)} steps/s, p50 ${result.latency.p50Ms.toFixed(2)} ms` +
+          (result.transactions ? `, ${result.transactions.writePerWorkflow.toFixed(1)} write tx/workflow` : '') +
+          (problems > 0 ? ` (the engine logged ${problems} warnings or errors)` : ''),
+      );
+    } catch (err) {
+      if (shuttingDown()) throw new Interrupted();
+      const message = err instanceof Error ? err.message : String(err);
+      progress(`  FAILED: ${message}`);
+      failures.push({ label, store, processes, clients, error: message });
+    }
+  };
+  for (const store of (['memory', 'sqlite', 'postgres'] as const).filter((s) => options.stores.includes(s))) {
+    if (store !== 'memory') await measureBaselines(store, 'before', baselines);
+    for (const clients of options.clients) await attempt(store, store, 1, clients, () => runInProcess(ctx, store, clients));
+    if (store === 'postgres' && options.processes > 0) {
+      const clients = Math.max(...options.clients);
+      const label = `postgres, ${options.processes} processes`;
+      await attempt(label, 'postgres', options.processes, clients, () => runMultiProcess(ctx, options.processes, clients));
+    }
+    if (shuttingDown()) throw new Interrupted();
+    if (store !== 'memory') await measureBaselines(store, 'after', baselines.atEnd!);
+  }
+  applyBaselines(runs, baselines);
+
+  const results: BenchResults = {
+    date: new Date().toISOString(),
+    revision: codeRevision(),
+    machine: describeMachine(tempDir, postgres, loadAverage),
+    options: {
+      workflows: options.workflows,
+      clients: options.clients,
+      processes: options.processes,
+      stores: options.stores,
+      quick: options.quick,
+      baselineSeconds: options.baselineSeconds,
+      warmupWorkflows: options.warmupWorkflows,
+      concurrency: options.concurrency,
+      poolSize: options.poolSize,
+      pollMs: options.pollMs,
+    },
+    baselines,
+    runs,
+    failures,
+  };
+  process.stdout.write(`\n${formatTable(results)}\n`);
+  for (const f of failures) process.stdout.write(`FAILED ${f.label} (${f.clients} clients): ${f.error}\n`);
+  if (options.json) {
+    const file = resolve(options.json);
+    mkdirSync(dirname(file), { recursive: true });
+    writeFileSync(file, `${JSON.stringify(results, null, 2)}\n`);
+    progress(`figures written to ${file}`);
+  }
+  return failures.length > 0 ? 1 : 0;
+}
+
+let options: BenchOptions | 'help';
+try {
+  options = parseBenchOptions(process.argv.slice(2));
+} catch (err) {
+  if (!(err instanceof UsageError)) throw err;
+  process.stderr.write(`bench: ${err.message}\n\n${USAGE}\n`);
+  process.exit(2);
+}
+if (options === 'help') {
+  process.stdout.write(`${USAGE}\n`);
+  process.exit(0);
+}
+
+installCleanupHandlers();
+const limitSeconds = options.totalTimeoutSeconds;
+const watchdog = setTimeout(() => {
+  progress(`the bench did not finish within ${limitSeconds} s (--timeout); stopping`);
+  void runCleanups().finally(() => process.exit(1));
+}, limitSeconds * 1000);
+watchdog.unref();
+
+let code = 1;
+try {
+  code = await main(options);
+} catch (err) {
+  if (shuttingDown() || err instanceof Interrupted) {
+    // A signal handler (or the watchdog) is cleaning up; it exits with its own code once done.
+    await runCleanups();
+    process.exit(130);
+  }
+  if (err instanceof PostgresStartError) progress(err.message);
+  else progress(`failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  code = 1;
+} finally {
+  await runCleanups();
+}
+process.exit(code);

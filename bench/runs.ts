@@ -1,0 +1,220 @@
+/**
+ * The sagaline runs: one engine in this process on a memory, SQLite or
+ * Postgres store, a warm-up pass and then the measured pass, each on a store
+ * opened for it.
+ */
+import { createEngine, type WorkflowStore } from '../src/index.js';
+import { onCleanup } from './cleanup.js';
+import { ownCpuMs, processTreeCpuMs } from './cpu.js';
+import { benchLogger } from './logger.js';
+import type { BenchOptions } from './options.js';
+import type { BenchPostgres } from './postgres.js';
+import type { BenchBaselines, SagalineRun, StoreKind, TransactionFigures } from './results.js';
+import { diffCounts, type StatementCounts } from './statement-counter.js';
+import { createTarget } from './targets.js';
+import { BENCH_WORKFLOW, benchStartOptions, benchWorkflow, CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW, type ClosedLoopResult } from './workload.js';
+
+export interface RunContext {
+  options: BenchOptions;
+  tempDir: string;
+  postgres: BenchPostgres | null;
+  baselines: BenchBaselines;
+}
+
+/** Engine settings of a run. */
+export interface EngineSettings {
+  concurrency: number;
+  idlePollMs: number;
+  poolSize: number | null;
+}
+
+/** The engine's default idle poll: a single process wakes its own worker when it starts or finishes work. */
+export const IN_PROCESS_IDLE_POLL_MS = 1000;
+
+/** Warm-up workflows are numbered from here, so that they never collide with measured ones. */
+export const WARMUP_FIRST_NUMBER = 10_000_000;
+
+export async function runInProcess(ctx: RunContext, kind: StoreKind, clients: number): Promise<SagalineRun> {
+  const { options } = ctx;
+  const target = await createTarget(kind, `bench_${kind}_${clients}c`, { tempDir: ctx.tempDir, postgres: ctx.postgres, poolSize: options.poolSize });
+  const settings: EngineSettings = {
+    concurrency: options.concurrency,
+    idlePollMs: IN_PROCESS_IDLE_POLL_MS,
+    poolSize: kind === 'postgres' ? options.poolSize : null,
+  };
+  if (options.warmupWorkflows > 0) {
+    const warm = await target.open();
+    try {
+      await driveEngine(warm.store, settings, options.warmupWorkflows, clients, WARMUP_FIRST_NUMBER, options.runTimeoutSeconds * 1000);
+    } finally {
+      await warm.close();
+    }
+  }
+  const open = await target.open();
+  let loop: ClosedLoopResult;
+  let statementsBefore: StatementCounts | null;
+  let statementsAfter: StatementCounts | null;
+  const before = await target.readCounters(open);
+  let cpu: { nodeMs: number; postgresMs: number | null };
+  try {
+    statementsBefore = open.statements();
+    const cpuBefore = cpuReading(ctx);
+    loop = await driveEngine(open.store, settings, options.workflows, clients, 0, options.runTimeoutSeconds * 1000);
+    // Before the pool closes: a server process that has exited may no longer show its CPU time.
+    cpu = cpuSince(ctx, cpuBefore, 0);
+    statementsAfter = open.statements();
+  } finally {
+    await open.close();
+  }
+  const after = await target.readCounters(open);
+  await target.verify(options.workflows + options.warmupWorkflows);
+  return assembleRun({
+    cpu,
+    label: kind,
+    store: kind,
+    processes: 1,
+    loop,
+    transactions: target.transactions(before, after, options.workflows, STEPS_PER_WORKFLOW),
+    statements: statementsBefore && statementsAfter ? diffCounts(statementsAfter, statementsBefore) : null,
+    settings,
+    baselines: ctx.baselines,
+  });
+}
+
+/** Runs the closed loop against an engine with a running worker on `store`. */
+async function driveEngine(
+  store: WorkflowStore,
+  settings: EngineSettings,
+  workflows: number,
+  clients: number,
+  firstNumber: number,
+  timeoutMs: number,
+): Promise<ClosedLoopResult> {
+  const engine = createEngine({
+    store,
+    workflows: [benchWorkflow],
+    concurrency: settings.concurrency,
+    idlePollMs: settings.idlePollMs,
+    shutdownTimeoutMs: 5_000,
+    logger: benchLogger,
+  });
+  const tracker = new CompletionTracker();
+  engine.events.on('workflow:completed', (e) => tracker.completed(e.workflowId));
+  engine.events.on('workflow:failed', (e) => tracker.failed(e.workflowId, `${e.error.code}: ${e.error.message}`));
+  const stop = onCleanup('engine', async () => {
+    tracker.abort(new Error('interrupted'));
+    await engine.stop();
+  });
+  engine.startWorker();
+  try {
+    return await runClosedLoop({
+      workflows,
+      clients,
+      tracker,
+      timeoutMs,
+      firstNumber,
+      start: async (n) => (await engine.start(BENCH_WORKFLOW, benchStartOptions(n))).id,
+    });
+  } finally {
+    await stop();
+  }
+}
+
+/**
+ * The raw baseline a store's steps/s are compared with (Postgres with 8
+ * connections, or SQLite): the mean of the rates measured before and after
+ * the runs, or the first one until the second exists.
+ */
+export function baselineFor(kind: StoreKind, baselines: BenchBaselines): { name: string; commitsPerSec: number } | null {
+  const key = kind === 'postgres' ? 'postgres8' : kind === 'sqlite' ? 'sqlite' : null;
+  if (key === null) return null;
+  const first = baselines[key]?.commitsPerSec;
+  if (first === undefined) return null;
+  const last = baselines.atEnd?.[key]?.commitsPerSec;
+  const name = kind === 'postgres' ? 'postgres UPDATE, 8 connections' : 'sqlite UPDATE (WAL, synchronous=FULL)';
+  return { name, commitsPerSec: last === undefined ? first : (first + last) / 2 };
+}
+
+/** Sets each run's ratio to its baseline (call once the end baselines are measured). */
+export function applyBaselines(runs: SagalineRun[], baselines: BenchBaselines): void {
+  for (const run of runs) {
+    const baseline = baselineFor(run.store, baselines);
+    run.baseline = baseline ? { ...baseline, stepsPerSecRatio: run.stepsPerSec / baseline.commitsPerSec } : null;
+  }
+}
+
+/** CPU times at one moment: this process, and the Postgres server if it runs. */
+export interface CpuReading {
+  nodeMs: number;
+  postgresMs: number | null;
+}
+
+export function cpuReading(ctx: RunContext): CpuReading {
+  const pid = ctx.postgres?.pid ?? null;
+  return { nodeMs: ownCpuMs(), postgresMs: pid === null ? null : processTreeCpuMs(pid) };
+}
+
+/**
+ * CPU used since `before`, plus `otherNodeMs` from other Node processes of the
+ * run. Read it while the run's connections are still open: the CPU time of a
+ * server process that has exited is not visible until Postgres reaps it.
+ */
+export function cpuSince(ctx: RunContext, before: CpuReading, otherNodeMs: number): { nodeMs: number; postgresMs: number | null } {
+  const now = cpuReading(ctx);
+  return {
+    nodeMs: now.nodeMs - before.nodeMs + otherNodeMs,
+    postgresMs: now.postgresMs !== null && before.postgresMs !== null ? now.postgresMs - before.postgresMs : null,
+  };
+}
+
+export function assembleRun(input: {
+  label: string;
+  cpu: { nodeMs: number; postgresMs: number | null };
+  store: StoreKind;
+  processes: number;
+  loop: ClosedLoopResult;
+  transactions: TransactionFigures | null;
+  statements: StatementCounts | null;
+  settings: EngineSettings;
+  baselines: BenchBaselines;
+}): SagalineRun {
+  const { loop, statements } = input;
+  const baseline = baselineFor(input.store, input.baselines);
+  const perWorkflow = (n: number): number => n / loop.workflows;
+  return {
+    label: input.label,
+    store: input.store,
+    processes: input.processes,
+    clients: loop.clients,
+    workflows: loop.workflows,
+    seconds: loop.seconds,
+    workflowsPerSec: loop.workflowsPerSec,
+    stepsPerSec: loop.stepsPerSec,
+    latency: loop.latency,
+    transactions: input.transactions,
+    statements: statements
+      ? {
+          total: statements.total,
+          perWorkflow: perWorkflow(statements.total),
+          perStep: statements.total / (loop.workflows * STEPS_PER_WORKFLOW),
+          byKindPerWorkflow: Object.fromEntries(
+            Object.entries(statements.byKind)
+              .sort((a, b) => b[1] - a[1])
+              .map(([kind, n]) => [kind, perWorkflow(n)]),
+          ),
+          msPerWorkflow: perWorkflow(statements.totalMs),
+          msByKindPerWorkflow: Object.fromEntries(
+            Object.entries(statements.msByKind)
+              .sort((a, b) => b[1] - a[1])
+              .map(([kind, ms]) => [kind, perWorkflow(ms)]),
+          ),
+        }
+      : null,
+    baseline: baseline ? { ...baseline, stepsPerSecRatio: loop.stepsPerSec / baseline.commitsPerSec } : null,
+    cpu: {
+      nodeMsPerWorkflow: perWorkflow(input.cpu.nodeMs),
+      postgresMsPerWorkflow: input.store === 'postgres' && input.cpu.postgresMs !== null ? perWorkflow(input.cpu.postgresMs) : null,
+    },
+    settings: input.settings,
+  };
+}
