@@ -32,13 +32,16 @@ import type {
 import { newStepRecord } from '../storage/step-records.js';
 import { fromBase64Url, hashToken, randomToken, toBase64Url } from './tokens.js';
 
+/** A lease token, a callback token and the callback token's hash, minted together for one claim. */
+type TokenPair = { leaseToken: string; callbackToken: string; callbackTokenHash: string };
+
 /** A claimed step with the plaintext tokens of its claim. */
 type Claim = ClaimedStep & { callbackToken: string; leaseToken: string };
 
 type PendingEvent = { [E in WorkflowEventName]: { name: E; payload: WorkflowEventPayload<E> } }[WorkflowEventName];
 
 /** What a handler call ended with. */
-type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown; aborted?: 'lease_lost' | 'admin' | 'shutdown' };
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown; aborted?: 'lease_lost' | 'admin' | 'shutdown' | 'finished' };
 
 const defaultLogger: Logger = {
   debug: () => {},
@@ -69,10 +72,13 @@ class StepTimeoutError extends Error {
 
 class AbortedError extends Error {
   override readonly name = 'AbortedError';
-  constructor(readonly why: 'lease_lost' | 'admin' | 'shutdown') {
+  constructor(readonly why: 'lease_lost' | 'admin' | 'shutdown' | 'finished') {
     super(`handler aborted: ${why}`);
   }
 }
+
+/** The abort reason given to a handler's signal once its attempt has finished (shared: no stack per step). */
+const ATTEMPT_OVER = new AbortedError('finished');
 
 /**
  * The workflow engine: starts workflows, claims due steps from the store and
@@ -99,6 +105,10 @@ export class WorkflowEngine implements WorkflowEngineApi {
   /** Handlers running in this process, by `workflowId\0stepName`. */
   private readonly running = new Map<string, { controller: AbortController; leaseToken: string }>();
   private inFlight = 0;
+  /** Token pairs minted for claims that did not use them. */
+  private readonly tokenPool: TokenPair[] = [];
+  /** Whether the last claim filled every free slot (so more work may be waiting when a slot frees). */
+  private saturated = false;
   /** Every claimed step being processed in this engine, until its result is written. */
   private readonly launches = new Set<Promise<void>>();
   private unsubscribe: Promise<(() => Promise<void>) | null> | null = null;
@@ -468,6 +478,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         try {
           const batch = await this.claim(free);
           claimed = batch.length;
+          this.saturated = claimed === free;
           for (const c of batch) void this.launch(c, true);
           failures = 0;
         } catch (err) {
@@ -507,7 +518,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
   }
 
   private async claim(limit: number): Promise<Claim[]> {
-    const pairs = await Promise.all(Array.from({ length: limit }, () => this.newTokenPair()));
+    const pairs = await this.takeTokenPairs(limit);
     const claimed = await this.store.claimSteps({
       workerId: this.workerId,
       leaseMs: this.leaseMs,
@@ -515,12 +526,23 @@ export class WorkflowEngine implements WorkflowEngineApi {
       tokens: pairs.map((p) => ({ leaseToken: p.leaseToken, callbackTokenHash: p.callbackTokenHash })),
     });
     const byLease = new Map(pairs.map((p) => [p.leaseToken, p]));
-    return claimed.map((c) => {
+    const result = claimed.map((c) => {
       const step = c.steps.find((s) => s.name === c.stepName);
       const pair = step?.leaseToken ? byLease.get(step.leaseToken) : undefined;
       if (!step || !pair) throw new Error(`store returned a claim without one of the request's lease tokens (${c.workflow.id}/${c.stepName})`);
+      byLease.delete(pair.leaseToken);
       return { ...c, callbackToken: pair.callbackToken, leaseToken: pair.leaseToken };
     });
+    // Tokens no step took were never stored anywhere: keep them for the next claim.
+    for (const unused of byLease.values()) if (this.tokenPool.length < 256) this.tokenPool.push(unused);
+    return result;
+  }
+
+  /** `n` fresh token pairs, from the pool of unused ones first. */
+  private async takeTokenPairs(n: number): Promise<TokenPair[]> {
+    const pairs = this.tokenPool.splice(0, n);
+    if (pairs.length < n) pairs.push(...(await Promise.all(Array.from({ length: n - pairs.length }, () => this.newTokenPair()))));
+    return pairs;
   }
 
   /**
@@ -546,7 +568,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
     })().finally(() => {
       this.inFlight--;
       this.launches.delete(launched);
-      this.wake();
+      // A freed slot only matters if the last claim left work behind; new work wakes the loop itself.
+      if (this.saturated || this.stopping) this.wake();
     });
     this.launches.add(launched);
     return launched;
@@ -705,7 +728,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
     } finally {
       for (const t of timers) t.cancel();
       (heartbeat as ClockTimer | null)?.cancel();
-      if (!controller.signal.aborted) controller.abort(new AbortedError('shutdown'));
+      // Tell anything the handler left running that the attempt is over.
+      if (!controller.signal.aborted) controller.abort(ATTEMPT_OVER);
       if (this.running.get(key)?.controller === controller) this.running.delete(key);
     }
   }
@@ -717,20 +741,24 @@ export class WorkflowEngine implements WorkflowEngineApi {
    */
   private async writeFenced(c: Claim, chain: boolean, write: (w: TxWriter, step: StepRecord) => void): Promise<Claim | null> {
     const events: PendingEvent[] = [];
-    const pair = chain ? await this.newTokenPair() : null;
+    const pair = chain ? ((await this.takeTokenPairs(1))[0] ?? null) : null;
     const outcome = await this.store.transact(c.workflow.id, (tx) => {
       const current = tx.steps.find((s) => s.name === c.stepName);
-      if (!current || current.leaseToken !== c.leaseToken) return { written: false as const, next: null };
+      if (!current || current.leaseToken !== c.leaseToken) return { written: false as const, next: null, moreReady: false };
       const w = new TxWriter(tx, events, c.leaseToken);
       write(w, current);
       // Checked again here: stop() may have been called while the handler ran, and nothing new starts once it was.
-      return { written: true as const, next: pair && !this.stopping ? this.claimReadyStep(w, pair) : null };
+      const next = pair && !this.stopping ? this.claimReadyStep(w, pair) : null;
+      return { written: true as const, next, moreReady: w.readyNow.length > (next ? 1 : 0) };
     });
+    if (pair && (!outcome.written || !outcome.next) && this.tokenPool.length < 256) this.tokenPool.push(pair);
     if (!outcome.written) {
       this.logger.info('discarded a result whose lease was lost', { workflowId: c.workflow.id, stepName: c.stepName });
       return null;
     }
     this.flush(events);
+    // Dependents this write made due beyond the one chained here are for the claim loop.
+    if (outcome.moreReady) this.wake();
     return outcome.next;
   }
 
@@ -763,7 +791,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
     };
   }
 
-  private async newTokenPair(): Promise<{ leaseToken: string; callbackToken: string; callbackTokenHash: string }> {
+  private async newTokenPair(): Promise<TokenPair> {
     const leaseToken = randomToken(16);
     const callbackToken = randomToken(32);
     return { leaseToken, callbackToken, callbackTokenHash: await hashToken(callbackToken) };
