@@ -3,7 +3,8 @@
  * share one database; this process starts the workflows (through an engine
  * without a worker) and measures, learning of completions over IPC. The
  * workers find new workflows by polling every `--poll-ms`, and wake themselves
- * when they finish a step.
+ * when they finish a step. With the `postgres-group` kind, every process's
+ * store has `groupCommit: true` (each batches its own `transact` calls).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +16,7 @@ import { openPostgres } from './postgres.js';
 import { assembleRun, cpuReading, cpuSince, WARMUP_FIRST_NUMBER, type EngineSettings, type RunContext } from './runs.js';
 import type { SagalineRun } from './results.js';
 import { StatementCounter, sumCounts, type StatementCounts } from './statement-counter.js';
+import { kindLabel, kindSlug, usesGroupCommit } from './store-kinds.js';
 import { createTarget } from './targets.js';
 import { BENCH_WORKFLOW, benchStartOptions, benchWorkflow, CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW, type ClosedLoopResult } from './workload.js';
 import type { ParentMessage, WorkerMessage } from './worker-protocol.js';
@@ -102,15 +104,16 @@ class WorkerProcess {
   }
 }
 
-export async function runMultiProcess(ctx: RunContext, processes: number, clients: number): Promise<SagalineRun> {
+export async function runMultiProcess(ctx: RunContext, kind: 'postgres' | 'postgres-group', processes: number, clients: number): Promise<SagalineRun> {
   const { options } = ctx;
-  const target = await createTarget('postgres', `bench_postgres_${processes}p_${clients}c`, {
+  const target = await createTarget(kind, `bench_${kindSlug(kind)}_${processes}p_${clients}c`, {
     tempDir: ctx.tempDir,
     postgres: ctx.postgres,
     poolSize: options.poolSize,
   });
   const url = target.url!;
-  const settings: EngineSettings = { concurrency: options.concurrency, idlePollMs: options.pollMs, poolSize: options.poolSize };
+  const groupCommit = usesGroupCommit(kind);
+  const settings: EngineSettings = { concurrency: options.concurrency, idlePollMs: options.pollMs, poolSize: options.poolSize, groupCommit };
   const workers = Array.from({ length: processes }, (_, i) => new WorkerProcess(i + 1));
   try {
     await Promise.all(workers.map((w) => w.next('spawned', SPAWN_TIMEOUT_MS)));
@@ -124,13 +127,13 @@ export async function runMultiProcess(ctx: RunContext, processes: number, client
       const ready = workers.map((w) => w.next('ready', REPLY_TIMEOUT_MS));
       for (const w of workers) {
         w.tracker = tracker;
-        w.send({ type: 'start', url, poolSize: options.poolSize, concurrency: options.concurrency, idlePollMs: options.pollMs });
+        w.send({ type: 'start', url, poolSize: options.poolSize, concurrency: options.concurrency, idlePollMs: options.pollMs, groupCommit });
       }
       await Promise.all(ready);
       const counter = new StatementCounter();
       const { db, close } = openPostgres(url, options.poolSize, counter.log);
       // This engine only starts workflows: it never runs a worker.
-      const starter = createEngine({ store: new KyselyWorkflowStore({ db }), workflows: [benchWorkflow], logger: benchLogger });
+      const starter = createEngine({ store: new KyselyWorkflowStore({ db, groupCommit }), workflows: [benchWorkflow], logger: benchLogger });
       let loop: ClosedLoopResult;
       let ownCpu: { nodeMs: number; postgresMs: number | null };
       try {
@@ -162,9 +165,9 @@ export async function runMultiProcess(ctx: RunContext, processes: number, client
     const after = await target.readCounters(null);
     await target.verify(options.workflows + options.warmupWorkflows);
     return assembleRun({
-      label: `postgres, ${processes} processes`,
+      label: `${kindLabel(kind)}, ${processes} processes`,
       cpu: measured.cpu,
-      store: 'postgres',
+      store: kind,
       processes,
       loop: measured.loop,
       transactions: target.transactions(before, after, options.workflows, STEPS_PER_WORKFLOW),

@@ -1,11 +1,12 @@
 /** Command-line options of `npm run bench`. */
 import { parseArgs } from 'node:util';
 import type { StoreKind } from './results.js';
+import { isStoreKind, STORE_KINDS } from './store-kinds.js';
 
 export interface BenchOptions {
   workflows: number;
   clients: number[];
-  /** Engine processes of the multi-process Postgres run (0: no such run). */
+  /** Engine processes of the multi-process Postgres runs (0: no such run). */
   processes: number;
   stores: StoreKind[];
   json: string | null;
@@ -26,15 +27,17 @@ export const USAGE = `Usage: npm run bench -- [options]
 
 Measures the machine's raw commit rates (Postgres, SQLite) and sagaline on the
 memory, SQLite and Postgres stores with a 5-step workflow, in one run, and
-prints one table. Starts its own Postgres server (fsync on).
+prints one table. The SQL stores run twice: as they are, and with the Kysely
+store's groupCommit: true (the -group kinds). Starts its own Postgres server
+(fsync on).
 
 Options:
   --workflows N         workflows per measured run (default 2000; --quick: 200)
   --clients LIST        closed-loop clients, comma-separated (default 1,32)
-  --processes N         engine processes of the multi-process Postgres run (default 3; 0 skips it)
-  --stores LIST         any of memory,sqlite,postgres (default all)
+  --processes N         engine processes of the multi-process Postgres runs (default 3; 0 skips them)
+  --stores LIST         any of ${STORE_KINDS.join(',')} (default all)
   --json FILE           also write the figures to FILE
-  --quick               a short pass to check that everything works (< 1 minute)
+  --quick               a short pass to check that everything works (about a minute)
   --baseline-seconds S  duration of each raw baseline (default 5; --quick: 0.5)
   --warmup N            warm-up workflows before each measured run (default N/10, at most 200; --quick: 10)
   --concurrency N       engine concurrency per process (default 32)
@@ -80,13 +83,16 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
   const quick = v.quick === true;
   const workflows = intArg('--workflows', v.workflows, quick ? 200 : 2000, 1);
   const clients = (v.clients ?? '1,32').split(',').map((c) => intArg('--clients', c.trim(), 0, 1));
-  const stores = (v.stores ?? 'memory,sqlite,postgres').split(',').map((s) => s.trim());
-  for (const s of stores) if (s !== 'memory' && s !== 'sqlite' && s !== 'postgres') throw new UsageError(`--stores: unknown store "${s}"`);
+  const stores: StoreKind[] = [];
+  for (const s of (v.stores ?? STORE_KINDS.join(',')).split(',').map((name) => name.trim())) {
+    if (!isStoreKind(s)) throw new UsageError(`--stores: unknown store "${s}" (any of ${STORE_KINDS.join(',')})`);
+    if (!stores.includes(s)) stores.push(s);
+  }
   return {
     workflows,
     clients: [...new Set(clients)],
     processes: intArg('--processes', v.processes, 3, 0),
-    stores: [...new Set(stores)] as StoreKind[],
+    stores,
     json: v.json ?? null,
     quick,
     baselineSeconds: numArg('--baseline-seconds', v['baseline-seconds'], quick ? 0.5 : 5, 0.1),

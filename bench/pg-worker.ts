@@ -3,7 +3,8 @@
  * (`bench/multi-process.ts`). It runs a worker against the shared database and
  * reports completions to the parent over IPC; the parent starts the workflows.
  *
- * Messages in: `start` (open a pool and start a worker), `stop` (stop the
+ * Messages in: `start` (open a pool and start a worker, on a store with or
+ * without group commit as the message says), `stop` (stop the
  * worker, close the pool, report the statements sent). The process exits when
  * the parent goes away.
  */
@@ -27,7 +28,7 @@ async function start(message: Extract<ParentMessage, { type: 'start' }>): Promis
   const counter = new StatementCounter();
   const { db, close } = openPostgres(message.url, message.poolSize, counter.log);
   const engine = createEngine({
-    store: new KyselyWorkflowStore({ db }),
+    store: new KyselyWorkflowStore({ db, groupCommit: message.groupCommit }),
     workflows: [benchWorkflow],
     concurrency: message.concurrency,
     idlePollMs: message.idlePollMs,

@@ -5,6 +5,7 @@ import { availableParallelism, cpus, loadavg, release, totalmem, type } from 'no
 import Database from 'better-sqlite3';
 import type { BaselineResult } from './baselines.js';
 import type { BenchResults, MachineInfo } from './results.js';
+import { usesGroupCommit } from './store-kinds.js';
 
 const FILESYSTEMS: Record<number, string> = {
   0xef53: 'ext4',
@@ -115,7 +116,10 @@ export function formatTable(results: BenchResults): string {
       `${m.postgresSettings ? ` (fsync=${m.postgresSettings['fsync']}, synchronous_commit=${m.postgresSettings['synchronous_commit']})` : ''}; SQLite ${m.sqlite}; ${results.date}` +
       `${results.revision ? `; code ${results.revision}` : ''}.`,
     `Engine: concurrency ${o.concurrency} per process; Postgres pool of ${o.poolSize} per process; idle poll ${single?.settings.idlePollMs ?? '—'} ms in one process` +
-      `${multi ? `, ${multi.settings.idlePollMs} ms in the ${multi.processes}-process run (its workers learn of new workflows by polling)` : ''}.`,
+      `${multi ? `, ${multi.settings.idlePollMs} ms in the ${multi.processes}-process runs (their workers learn of new workflows by polling)` : ''}.`,
+    results.runs.some((r) => r.settings.groupCommit) || results.failures.some((f) => usesGroupCommit(f.store))
+      ? '+ group commit: the Kysely store with groupCommit: true (batches of at most 64): concurrent transact calls on different workflows share one database transaction and one commit; the same workload, counters and baselines.'
+      : '',
     'Raw rates were measured right before and right after the sagaline runs on the same database (before → after); % of raw commits/s divides steps/s by their mean (Postgres: 8 connections; SQLite: one connection).',
     ...(drifted.length > 0
       ? [`WARNING: the raw rate moved by more than 25% during the run (${drifted.join('; ')}): the machine's load changed, so the ratios are unreliable.`]

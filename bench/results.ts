@@ -2,7 +2,14 @@
 import type { BaselineResult } from './baselines.js';
 import type { LatencySummary } from './stats.js';
 
-export type StoreKind = 'memory' | 'sqlite' | 'postgres';
+/** A database the bench measures (the memory store counts as one). */
+export type StoreDatabase = 'memory' | 'sqlite' | 'postgres';
+
+/**
+ * What a run measures: a database, and for SQLite and Postgres, the Kysely
+ * store with `groupCommit: true` (`-group`). See `bench/store-kinds.ts`.
+ */
+export type StoreKind = StoreDatabase | 'sqlite-group' | 'postgres-group';
 
 /** Committed transactions of a run, from the database's own statistics (Postgres) or the connection (SQLite). */
 export interface TransactionFigures {
@@ -51,8 +58,8 @@ export interface SagalineRun {
    * the Postgres server (all its processes).
    */
   cpu: { nodeMsPerWorkflow: number; postgresMsPerWorkflow: number | null };
-  /** Engine and pool settings of the run. */
-  settings: { concurrency: number; idlePollMs: number; poolSize: number | null };
+  /** Engine, store and pool settings of the run. */
+  settings: { concurrency: number; idlePollMs: number; poolSize: number | null; groupCommit: boolean };
 }
 
 /** A run that did not finish. */

@@ -1,8 +1,9 @@
 /**
  * `npm run bench`: the raw commit rates of the machine's Postgres and SQLite,
- * then sagaline on the memory, SQLite and Postgres stores (and several engine
- * processes on Postgres), all in one run, printed as one table. See
- * `npm run bench -- --help`, and the README's Performance section.
+ * then sagaline on the memory, SQLite and Postgres stores (the SQL ones also
+ * with group commit; and several engine processes on Postgres), all in one
+ * run, printed as one table. See `npm run bench -- --help`, and the README's
+ * Performance section.
  *
  * Progress goes to stderr, the table to stdout.
  */
@@ -18,6 +19,7 @@ import { PostgresStartError, startBenchPostgres, type BenchPostgres } from './po
 import { codeRevision, describeMachine, formatTable } from './report.js';
 import type { BaselineSet, BenchBaselines, BenchResults, FailedRun, SagalineRun, StoreKind } from './results.js';
 import { applyBaselines, runInProcess, type RunContext } from './runs.js';
+import { DATABASES, databaseOf, kindLabel } from './store-kinds.js';
 
 /** The bench was interrupted (a signal, or the overall timeout): cleanup is under way. */
 class Interrupted extends Error {
@@ -35,7 +37,7 @@ async function main(options: BenchOptions): Promise<number> {
   onCleanup('bench temp dir', () => removeTempDir(tempDir));
 
   let postgres: BenchPostgres | null = null;
-  if (options.stores.includes('postgres')) {
+  if (options.stores.some((kind) => databaseOf(kind) === 'postgres')) {
     progress('starting Postgres…');
     postgres = await startBenchPostgres();
     progress(`Postgres ${postgres.version} up (fsync=${postgres.settings['fsync'] ?? '?'})`);
@@ -82,16 +84,21 @@ async function main(options: BenchOptions): Promise<number> {
       failures.push({ label, store, processes, clients, error: message });
     }
   };
-  for (const store of (['memory', 'sqlite', 'postgres'] as const).filter((s) => options.stores.includes(s))) {
-    if (store !== 'memory') await measureBaselines(store, 'before', baselines);
-    for (const clients of options.clients) await attempt(store, store, 1, clients, () => runInProcess(ctx, store, clients));
-    if (store === 'postgres' && options.processes > 0) {
-      const clients = Math.max(...options.clients);
-      const label = `postgres, ${options.processes} processes`;
-      await attempt(label, 'postgres', options.processes, clients, () => runMultiProcess(ctx, options.processes, clients));
+  // One database at a time, its baselines around all of its runs (with and without group commit).
+  for (const database of DATABASES) {
+    const kinds = options.stores.filter((kind) => databaseOf(kind) === database);
+    if (kinds.length === 0) continue;
+    if (database !== 'memory') await measureBaselines(database, 'before', baselines);
+    for (const kind of kinds) {
+      for (const clients of options.clients) await attempt(kindLabel(kind), kind, 1, clients, () => runInProcess(ctx, kind, clients));
+      if ((kind === 'postgres' || kind === 'postgres-group') && options.processes > 0) {
+        const clients = Math.max(...options.clients);
+        const label = `${kindLabel(kind)}, ${options.processes} processes`;
+        await attempt(label, kind, options.processes, clients, () => runMultiProcess(ctx, kind, options.processes, clients));
+      }
     }
     if (shuttingDown()) throw new Interrupted();
-    if (store !== 'memory') await measureBaselines(store, 'after', baselines.atEnd!);
+    if (database !== 'memory') await measureBaselines(database, 'after', baselines.atEnd!);
   }
   applyBaselines(runs, baselines);
 

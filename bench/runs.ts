@@ -1,7 +1,7 @@
 /**
  * The sagaline runs: one engine in this process on a memory, SQLite or
- * Postgres store, a warm-up pass and then the measured pass, each on a store
- * opened for it.
+ * Postgres store (the SQL ones with or without group commit), a warm-up pass
+ * and then the measured pass, each on a store opened for it.
  */
 import { createEngine, type WorkflowStore } from '../src/index.js';
 import { onCleanup } from './cleanup.js';
@@ -11,6 +11,7 @@ import type { BenchOptions } from './options.js';
 import type { BenchPostgres } from './postgres.js';
 import type { BenchBaselines, SagalineRun, StoreKind, TransactionFigures } from './results.js';
 import { diffCounts, type StatementCounts } from './statement-counter.js';
+import { databaseOf, kindLabel, kindSlug, usesGroupCommit } from './store-kinds.js';
 import { createTarget } from './targets.js';
 import { BENCH_WORKFLOW, benchStartOptions, benchWorkflow, CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW, type ClosedLoopResult } from './workload.js';
 
@@ -26,6 +27,8 @@ export interface EngineSettings {
   concurrency: number;
   idlePollMs: number;
   poolSize: number | null;
+  /** The Kysely store's `groupCommit`. */
+  groupCommit: boolean;
 }
 
 /** The engine's default idle poll: a single process wakes its own worker when it starts or finishes work. */
@@ -36,11 +39,12 @@ export const WARMUP_FIRST_NUMBER = 10_000_000;
 
 export async function runInProcess(ctx: RunContext, kind: StoreKind, clients: number): Promise<SagalineRun> {
   const { options } = ctx;
-  const target = await createTarget(kind, `bench_${kind}_${clients}c`, { tempDir: ctx.tempDir, postgres: ctx.postgres, poolSize: options.poolSize });
+  const target = await createTarget(kind, `bench_${kindSlug(kind)}_${clients}c`, { tempDir: ctx.tempDir, postgres: ctx.postgres, poolSize: options.poolSize });
   const settings: EngineSettings = {
     concurrency: options.concurrency,
     idlePollMs: IN_PROCESS_IDLE_POLL_MS,
-    poolSize: kind === 'postgres' ? options.poolSize : null,
+    poolSize: databaseOf(kind) === 'postgres' ? options.poolSize : null,
+    groupCommit: usesGroupCommit(kind),
   };
   if (options.warmupWorkflows > 0) {
     const warm = await target.open();
@@ -70,7 +74,7 @@ export async function runInProcess(ctx: RunContext, kind: StoreKind, clients: nu
   await target.verify(options.workflows + options.warmupWorkflows);
   return assembleRun({
     cpu,
-    label: kind,
+    label: kindLabel(kind),
     store: kind,
     processes: 1,
     loop,
@@ -122,16 +126,18 @@ async function driveEngine(
 
 /**
  * The raw baseline a store's steps/s are compared with (Postgres with 8
- * connections, or SQLite): the mean of the rates measured before and after
- * the runs, or the first one until the second exists.
+ * connections, or SQLite, with or without group commit): the mean of the
+ * rates measured before and after the runs, or the first one until the second
+ * exists.
  */
 export function baselineFor(kind: StoreKind, baselines: BenchBaselines): { name: string; commitsPerSec: number } | null {
-  const key = kind === 'postgres' ? 'postgres8' : kind === 'sqlite' ? 'sqlite' : null;
+  const database = databaseOf(kind);
+  const key = database === 'postgres' ? 'postgres8' : database === 'sqlite' ? 'sqlite' : null;
   if (key === null) return null;
   const first = baselines[key]?.commitsPerSec;
   if (first === undefined) return null;
   const last = baselines.atEnd?.[key]?.commitsPerSec;
-  const name = kind === 'postgres' ? 'postgres UPDATE, 8 connections' : 'sqlite UPDATE (WAL, synchronous=FULL)';
+  const name = database === 'postgres' ? 'postgres UPDATE, 8 connections' : 'sqlite UPDATE (WAL, synchronous=FULL)';
   return { name, commitsPerSec: last === undefined ? first : (first + last) / 2 };
 }
 
@@ -213,7 +219,7 @@ export function assembleRun(input: {
     baseline: baseline ? { ...baseline, stepsPerSecRatio: loop.stepsPerSec / baseline.commitsPerSec } : null,
     cpu: {
       nodeMsPerWorkflow: perWorkflow(input.cpu.nodeMs),
-      postgresMsPerWorkflow: input.store === 'postgres' && input.cpu.postgresMs !== null ? perWorkflow(input.cpu.postgresMs) : null,
+      postgresMsPerWorkflow: databaseOf(input.store) === 'postgres' && input.cpu.postgresMs !== null ? perWorkflow(input.cpu.postgresMs) : null,
     },
     settings: input.settings,
   };

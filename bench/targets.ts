@@ -1,7 +1,9 @@
 /**
  * Where a measured run stores its workflows: a fresh memory store, SQLite file
  * or Postgres database per run, opened once for the warm-up and again for the
- * measured pass, with the counters each one can provide.
+ * measured pass, with the counters each one can provide. The `-group` kinds
+ * open the same Kysely store with `groupCommit: true`; their transactions are
+ * counted the same way.
  */
 import { join } from 'node:path';
 import { Kysely, SqliteDialect, sql } from 'kysely';
@@ -13,6 +15,7 @@ import { openPostgres, type BenchPostgres } from './postgres.js';
 import type { StoreKind, TransactionFigures } from './results.js';
 import { CountingSqlite, openSqliteFile, type SqliteTransactionCounts } from './sqlite.js';
 import { StatementCounter, type StatementCounts } from './statement-counter.js';
+import { databaseOf, usesGroupCommit } from './store-kinds.js';
 
 /** A store opened for one pass. */
 export interface OpenStore {
@@ -48,10 +51,11 @@ export interface Target {
 }
 
 export async function createTarget(kind: StoreKind, name: string, context: { tempDir: string; postgres: BenchPostgres | null; poolSize: number }): Promise<Target> {
-  if (kind === 'memory') return memoryTarget();
-  if (kind === 'sqlite') return sqliteTarget(join(context.tempDir, `${name}.db`));
+  const database = databaseOf(kind);
+  if (database === 'memory') return memoryTarget();
+  if (database === 'sqlite') return sqliteTarget(kind, join(context.tempDir, `${name}.db`));
   if (!context.postgres) throw new Error('Postgres is not running');
-  return postgresTarget(context.postgres, name, context.poolSize);
+  return postgresTarget(kind, context.postgres, name, context.poolSize);
 }
 
 function memoryTarget(): Target {
@@ -74,7 +78,7 @@ function memoryTarget(): Target {
 }
 
 /** SQLite: each open() is a new connection on the same file; transactions are counted by the connection wrapper. */
-async function sqliteTarget(file: string): Promise<Target> {
+async function sqliteTarget(kind: StoreKind, file: string): Promise<Target> {
   {
     const db = new Kysely<any>({ dialect: new SqliteDialect({ database: openSqliteFile(file) }) });
     try {
@@ -83,15 +87,16 @@ async function sqliteTarget(file: string): Promise<Target> {
       await db.destroy();
     }
   }
+  const groupCommit = usesGroupCommit(kind);
   return {
-    kind: 'sqlite',
+    kind,
     url: null,
     async open() {
       const counting = new CountingSqlite(openSqliteFile(file));
       const counter = new StatementCounter();
       const db = new Kysely<any>({ dialect: new SqliteDialect({ database: counting }), log: counter.log });
       const close = onCleanup(`sqlite ${file}`, () => db.destroy());
-      const store = new KyselyWorkflowStore({ db });
+      const store = new KyselyWorkflowStore({ db, groupCommit });
       // The store checks the database on first use; do it now, outside the measured pass.
       await store.check();
       return { store, statements: () => counter.snapshot(), sqliteCounts: () => counting.snapshot(), close };
@@ -122,7 +127,7 @@ async function sqliteTarget(file: string): Promise<Target> {
 }
 
 /** Postgres: a database of its own; transactions come from pg_stat_database and the xid counter. */
-async function postgresTarget(server: BenchPostgres, database: string, poolSize: number): Promise<Target> {
+async function postgresTarget(kind: StoreKind, server: BenchPostgres, database: string, poolSize: number): Promise<Target> {
   await server.createDatabase(database);
   const url = server.url(database);
   {
@@ -133,13 +138,14 @@ async function postgresTarget(server: BenchPostgres, database: string, poolSize:
       await close();
     }
   }
+  const groupCommit = usesGroupCommit(kind);
   return {
-    kind: 'postgres',
+    kind,
     url,
     async open() {
       const counter = new StatementCounter();
       const { db, close } = openPostgres(url, poolSize, counter.log);
-      return { store: new KyselyWorkflowStore({ db }), statements: () => counter.snapshot(), close };
+      return { store: new KyselyWorkflowStore({ db, groupCommit }), statements: () => counter.snapshot(), close };
     },
     async readCounters() {
       const c = await server.counters(database);

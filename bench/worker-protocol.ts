@@ -2,7 +2,8 @@
 import type { StatementCounts } from './statement-counter.js';
 
 export type ParentMessage =
-  | { type: 'start'; url: string; poolSize: number; concurrency: number; idlePollMs: number }
+  /** `groupCommit`: the Kysely store's option of the same name. */
+  | { type: 'start'; url: string; poolSize: number; concurrency: number; idlePollMs: number; groupCommit: boolean }
   | { type: 'stop' };
 
 export type WorkerMessage =
