@@ -12,12 +12,25 @@ export function randomToken(bytes: number): string {
   return toBase64Url(buf);
 }
 
-/** SHA-256 of a token, hex-encoded: what the store keeps instead of the token. */
-export async function hashToken(token: string): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', encoder.encode(token)));
-  let hex = '';
-  for (const b of digest) hex += b.toString(16).padStart(2, '0');
-  return hex;
+/** Node's `createHash`, reached without an import so the core entry stays free of Node modules. */
+type CreateHash = (algorithm: string) => { update(data: string): { digest(encoding: 'hex'): string } };
+const nodeCreateHash: CreateHash | undefined = (() => {
+  const getBuiltin = (globalThis as { process?: { getBuiltinModule?: (id: string) => unknown } }).process?.getBuiltinModule;
+  const mod = typeof getBuiltin === 'function' ? (getBuiltin('node:crypto') as { createHash?: CreateHash } | undefined) : undefined;
+  return typeof mod?.createHash === 'function' ? mod.createHash : undefined;
+})();
+
+/**
+ * SHA-256 of a token, hex-encoded: what the store keeps instead of the token.
+ * Synchronous on Node (a claim mints one per step); Web Crypto elsewhere.
+ */
+export function hashToken(token: string): string | Promise<string> {
+  if (nodeCreateHash) return nodeCreateHash('sha256').update(token).digest('hex');
+  return crypto.subtle.digest('SHA-256', encoder.encode(token)).then((buf) => {
+    let hex = '';
+    for (const b of new Uint8Array(buf)) hex += b.toString(16).padStart(2, '0');
+    return hex;
+  });
 }
 
 /** base64url without padding. */

@@ -1,0 +1,23 @@
+import { createHash } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { fromBase64Url, hashToken, randomToken, toBase64Url } from '../../src/engine/tokens.js';
+
+describe('tokens', () => {
+  it('hashes with SHA-256 (hex), the same as Web Crypto', async () => {
+    for (const token of ['', 'a', randomToken(32), 'ü💥'.repeat(40)]) {
+      const expected = createHash('sha256').update(token).digest('hex');
+      expect(await hashToken(token)).toBe(expected);
+      const web = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(token)));
+      expect(Buffer.from(web).toString('hex')).toBe(expected);
+    }
+  });
+
+  it('mints random base64url tokens of the requested size, and round-trips base64url', () => {
+    const token = randomToken(32);
+    expect(token).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(new Set(Array.from({ length: 100 }, () => randomToken(16))).size).toBe(100);
+    const bytes = Uint8Array.from([0, 1, 250, 251, 252, 253, 254, 255]);
+    expect(fromBase64Url(toBase64Url(bytes))).toEqual(bytes);
+    expect(fromBase64Url('not base64!')).toBeNull();
+  });
+});
