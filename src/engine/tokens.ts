@@ -5,11 +5,26 @@
 
 const encoder = new TextEncoder();
 
+// Random bytes are drawn from the CSPRNG a few KiB at a time (each byte is used once):
+// one getRandomValues call per token costs more than the token itself.
+const POOL_SIZE = 4096;
+const pool = new Uint8Array(POOL_SIZE);
+let poolOffset = POOL_SIZE;
+
 /** `bytes` random bytes as base64url (32 bytes = 256 bits). */
 export function randomToken(bytes: number): string {
-  const buf = new Uint8Array(bytes);
-  crypto.getRandomValues(buf);
-  return toBase64Url(buf);
+  if (bytes > POOL_SIZE) {
+    const buf = new Uint8Array(bytes);
+    crypto.getRandomValues(buf);
+    return toBase64Url(buf);
+  }
+  if (poolOffset + bytes > POOL_SIZE) {
+    crypto.getRandomValues(pool);
+    poolOffset = 0;
+  }
+  const slice = pool.subarray(poolOffset, poolOffset + bytes);
+  poolOffset += bytes;
+  return toBase64Url(slice);
 }
 
 /** Node's `createHash`, reached without an import so the core entry stays free of Node modules. */
