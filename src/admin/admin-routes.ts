@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { z } from 'zod';
 import { isSagalineError } from '../errors.js';
 import type { ListWorkflowsQuery, WorkflowDetail, WorkflowEngineApi } from '../engine/engine-types.js';
 import { errorResult, ok, type AdminResult } from './admin-envelopes.js';
@@ -111,6 +112,48 @@ const ADMIN_ERRORS = [401, 403, 404] as const;
 const ADMIN_TAGS = ['admin'];
 const TENANT_TAGS = ['tenant'];
 
+/**
+ * An admin mutation (force-complete, retry-step, rollback): admin access, an
+ * optional `{reason}` body, the detail envelope, and a 409 naming the status.
+ * Only the engine call differs.
+ */
+function adminMutationRoute<P extends typeof WorkflowPathSchema | typeof RetryStepPathSchema>(spec: {
+  operation: keyof typeof ALLOWED_FROM;
+  path: string;
+  operationId: string;
+  summary: string;
+  description: string;
+  params: P;
+  call: (engine: WorkflowEngineApi, params: z.output<P>, options: { actor?: string; reason?: string }) => Promise<WorkflowDetail>;
+  stepOf?: (params: z.output<P>) => string;
+}): AdminRoute {
+  return defineRoute({
+    method: 'POST',
+    path: spec.path,
+    operationId: spec.operationId,
+    summary: spec.summary,
+    description: spec.description,
+    tags: ADMIN_TAGS,
+    access: 'admin',
+    mutation: true,
+    params: spec.params as typeof WorkflowPathSchema,
+    query: undefined,
+    body: { schema: AdminActionBodySchema, required: false },
+    response: WorkflowDetailEnvelopeSchema,
+    errors: [...ADMIN_ERRORS, 409, 413, 415],
+    engineValidationSource: 'body',
+    handler: async ({ params, body, principal, requestId }, context) => {
+      const typed = params as z.output<P>;
+      try {
+        return detail(context, await spec.call(context.engine, typed, adminActionOptions(context, principal, body)), requestId);
+      } catch (err) {
+        if (isConflict(err)) return conflict(context.engine, spec.operation, params.workflow_id, requestId, spec.stepOf?.(typed));
+        throw err;
+      }
+    },
+  });
+}
+
 /** The admin and tenant routes, paths relative to the prefix. */
 export const ADMIN_ROUTES: readonly AdminRoute[] = [
   defineRoute({
@@ -147,84 +190,39 @@ export const ADMIN_ROUTES: readonly AdminRoute[] = [
     engineValidationSource: 'path',
     handler: async ({ params, requestId }, context) => detail(context, await context.engine.get(params.workflow_id), requestId),
   }),
-  defineRoute({
-    method: 'POST',
+  adminMutationRoute({
+    operation: 'force-complete',
     path: '/admin/provisioning/workflows/{workflow_id}/force-complete',
     operationId: 'adminForceCompleteWorkflow',
     summary: 'Force-complete a workflow',
     description:
       'Allowed from pending, running and failed: every pending, running or waiting step becomes skipped and the workflow completed. ' +
       'Any other status is a 409.',
-    tags: ADMIN_TAGS,
-    access: 'admin',
-    mutation: true,
     params: WorkflowPathSchema,
-    query: undefined,
-    body: { schema: AdminActionBodySchema, required: false },
-    response: WorkflowDetailEnvelopeSchema,
-    errors: [...ADMIN_ERRORS, 409, 413, 415],
-    engineValidationSource: 'body',
-    handler: async ({ params, body, principal, requestId }, context) => {
-      try {
-        return detail(context, await context.engine.forceComplete(params.workflow_id, adminActionOptions(context, principal, body)), requestId);
-      } catch (err) {
-        if (isConflict(err)) return conflict(context.engine, 'force-complete', params.workflow_id, requestId);
-        throw err;
-      }
-    },
+    call: (engine, params, options) => engine.forceComplete(params.workflow_id, options),
   }),
-  defineRoute({
-    method: 'POST',
+  adminMutationRoute({
+    operation: 'retry-step',
     path: '/admin/provisioning/workflows/{workflow_id}/retry-step/{step_name}',
     operationId: 'adminRetryStep',
     summary: 'Retry a failed step',
     description:
       'The step must be failed (in a failed, or running, workflow): it becomes pending with retry_count + 1 and the workflow running. ' +
       'An unknown step is a 404; any other state a 409.',
-    tags: ADMIN_TAGS,
-    access: 'admin',
-    mutation: true,
     params: RetryStepPathSchema,
-    query: undefined,
-    body: { schema: AdminActionBodySchema, required: false },
-    response: WorkflowDetailEnvelopeSchema,
-    errors: [...ADMIN_ERRORS, 409, 413, 415],
-    engineValidationSource: 'body',
-    handler: async ({ params, body, principal, requestId }, context) => {
-      try {
-        const workflow = await context.engine.retryStep(params.workflow_id, params.step_name, adminActionOptions(context, principal, body));
-        return detail(context, workflow, requestId);
-      } catch (err) {
-        if (isConflict(err)) return conflict(context.engine, 'retry-step', params.workflow_id, requestId, params.step_name);
-        throw err;
-      }
-    },
+    call: (engine, params, options) => engine.retryStep(params.workflow_id, params.step_name, options),
+    stepOf: (params) => params.step_name,
   }),
-  defineRoute({
-    method: 'POST',
+  adminMutationRoute({
+    operation: 'rollback',
     path: '/admin/provisioning/workflows/{workflow_id}/rollback',
     operationId: 'adminRollbackWorkflow',
     summary: 'Roll a workflow back',
     description:
       'Allowed from pending, running, failed, completed and rollback_failed: compensates the completed steps in reverse completion order. ' +
       'Any other status is a 409.',
-    tags: ADMIN_TAGS,
-    access: 'admin',
-    mutation: true,
     params: WorkflowPathSchema,
-    query: undefined,
-    body: { schema: AdminActionBodySchema, required: false },
-    response: WorkflowDetailEnvelopeSchema,
-    errors: [...ADMIN_ERRORS, 409, 413, 415],
-    engineValidationSource: 'body',
-    handler: async ({ params, body, principal, requestId }, context) => {
-      try {
-        return detail(context, await context.engine.rollback(params.workflow_id, adminActionOptions(context, principal, body)), requestId);
-      } catch (err) {
-        if (isConflict(err)) return conflict(context.engine, 'rollback', params.workflow_id, requestId);
-        throw err;
-      }
-    },
+    call: (engine, params, options) => engine.rollback(params.workflow_id, options),
   }),
   defineRoute({
     method: 'GET',
