@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Kysely, PostgresDialect, type LogConfig } from 'kysely';
 import pg from 'pg';
+import { preparedStatements } from '../src/kysely.js';
 import { startPostgres, type PostgresServer } from '../test/support/postgres-global-setup.js';
 import { onCleanup, trackTempDir } from './cleanup.js';
 
@@ -137,7 +138,7 @@ export function openPostgres(url: string, poolSize: number, log?: LogConfig): { 
   // A connection lost while idle or in use (the server stopping on Ctrl-C) fails its query; it must not crash the bench.
   pool.on('error', () => undefined);
   pool.on('connect', (client) => client.on('error', () => undefined));
-  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool }), ...(log ? { log } : {}) });
+  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: preparedStatements(pool) }), ...(log ? { log } : {}) });
   const close = onCleanup(`postgres pool ${url}`, () => db.destroy());
   return { db, close };
 }

@@ -16,6 +16,7 @@
  */
 import Database from 'better-sqlite3';
 import type { SqliteDatabase, SqliteStatement } from 'kysely';
+import { cachedStatements } from '../src/kysely.js';
 
 /** Transactions committed on the connection. */
 export interface SqliteTransactionCounts {
@@ -44,10 +45,15 @@ export class CountingSqlite implements SqliteDatabase {
   /** Whether the open explicit transaction has changed rows. */
   private dirty = false;
 
-  constructor(readonly raw: Database.Database) {}
+  /** Statements through the store's recommended cache, as a host would open the database. */
+  private readonly statements: ReturnType<typeof cachedStatements>;
+
+  constructor(readonly raw: Database.Database) {
+    this.statements = cachedStatements(raw);
+  }
 
   prepare(sql: string): SqliteStatement {
-    const stmt = this.raw.prepare(sql);
+    const stmt = this.statements.prepare(sql) as Database.Statement;
     const isCommit = /^\s*(commit|end)\b/i.test(sql);
     const writes = !stmt.readonly;
     return {

@@ -92,7 +92,8 @@ export function sumCounts(counts: readonly StatementCounts[]): StatementCounts {
  * returns rows.
  */
 export function statementKind(text: string): string {
-  const s = text.replace(/\s+/g, ' ').trim().toLowerCase();
+  // Leading comments (the store marks its statements with one) are not the statement.
+  const s = text.replace(/^\s*(\/\*.*?\*\/\s*)+/s, '').replace(/\s+/g, ' ').trim().toLowerCase();
   const head = /^[a-z]+/.exec(s)?.[0] ?? '?';
   if (head === 'begin' || (head === 'start' && s.startsWith('start transaction'))) return 'begin';
   if (head === 'commit' || head === 'rollback' || head === 'pragma') return head;

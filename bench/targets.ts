@@ -13,6 +13,7 @@ import { MemoryWorkflowStore } from '../src/memory.js';
 import { onCleanup } from './cleanup.js';
 import { openPostgres, type BenchPostgres } from './postgres.js';
 import type { StoreKind, TransactionFigures } from './results.js';
+import { cachedStatements } from '../src/kysely.js';
 import { CountingSqlite, openSqliteFile, type SqliteTransactionCounts } from './sqlite.js';
 import { StatementCounter, type StatementCounts } from './statement-counter.js';
 import { databaseOf, usesGroupCommit } from './store-kinds.js';
@@ -80,7 +81,7 @@ function memoryTarget(): Target {
 /** SQLite: each open() is a new connection on the same file; transactions are counted by the connection wrapper. */
 async function sqliteTarget(kind: StoreKind, file: string): Promise<Target> {
   {
-    const db = new Kysely<any>({ dialect: new SqliteDialect({ database: openSqliteFile(file) }) });
+    const db = new Kysely<any>({ dialect: new SqliteDialect({ database: cachedStatements(openSqliteFile(file)) }) });
     try {
       await migrateToLatest(db);
     } finally {
@@ -116,7 +117,7 @@ async function sqliteTarget(kind: StoreKind, file: string): Promise<Target> {
       );
     },
     async verify(expected) {
-      const db = new Kysely<any>({ dialect: new SqliteDialect({ database: openSqliteFile(file) }) });
+      const db = new Kysely<any>({ dialect: new SqliteDialect({ database: cachedStatements(openSqliteFile(file)) }) });
       try {
         return await countCompleted(db, expected);
       } finally {

@@ -13,7 +13,7 @@ import Database from 'better-sqlite3';
 import { Kysely, SqliteDialect } from 'kysely';
 import { createEngine, type WorkflowDetail } from '../src/index.js';
 import { createAdminHandler } from '../src/fetch.js';
-import { KyselyWorkflowStore, migrateToLatest } from '../src/kysely.js';
+import { cachedStatements, KyselyWorkflowStore, migrateToLatest } from '../src/kysely.js';
 import { FakeCloud, provisionServiceWorkflow } from './provision-service-workflow.js';
 
 const port = Number(process.env.PORT ?? 3000);
@@ -26,7 +26,7 @@ const sqlite = new Database(file);
 sqlite.pragma('journal_mode = WAL');
 sqlite.pragma('busy_timeout = 5000');
 sqlite.pragma('synchronous = FULL');
-const db = new Kysely<any>({ dialect: new SqliteDialect({ database: sqlite }) });
+const db = new Kysely<any>({ dialect: new SqliteDialect({ database: cachedStatements(sqlite) }) });
 await migrateToLatest(db);
 
 const cloud = new FakeCloud();

@@ -5,14 +5,14 @@
 import Database from 'better-sqlite3';
 import { Kysely, SqliteDialect } from 'kysely';
 import { createEngine } from '../src/index.js';
-import { KyselyWorkflowStore, migrateToLatest } from '../src/kysely.js';
+import { cachedStatements, KyselyWorkflowStore, migrateToLatest } from '../src/kysely.js';
 import { FakeCloud, provisionServiceWorkflow } from './provision-service-workflow.js';
 
 export async function createExampleEngine(file = 'sagaline-example.sqlite') {
   const sqlite = new Database(file);
   sqlite.pragma('journal_mode = WAL');
   sqlite.pragma('busy_timeout = 5000');
-  const db = new Kysely<any>({ dialect: new SqliteDialect({ database: sqlite }) });
+  const db = new Kysely<any>({ dialect: new SqliteDialect({ database: cachedStatements(sqlite) }) });
   await migrateToLatest(db);
   const engine = createEngine({ store: new KyselyWorkflowStore({ db }), workflows: [provisionServiceWorkflow(new FakeCloud())] });
   engine.startWorker();

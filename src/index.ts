@@ -97,6 +97,7 @@ export type {
   StepRecord,
   StoreListQuery,
   StoredError,
+  TransactOptions,
   WorkflowPatch,
   WorkflowRecord,
   WorkflowStore,

@@ -23,3 +23,7 @@ export type { PgListenClient, PgNotification } from './stores/kysely/kysely-noti
 export { migrateToLatest } from './stores/kysely/kysely-migrations.js';
 export type { KyselyMigrationOptions, KyselyMigrationResult } from './stores/kysely/kysely-migrations.js';
 export type { HistoryTable, SagalineDatabase, StepsTable, StoredJson, StoredTimestamp, WorkflowsTable } from './stores/kysely/kysely-schema.js';
+export { preparedStatements } from './stores/kysely/pg-prepared-statements.js';
+export type { PreparedStatementsOptions } from './stores/kysely/pg-prepared-statements.js';
+export { cachedStatements } from './stores/kysely/sqlite-statement-cache.js';
+export type { CachedStatementsOptions } from './stores/kysely/sqlite-statement-cache.js';

@@ -366,10 +366,10 @@ export class WorkflowEngine implements WorkflowEngineApi {
     const hash = await hashToken(token);
     const location = await this.store.findStepByCallbackHash(hash);
     if (!location) throw refused();
-    const events: PendingEvent[] = [];
     let applied = false;
+    let events: PendingEvent[] = [];
     try {
-      applied = await this.store.transact(location.workflowId, (tx) => {
+      ({ value: applied, events } = await this.transactWithEvents(location.workflowId, (tx, events) => {
         const step = tx.steps.find((s) => s.name === location.stepName);
         if (!step || step.callbackTokenHash !== hash) return false;
         if (!(['pending', 'running', 'failed'] as WorkflowStatus[]).includes(tx.workflow.status)) return false;
@@ -389,7 +389,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         w.note('callback_received', step.name, { early: false });
         this.applyCallback(w, step, resolved, payload);
         return true;
-      });
+      }, true));
     } catch (err) {
       if (isSagalineError(err, 'not_found')) throw refused();
       throw err;
@@ -740,17 +740,20 @@ export class WorkflowEngine implements WorkflowEngineApi {
    * write, in the same transaction, and returns it.
    */
   private async writeFenced(c: Claim, chain: boolean, write: (w: TxWriter, step: StepRecord) => void): Promise<Claim | null> {
-    const events: PendingEvent[] = [];
     const pair = chain ? ((await this.takeTokenPairs(1))[0] ?? null) : null;
-    const outcome = await this.store.transact(c.workflow.id, (tx) => {
-      const current = tx.steps.find((s) => s.name === c.stepName);
-      if (!current || current.leaseToken !== c.leaseToken) return { written: false as const, next: null, moreReady: false };
-      const w = new TxWriter(tx, events, c.leaseToken);
-      write(w, current);
-      // Checked again here: stop() may have been called while the handler ran, and nothing new starts once it was.
-      const next = pair && !this.stopping ? this.claimReadyStep(w, pair) : null;
-      return { written: true as const, next, moreReady: w.readyNow.length > (next ? 1 : 0) };
-    });
+    const { value: outcome, events } = await this.transactWithEvents(
+      c.workflow.id,
+      (tx, events) => {
+        const current = tx.steps.find((s) => s.name === c.stepName);
+        if (!current || current.leaseToken !== c.leaseToken) return { written: false as const, next: null, moreReady: false };
+        const w = new TxWriter(tx, events, c.leaseToken);
+        write(w, current);
+        // Checked again here: stop() may have been called while the handler ran, and nothing new starts once it was.
+        const next = pair && !this.stopping ? this.claimReadyStep(w, pair) : null;
+        return { written: true as const, next, moreReady: w.readyNow.length > (next ? 1 : 0) };
+      },
+      true,
+    );
     if (pair && (!outcome.written || !outcome.next) && this.tokenPool.length < 256) this.tokenPool.push(pair);
     if (!outcome.written) {
       this.logger.info('discarded a result whose lease was lost', { workflowId: c.workflow.id, stepName: c.stepName });
@@ -1052,6 +1055,28 @@ export class WorkflowEngine implements WorkflowEngineApi {
 
   private abortLocal(workflowId: string, stepNames: string[], why: 'admin'): void {
     for (const name of stepNames) this.running.get(runKey(workflowId, name))?.controller.abort(new AbortedError(why));
+  }
+
+  /**
+   * A transaction whose callback collects events; each run of the callback
+   * gets a fresh list (an optimistic store may run it more than once), and
+   * the list of the run whose writes applied is returned with its value.
+   */
+  private async transactWithEvents<T>(
+    workflowId: string,
+    fn: (tx: WorkflowTransaction, events: PendingEvent[]) => T,
+    optimistic: boolean,
+  ): Promise<{ value: T; events: PendingEvent[] }> {
+    let events: PendingEvent[] = [];
+    const value = await this.store.transact(
+      workflowId,
+      (tx) => {
+        events = [];
+        return fn(tx, events);
+      },
+      { optimistic },
+    );
+    return { value, events };
   }
 
   private async transactOrNotFound<T>(id: string, fn: (tx: WorkflowTransaction) => T): Promise<T> {

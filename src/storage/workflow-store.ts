@@ -173,6 +173,15 @@ export interface WorkflowTransaction {
   appendHistory(entries: NewHistoryEntry[]): void;
 }
 
+/** How {@link WorkflowStore.transact} may run. */
+export interface TransactOptions {
+  /**
+   * Allow a lock-free read and a compare-and-set write, re-running `fn` on a
+   * conflict (see {@link WorkflowStore.transact}). Default false.
+   */
+  optimistic?: boolean;
+}
+
 /** A token pair handed to a claim: the lease token and the hash of a fresh callback token. */
 export interface ClaimToken {
   leaseToken: string;
@@ -266,8 +275,17 @@ export interface WorkflowStore {
    * atomically. Throws a `not_found` {@link SagalineError} for an unknown id.
    * `fn` must not call the store (on a single-connection database that would
    * wait on itself); it decides from the snapshot and buffers writes.
+   *
+   * With `{ optimistic: true }` a store may instead run `fn` on a consistent
+   * snapshot read without a lock, and apply its writes only if the workflow
+   * has not changed since (one compare-and-set write); if it has, the store
+   * runs `fn` again on the new state. The outcome is the same as under the
+   * lock, but `fn` may run more than once (only the last run's writes apply),
+   * so it must act only through `tx` or redo its own bookkeeping on every
+   * run, and other callers are not held off while it runs. Stores without
+   * such a mode take the lock as usual.
    */
-  transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T>;
+  transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>, options?: TransactOptions): Promise<T>;
   /** Heartbeat: `leaseExpiresAt = now + leaseMs` if the lease token still matches. False when the lease was lost. */
   extendLease(workflowId: string, stepName: string, leaseToken: string, leaseMs: number): Promise<boolean>;
   /**

@@ -846,6 +846,85 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
         expect(must(await store.getWorkflow(id), id).currentStep).toBe('second');
       });
 
+      test('optimistic transactions lose no update to a concurrent writer', async ({ store }) => {
+        const id = await seed(store, ids, { steps: [{ name: 'a', dueAt: new Date(T0) }] });
+        const entered = deferred();
+        const gate = deferred();
+        const seenByFirst: number[] = [];
+        // A read-modify-write that waits between its read and its write.
+        const first = store.transact(
+          id,
+          async (tx) => {
+            const attempts = must(tx.steps[0], 'step').attempts;
+            seenByFirst.push(attempts);
+            entered.resolve();
+            await gate.promise;
+            tx.updateStep('a', { attempts: attempts + 1 });
+            tx.appendHistory([note('first')]);
+          },
+          { optimistic: true },
+        );
+        await entered.promise;
+        const second = store.transact(id, (tx) => {
+          tx.updateStep('a', { attempts: must(tx.steps[0], 'step').attempts + 10 });
+          tx.appendHistory([note('second')]);
+        });
+        // A store that holds the lock makes the second wait; an optimistic one lets it commit first.
+        await settledOrIdle(second);
+        gate.resolve();
+        await Promise.all([first, second]);
+        expect((await stepOf(store, id, 'a')).attempts).toBe(11);
+        const notes = (await store.getHistory(id)).map((h) => h.action);
+        expect(notes.filter((a) => a === 'first')).toHaveLength(1);
+        expect(notes.filter((a) => a === 'second')).toHaveLength(1);
+        // Each run of the first callback saw a committed state: before the second write, or after it.
+        expect(seenByFirst.every((n) => n === 0 || n === 10)).toBe(true);
+      });
+
+      test('an optimistic transaction sees writes made after its previous one', async ({ store, clock }) => {
+        const id = await seed(store, ids, { steps: [{ name: 'a', dueAt: new Date(T0) }] });
+        const bump = (by: number, optimistic: boolean) =>
+          store.transact(
+            id,
+            (tx) => {
+              const a = must(tx.steps[0], 'step');
+              tx.updateStep('a', { attempts: a.attempts + by, output: { seen: a.attempts } });
+              return a.attempts;
+            },
+            { optimistic },
+          );
+        expect(await bump(1, true)).toBe(0);
+        clock.advance(5);
+        expect(await bump(1, true)).toBe(1);
+        // A write by another path (a plain transaction, then a claim) in between.
+        expect(await bump(100, false)).toBe(2);
+        clock.advance(5);
+        expect(await bump(1, true)).toBe(102);
+        await store.claimSteps(claimRequest('w1', 1));
+        const claimed = await stepOf(store, id, 'a');
+        expect(claimed.attempts).toBe(104);
+        expect(await bump(1, true)).toBe(104);
+        expect(await stepOf(store, id, 'a')).toMatchObject({ attempts: 105, output: { seen: 104 }, leaseOwner: 'w1', status: 'running' });
+        expect(must(await store.getWorkflow(id), id).updatedAt).toEqual(new Date(T0 + 10));
+      });
+
+      test('what an optimistic callback does to its snapshot does not leak into the next one', async ({ store }) => {
+        const id = await seed(store, ids, { steps: [{ name: 'a', dueAt: new Date(T0) }] });
+        await store.transact(id, (tx) => tx.updateStep('a', { output: { list: [1] } }), { optimistic: true });
+        await store.transact(
+          id,
+          (tx) => {
+            // Callbacks hand outputs on (as step dependencies); a receiver that changes them changes only its copy.
+            (must(tx.steps[0], 'step').output as { list: number[] }).list.push(2);
+            tx.updateWorkflow({ currentStep: 'a' });
+          },
+          { optimistic: true },
+        );
+        const seen = await store.transact(id, (tx) => must(tx.steps[0], 'step').output, { optimistic: true });
+        expect(seen).toEqual({ list: [1] });
+        expect((await stepOf(store, id, 'a')).output).toEqual({ list: [1] });
+      });
+
       test('transact on an unknown workflow throws not_found', async ({ store }) => {
         await seed(store, ids, {});
         let called = false;

@@ -17,6 +17,7 @@ import { createEngine } from '../../src/engine/workflow-engine.js';
 import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry, WorkflowStore } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
+import { STATEMENT_MARKER } from '../../src/stores/kysely/pg-prepared-statements.js';
 import type { KyselyWorkflowStoreConfig } from '../../src/stores/kysely/kysely-workflow-store-config.js';
 import { runWorkflowStoreContract } from '../../src/testing/store-contract.js';
 import { createPostgresDatabase, createPostgresSchema, createSqliteDatabase, openSqlite } from '../support/databases.js';
@@ -182,7 +183,9 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
     for (let i = 0; i < 8; i++) await store.createWorkflow(workflow(`w${i}`, ['a', 'b']));
     await store.claimSteps(claim(16));
     const statements: string[] = [];
-    const observed = logged((event) => statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase()));
+    const observed = logged((event) =>
+      statements.push(event.query.sql.trim().replace(STATEMENT_MARKER, '').trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase()),
+    );
     await observed.check();
     const steps = await Promise.all(Array.from({ length: 8 }, (_, i) => store.getSteps(`w${i}`)));
     statements.length = 0;

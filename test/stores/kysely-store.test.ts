@@ -5,6 +5,7 @@ import { createManualClock } from '../../src/core/clock.js';
 import type { ClaimRequest, CreateWorkflowInput, WorkflowStore } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
+import { STATEMENT_MARKER } from '../../src/stores/kysely/pg-prepared-statements.js';
 import { createPostgresDatabase } from '../support/databases.js';
 import { storeFactory } from '../support/store-factories.js';
 
@@ -105,7 +106,11 @@ describe('KyselyWorkflowStore round trips on Postgres', () => {
     const db = new Kysely<any>({
       dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url, max: 2 }) }),
       log: (event: LogEvent) => {
-        statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase());
+        const text = event.query.sql.trim();
+        // The store marks its own statements (for preparedStatements); Kysely's transaction control is not marked.
+        const marked = text.startsWith(STATEMENT_MARKER);
+        if (!marked) expect(text).toMatch(/^(start transaction|commit|rollback)/i);
+        statements.push(text.slice(marked ? STATEMENT_MARKER.length : 0).trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase());
       },
     });
     cleanups.push(() => db.destroy());
@@ -128,5 +133,20 @@ describe('KyselyWorkflowStore round trips on Postgres', () => {
       tx.appendHistory([{ kind: 'step', stepName: 'a', from: 'running', to: 'completed', actor: null, reason: null, action: null, detail: null }]);
     });
     expect(statements).toEqual(['start transaction', 'select w.*,', 'select *', 'with wf', 'commit']);
+
+    // Optimistic: one read and one compare-and-set write, outside a transaction…
+    const bump = () =>
+      store.transact('w1', (tx) => tx.updateStep('c', { attempts: (tx.steps.find((s) => s.name === 'c')?.attempts ?? 0) + 1 }), { optimistic: true });
+    const attemptsOfC = async () => (await store.getSteps('w1')).find((s) => s.name === 'c')?.attempts;
+    const before = await attemptsOfC();
+    expect(before).toBeTypeOf('number');
+    statements.length = 0;
+    await bump();
+    expect(statements).toEqual(['select w.*,', 'with wf']);
+    // …then, on the state its own write left, the write alone.
+    statements.length = 0;
+    await bump();
+    expect(statements).toEqual(['with wf']);
+    expect(await attemptsOfC()).toBe(before! + 2);
   });
 });

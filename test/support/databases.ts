@@ -7,6 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Kysely, PostgresDialect, sql, SqliteDialect } from 'kysely';
+import { preparedStatements } from '../../src/stores/kysely/pg-prepared-statements.js';
+import { cachedStatements } from '../../src/stores/kysely/sqlite-statement-cache.js';
 import pg from 'pg';
 import { inject } from 'vitest';
 import { openSqlite } from './sqlite-connection.js';
@@ -34,7 +36,7 @@ export interface PostgresTestDatabase extends TestDatabase {
 export async function createSqliteDatabase(): Promise<SqliteTestDatabase> {
   const dir = mkdtempSync(join(tmpdir(), 'sagaline-sqlite-'));
   const file = join(dir, 'test.db');
-  const db = new Kysely<any>({ dialect: new SqliteDialect({ database: openSqlite(file) }) });
+  const db = new Kysely<any>({ dialect: new SqliteDialect({ database: cachedStatements(openSqlite(file)) }) });
   return {
     db,
     file,
@@ -51,14 +53,14 @@ export function postgresUrl(name: string): string {
   return `postgres://${server.user}@${server.host}:${server.port}/${name}`;
 }
 
-/** A Kysely instance on a Postgres URL, with its own pool. */
+/** A Kysely instance on a Postgres URL, with its own pool, wrapped with `preparedStatements` as the README recommends. */
 export function openPostgres(url: string, max = 10): Kysely<any> {
   const pool = new pg.Pool({ connectionString: url, max });
   // An idle connection closed by the server (a database dropped WITH (FORCE)) is not a test failure.
   pool.on('error', (err: Error & { code?: string }) => {
     if (err.code !== '57P01') throw err;
   });
-  return new Kysely<any>({ dialect: new PostgresDialect({ pool }) });
+  return new Kysely<any>({ dialect: new PostgresDialect({ pool: preparedStatements(pool) }) });
 }
 
 /** Runs one statement on the server's maintenance database. */

@@ -14,6 +14,7 @@ import type {
   StepRecord,
   StoredError,
   StoreListQuery,
+  TransactOptions,
   WorkflowPatch,
   WorkflowRecord,
   WorkflowStore,
@@ -21,6 +22,7 @@ import type {
 } from '../../storage/workflow-store.js';
 import { DEFAULT_MAX_BATCH, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
+import { STATEMENT_MARKER } from './pg-prepared-statements.js';
 import { resolveTables, type TableNames } from './kysely-tables.js';
 import type { KyselyStoreDialect, KyselyWorkflowStoreConfig } from './kysely-workflow-store-config.js';
 
@@ -61,6 +63,12 @@ const WORKFLOW_COLUMNS = {
 } as const satisfies Record<keyof WorkflowPatch, readonly [string, ColumnKind]>;
 
 const HISTORY_COLUMNS = ['workflow_id', 'seq', 'at', 'kind', 'step_name', 'from_status', 'to_status', 'actor', 'reason', 'action', 'detail'];
+
+/** Compare-and-set attempts of an optimistic transaction before it takes the lock. */
+const OPTIMISTIC_ATTEMPTS = 5;
+
+/** Workflows whose last written state a store remembers (the most recently written ones). */
+const SNAPSHOT_CACHE_SIZE = 4096;
 
 /** History rows per INSERT statement (well under both databases' parameter limits). */
 const HISTORY_CHUNK = 500;
@@ -108,6 +116,39 @@ interface TransactEntry extends BatchEntry {
 
 /** How one call of a batch ended before the commit: its result, or its own error. */
 type BatchOutcome = { ok: true; value: unknown; tx: KyselyTransaction } | { ok: false; error: unknown };
+
+/** A workflow with its steps as of one version of its row. */
+interface Snapshot {
+  workflow: WorkflowRecord;
+  historySeq: number;
+  steps: StepRecord[];
+  /** The workflow row's `xmin` (Postgres). */
+  version: string;
+}
+
+/** At most `size` snapshots, by workflow id; the least recently stored go first. */
+class SnapshotCache {
+  private readonly entries = new Map<string, Snapshot>();
+  constructor(private readonly size: number) {}
+
+  /**
+   * Removes and returns the workflow's snapshot, as a copy: what a callback
+   * does to the records it is handed (or passes on, such as step outputs) must
+   * not change what the store remembers.
+   */
+  take(workflowId: string): Snapshot | undefined {
+    const found = this.entries.get(workflowId);
+    if (!found) return undefined;
+    this.entries.delete(workflowId);
+    return structuredClone(found);
+  }
+
+  put(workflowId: string, snapshot: Snapshot): void {
+    this.entries.delete(workflowId);
+    this.entries.set(workflowId, snapshot);
+    if (this.entries.size > this.size) this.entries.delete(this.entries.keys().next().value!);
+  }
+}
 
 /** A workflow row read under its lock. */
 interface LockedWorkflow {
@@ -168,6 +209,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
   /** The `pg_notify` channel, when notifications are on. */
   private readonly notifyChannel: string | undefined;
   private readonly batches: GroupCommitQueue<TransactEntry> | undefined;
+  /** The state this store's last optimistic write left, per workflow (see {@link transactOptimistic}). */
+  private readonly written = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
+  /** Database clock minus local clock, as last measured by a snapshot read (Postgres without an injected clock). */
+  private clockOffsetMs = 0;
 
   /**
    * Wake-ups from other processes: `listener` is called after a transaction
@@ -386,7 +431,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * @throws a `not_found` error for an unknown workflow; a `stale_lease` error
    *   when a fenced write finds another lease token (nothing is written then).
    */
-  async transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+  async transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>, options?: TransactOptions): Promise<T> {
     const batches = this.batches;
     if (batches) {
       return this.guard(
@@ -394,23 +439,116 @@ export class KyselyWorkflowStore implements WorkflowStore {
         () => new Promise<T>((resolve, reject) => batches.push({ key: workflowId, fn, resolve: resolve as (value: unknown) => void, reject })),
       );
     }
-    return this.guard('transact', () =>
-      this.inTransaction(async (trx) => {
-        const { workflow, historySeq, now } = await this.lockWorkflow(trx, workflowId);
-        const steps = (await this.getStepRows(trx, workflowId)).map((r) => this.toStep(r));
-        const tx = new KyselyTransaction(now, workflow, historySeq, steps, (kind, value) => this.encode(kind, value));
-        let result: T;
-        try {
-          result = await fn(tx);
-        } catch (err) {
-          throw new CallbackError(err);
-        } finally {
-          tx.close();
-        }
-        await this.flush(trx, tx);
+    if (options?.optimistic === true && this.pg && !this.db.isTransaction) {
+      return this.guard('transact', () => this.transactOptimistic(workflowId, fn));
+    }
+    return this.guard('transact', () => this.transactLocked(workflowId, fn));
+  }
+
+  /**
+   * Postgres, `{ optimistic: true }`: `fn` runs on a snapshot of the workflow
+   * row and its steps taken without a lock, and one statement writes, only
+   * while the row's `xmin` (the id of the transaction that last wrote it) is
+   * the snapshot's. The snapshot is the state this store's last write left
+   * (no read at all), else one statement reads it. One or two round trips and
+   * no held lock, against five for {@link transactLocked}.
+   *
+   * This is safe because every write to a workflow's steps also updates its
+   * workflow row in the same transaction (claims, transactions and creation
+   * do; a heartbeat's `lease_expires_at` is the one exception, and no
+   * decision reads it), so an unchanged `xmin` means unchanged steps. On a
+   * conflict `fn` runs again on a fresh snapshot; after
+   * {@link OPTIMISTIC_ATTEMPTS} conflicts the call takes the lock instead.
+   */
+  private async transactOptimistic<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+    for (let attempt = 0; attempt < OPTIMISTIC_ATTEMPTS; attempt++) {
+      // A remembered snapshot is used once: if its write loses, the next attempt reads.
+      const remembered = attempt === 0 ? this.written.take(workflowId) : undefined;
+      const snapshot = remembered ? { ...remembered, now: this.databaseNow(remembered.workflow.updatedAt) } : await this.readSnapshot(workflowId);
+      const tx = new KyselyTransaction(snapshot.now, snapshot.workflow, snapshot.historySeq, snapshot.steps, (kind, value) =>
+        this.encode(kind, value),
+      );
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (err) {
+        throw new CallbackError(err);
+      } finally {
+        tx.close();
+      }
+      if (!tx.hasWrites) {
+        // Nothing to compare-and-set: a decision not to write stands only on a snapshot just read.
+        if (remembered) continue;
         return result;
-      }),
-    );
+      }
+      // Under the compare-and-set the snapshot is the state written over, so fences checked against it hold.
+      const stale = tx.staleError();
+      if (stale) throw stale;
+      const version = await this.flush(this.db, tx, snapshot.version);
+      if (version !== null) {
+        this.written.put(workflowId, { ...tx.afterImage(), version });
+        return result;
+      }
+    }
+    return this.transactLocked(workflowId, fn);
+  }
+
+  /** One statement: the workflow row with its `xmin`, the time, and the steps as JSON, all from one snapshot. */
+  private async readSnapshot(workflowId: string): Promise<Snapshot & { now: Date }> {
+    const clockSql = this.clock ? sql`null` : sql`clock_timestamp()`;
+    const sent = Date.now();
+    const row = (
+      await this.rows(
+        this.db,
+        sql`select w.*, w.xmin::text as row_version, ${clockSql} as read_at,
+          (select coalesce(json_agg(s order by s.position), '[]'::json) from ${this.ref('steps')} s where s.workflow_id = w.id) as steps_json
+        from ${this.ref('workflows')} w where w.id = ${workflowId}`,
+      )
+    )[0];
+    if (!row) throw new NotFoundError(`workflow ${workflowId} not found`, { workflowId });
+    let now: Date;
+    if (this.clock) now = new Date(this.clock.now());
+    else {
+      now = toDate(row['read_at']) ?? new Date();
+      // The database clock read mid-way through the round trip.
+      this.clockOffsetMs = now.getTime() - (sent + Date.now()) / 2;
+    }
+    return {
+      workflow: this.toWorkflow(row),
+      historySeq: Number(row['last_history_seq'] ?? 0),
+      steps: parseJsonRows(row['steps_json']).map((r) => this.toStep(r)),
+      now,
+      version: String(row['row_version']),
+    };
+  }
+
+  /**
+   * The store's time without a round trip: the injected clock, else the local
+   * clock corrected by the offset to the database clock seen at the last
+   * snapshot read, never earlier than `notBefore` (the workflow's last write).
+   */
+  private databaseNow(notBefore: Date): Date {
+    const now = this.clock ? this.clock.now() : Date.now() + this.clockOffsetMs;
+    return new Date(Math.max(now, notBefore.getTime()));
+  }
+
+  /** `fn` under the workflow's row lock, its writes flushed in the same transaction. */
+  private async transactLocked<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+    return this.inTransaction(async (trx) => {
+      const { workflow, historySeq, now } = await this.lockWorkflow(trx, workflowId);
+      const steps = (await this.getStepRows(trx, workflowId)).map((r) => this.toStep(r));
+      const tx = new KyselyTransaction(now, workflow, historySeq, steps, (kind, value) => this.encode(kind, value));
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (err) {
+        throw new CallbackError(err);
+      } finally {
+        tx.close();
+      }
+      await this.flush(trx, tx);
+      return result;
+    });
   }
 
   /** Heartbeat: `leaseExpiresAt = now + leaseMs` if `leaseToken` is still the step's lease token. */
@@ -757,9 +895,15 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return { workflow: this.toWorkflow(row), historySeq: Number(row['last_history_seq'] ?? 0), now };
   }
 
-  /** Applies a transaction's buffered writes: one statement on Postgres; per table and step on SQLite. */
-  private async flush(trx: Db, tx: KyselyTransaction): Promise<void> {
-    if (!tx.hasWrites) return;
+  /**
+   * Applies a transaction's buffered writes: one statement on Postgres; per
+   * table and step on SQLite. With `version` (Postgres, outside a transaction)
+   * the statement writes only while the workflow row's `xmin` is still
+   * `version`: it resolves to the row's new `xmin`, or to null, having
+   * written nothing, when the row had changed. Without, it resolves to ''.
+   */
+  private async flush(trx: Db, tx: KyselyTransaction, version?: string): Promise<string | null> {
+    if (!tx.hasWrites) return '';
     const stale = tx.staleError();
     if (stale) throw stale;
     const workflowId = tx.workflow.id;
@@ -767,7 +911,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const history: HistoryRow[] = tx.history.map((entry, i) => ({ workflowId, seq: tx.historySeq + i + 1, entry }));
     const workflowSets = [sql`updated_at = ${now}`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
     if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
-    const workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
+    const compareAndSet = version !== undefined;
+    const workflowUpdate = compareAndSet
+      ? sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId} and xmin = ${version}::xid returning xmin::text as version`
+      : sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
+    // Under a compare-and-set, every other write happens only if the workflow row was written.
+    const won = compareAndSet ? sql` and exists (select 1 from wf)` : sql``;
     // A write with no column (an empty patch) matters only for its fence.
     const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
 
@@ -783,7 +932,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         if (Number(result.numAffectedRows ?? 0) !== 1) throw staleLease(workflowId, name);
       }
       await this.insertHistory(trx, history, now);
-      return;
+      return '';
     }
 
     // Postgres: every write in one statement of data-modifying CTEs. Steps with
@@ -816,20 +965,24 @@ export class KyselyWorkflowStore implements WorkflowStore {
           update ${this.ref('steps')} s set ${sql.join(sets)}
           from (values ${sql.join(values)}) as v(${names})
           where s.workflow_id = ${workflowId} and s.name = v.k_name
-            and (not v.k_fenced or s.lease_token is not distinct from v.k_expected)
+            and (not v.k_fenced or s.lease_token is not distinct from v.k_expected)${won}
           returning 1
         )`);
       counters.push(sql`(select count(*) from ${alias})`);
       g++;
     }
-    if (history.length > 0) ctes.push(sql`hist as (${this.historyInsertSql(history, now)})`);
+    if (history.length > 0) ctes.push(sql`hist as (${this.historyInsertSql(history, now, compareAndSet ? sql`exists (select 1 from wf)` : undefined)})`);
     const total = counters.length > 0 ? sql.join(counters, sql` + `) : sql`0`;
-    const notify = this.notifySql(tx.wakes());
-    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated${notify}`);
+    const notify = this.notifySql(tx.wakes(), compareAndSet ? sql`exists (select 1 from wf)` : undefined);
+    const versionSql = compareAndSet ? sql`, (select version from wf) as version` : sql``;
+    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated${versionSql}${notify}`);
+    const written = compareAndSet ? ((rows[0]?.['version'] as string | null | undefined) ?? null) : '';
+    if (written === null) return null;
     if (Number(rows[0]?.['updated'] ?? 0) !== stepWrites.length) {
       const missing = stepWrites.find(([, w]) => w.fence !== null)?.[0] ?? stepWrites[0]?.[0] ?? '';
       throw staleLease(workflowId, missing);
     }
+    return written;
   }
 
 
@@ -1044,8 +1197,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 
   /** `, pg_notify(…)` for a statement's select list when notifications are on and `when` holds; else nothing. */
-  private notifySql(when: boolean): RawBuilder<unknown> {
-    return this.notifyChannel !== undefined && when ? sql`, pg_notify(${this.notifyChannel}::text, '') as notified` : sql``;
+  private notifySql(when: boolean, condition?: RawBuilder<unknown>): RawBuilder<unknown> {
+    if (this.notifyChannel === undefined || !when) return sql``;
+    const notify = sql`pg_notify(${this.notifyChannel}::text, '')`;
+    return condition ? sql`, case when ${condition} then ${notify} end as notified` : sql`, ${notify} as notified`;
   }
 
   // --- history -----------------------------------------------------------------
@@ -1056,12 +1211,15 @@ export class KyselyWorkflowStore implements WorkflowStore {
     }
   }
 
-  /** A multi-row history insert. */
-  private historyInsertSql(rows: HistoryRow[], defaultAt: RawBuilder<unknown>): RawBuilder<unknown> {
+  /** A multi-row history insert; with `condition`, the rows are inserted only when it holds. */
+  private historyInsertSql(rows: HistoryRow[], defaultAt: RawBuilder<unknown>, condition?: RawBuilder<unknown>): RawBuilder<unknown> {
     const values = rows.map(
       ({ workflowId, seq, entry }) =>
         sql`(${sql.join([this.param('text', workflowId), this.param('int', seq), ...this.historyCells(entry, defaultAt)])})`,
     );
+    if (condition) {
+      return sql`insert into ${this.ref('history')} (${HISTORY_COLUMN_LIST}) select * from (values ${sql.join(values)}) as v where ${condition}`;
+    }
     return sql`insert into ${this.ref('history')} (${HISTORY_COLUMN_LIST}) values ${sql.join(values)}`;
   }
 
@@ -1127,8 +1285,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
     }
   }
 
+  /**
+   * Runs a statement and returns its rows. On Postgres the text starts with
+   * {@link STATEMENT_MARKER}, so a pool wrapped with `preparedStatements`
+   * runs it as a prepared statement.
+   */
   private async rows(db: Db, query: RawBuilder<unknown>): Promise<Row[]> {
-    return (await query.execute(db)).rows as Row[];
+    const marked = this.pg ? sql`${sql.raw(STATEMENT_MARKER)} ${query}` : query;
+    return (await marked.execute(db)).rows as Row[];
   }
 
   private async getWorkflowRow(db: Db, id: string): Promise<Row | null> {
@@ -1268,6 +1432,10 @@ class KyselyTransaction implements WorkflowTransaction {
   /** What decides claimability, as the buffered writes leave each written step. */
   private readonly claimState = new Map<string, Pick<StepRecord, 'status' | 'dueAt' | 'leaseExpiresAt'>>();
   private workflowStatus: WorkflowStatus;
+  /** The workflow fields written, decoded as a read would return them. */
+  private readonly workflowAfter: Record<string, unknown> = {};
+  /** The step fields written, per step, decoded as a read would return them. */
+  private readonly stepsAfter = new Map<string, Record<string, unknown>>();
 
   constructor(
     readonly now: Date,
@@ -1286,7 +1454,10 @@ class KyselyTransaction implements WorkflowTransaction {
     this.assertOpen();
     if (patch.status !== undefined && !isWorkflowStatus(patch.status)) throw new TypeError(`unknown workflow status ${String(patch.status)}`);
     const cells = toCells(patch, WORKFLOW_COLUMNS, this.encode);
-    for (const [column, cell] of cells) this.workflowCells.set(column, cell);
+    for (const [column, cell, field] of cells) {
+      this.workflowCells.set(column, cell);
+      this.workflowAfter[field] = decodeCell(cell);
+    }
     if (patch.status !== undefined) this.workflowStatus = patch.status;
     this.hasWrites = true;
   }
@@ -1312,7 +1483,12 @@ class KyselyTransaction implements WorkflowTransaction {
       }
       write.fence ??= { expected: step.leaseToken };
     }
-    for (const [column, cell] of cells) write.cells.set(column, cell);
+    let after = this.stepsAfter.get(name);
+    if (!after) this.stepsAfter.set(name, (after = {}));
+    for (const [column, cell, field] of cells) {
+      write.cells.set(column, cell);
+      after[field] = decodeCell(cell);
+    }
     if (patch.leaseToken !== undefined) this.leaseTokens.set(name, patch.leaseToken);
     const state = this.claimState.get(name) ?? { status: step.status, dueAt: step.dueAt, leaseExpiresAt: step.leaseExpiresAt };
     this.claimState.set(name, {
@@ -1348,6 +1524,20 @@ class KyselyTransaction implements WorkflowTransaction {
     this.hasWrites = true;
   }
 
+  /**
+   * The workflow and steps as the buffered writes leave them (with `updatedAt`
+   * at this transaction's time), decoded from the values written, as a read
+   * after the commit would return them.
+   */
+  afterImage(): Omit<Snapshot, 'version'> {
+    const workflow = { ...this.workflow, ...this.workflowAfter, updatedAt: this.now } as WorkflowRecord;
+    const steps = this.steps.map((s) => {
+      const after = this.stepsAfter.get(s.name);
+      return after ? ({ ...s, ...after } as StepRecord) : s;
+    });
+    return { workflow, historySeq: this.historySeq + this.history.length, steps };
+  }
+
   /** The first fence that failed, if any. */
   staleError(): StaleLeaseError | undefined {
     return this.stale;
@@ -1364,12 +1554,13 @@ class KyselyTransaction implements WorkflowTransaction {
   }
 }
 
+/** A patch's columns with their encoded values, and the record field each came from. */
 function toCells(
   patch: object,
   columns: Record<string, readonly [string, ColumnKind]>,
   encode: (kind: ColumnKind, value: unknown) => unknown,
-): [string, Cell][] {
-  const cells: [string, Cell][] = [];
+): [column: string, cell: Cell, field: string][] {
+  const cells: [string, Cell, string][] = [];
   for (const [key, value] of Object.entries(patch)) {
     // `undefined` leaves the column as it is, as in a partial SQL update.
     if (value === undefined) continue;
@@ -1377,9 +1568,18 @@ function toCells(
     if (!column) throw new TypeError(`${key} cannot be updated`);
     const [name, kind] = column;
     if (kind === 'time') checkDate(value, key);
-    cells.push([name, { kind, value: encode(kind, value) }]);
+    cells.push([name, { kind, value: encode(kind, value) }, key]);
   }
   return cells;
+}
+
+/** An encoded cell back as a record field: what reading the column returns (JSON parsed afresh, a new Date). */
+function decodeCell(cell: Cell): unknown {
+  const value = cell.value;
+  if (value === null || value === undefined) return null;
+  if (cell.kind === 'json') return JSON.parse(value as string) as unknown;
+  if (cell.kind === 'time') return value instanceof Date ? new Date(value.getTime()) : new Date(Number(value));
+  return value;
 }
 
 function addToGroup<R>(groups: Map<string, { columns: string[]; rows: R[] }>, columns: string[], row: R): void {

@@ -34,6 +34,7 @@ import type {
   WorkflowPatch,
   WorkflowRecord,
   WorkflowStore,
+  TransactOptions,
   WorkflowTransaction,
 } from '../../../src/storage/workflow-store.js';
 
@@ -196,7 +197,7 @@ export class FaultyStore implements WorkflowStore {
     return this.call('nextDueAt', () => this.inner.nextDueAt());
   }
 
-  transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+  transact<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>, options?: TransactOptions): Promise<T> {
     return this.call('transact', async () => {
       const watch = this.options.checkAtomicity && this.activeWrites === 1 && this.armed.some((f) => f.point === 'transact' || f.point.startsWith('tx.'));
       const epoch = this.writeEpoch;
@@ -208,7 +209,7 @@ export class FaultyStore implements WorkflowStore {
           const fault = this.hit('tx.commit');
           if (fault) throw this.fire(fault, 'before');
           return result;
-        });
+        }, options);
       } catch (err) {
         const firedHere = this.fired.slice(firedBefore).some((f) => f.point.startsWith('tx.'));
         if (before !== null && firedHere && isInjectedFault(err) && epoch === this.writeEpoch && this.activeWrites === 1) {

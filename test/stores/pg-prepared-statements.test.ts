@@ -1,0 +1,55 @@
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { preparedStatements, STATEMENT_MARKER } from '../../src/stores/kysely/pg-prepared-statements.js';
+import { createPostgresDatabase } from '../support/databases.js';
+
+const cleanups: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()!();
+});
+
+/** A Kysely instance on one connection through the wrapper, and what that connection has prepared. */
+async function oneConnection(options?: Parameters<typeof preparedStatements>[1]) {
+  const database = await createPostgresDatabase();
+  cleanups.push(() => database.cleanup());
+  const pool = new pg.Pool({ connectionString: database.url, max: 1 });
+  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: preparedStatements(pool, options) }) });
+  cleanups.push(() => db.destroy());
+  const prepared = async () =>
+    (await sql<{ statement: string }>`select statement from pg_prepared_statements order by prepare_time`.execute(db)).rows.map((r) => r.statement);
+  return { db, prepared };
+}
+
+/** Runs `text` with `parameters` as Kysely runs a compiled query. */
+function run<R>(db: Kysely<any>, text: string, parameters: unknown[]) {
+  return db.executeQuery<R>({
+    sql: text,
+    parameters,
+    query: { kind: 'RawNode', sqlFragments: [], parameters: [] } as never,
+    queryId: { queryId: text },
+  });
+}
+
+describe('preparedStatements', () => {
+  it('prepares marked statements once per connection and leaves other queries unnamed', async () => {
+    const { db, prepared } = await oneConnection();
+    const text = `${STATEMENT_MARKER} select $1::int * 2 as n`;
+    for (const n of [1, 2, 21]) expect((await run<{ n: number }>(db, text, [n])).rows).toEqual([{ n: n * 2 }]);
+    expect((await run<{ n: number }>(db, 'select $1::int as unmarked', [5])).rows).toEqual([{ unmarked: 5 }]);
+    expect(await prepared()).toEqual([text]);
+  });
+
+  it('runs statements unnamed past maxPerConnection, with the same results', async () => {
+    const { db, prepared } = await oneConnection({ maxPerConnection: 2 });
+    for (let round = 0; round < 2; round++) {
+      for (let k = 0; k < 4; k++) expect((await run(db, `${STATEMENT_MARKER} select $1::int + ${k} as n`, [1])).rows).toEqual([{ n: 1 + k }]);
+    }
+    expect((await prepared()).length).toBe(2);
+  });
+
+  it('refuses what is not a pool, and a bad limit', () => {
+    expect(() => preparedStatements({} as never)).toThrow(/pg Pool/);
+    expect(() => preparedStatements(new pg.Pool(), { maxPerConnection: -1 })).toThrow(/maxPerConnection/);
+  });
+});
