@@ -175,8 +175,10 @@ interface WritePiece {
  * - Postgres: claims run `FOR UPDATE OF s, w SKIP LOCKED` in one short
  *   transaction that also locks the workflow rows, and {@link transact} holds
  *   `SELECT … FOR UPDATE` on the workflow row, so several engine processes can
- *   share the database. Without a `clock`, every time comparison uses the
- *   database clock.
+ *   share the database. With `{ optimistic: true }`, {@link transact} holds
+ *   no lock: one statement reads, one compare-and-set statement writes (see
+ *   {@link transactOptimistic}). Without a `clock`, every time comparison
+ *   uses the database clock.
  * - SQLite (one process): write transactions start with `BEGIN IMMEDIATE`, and
  *   the claim is one `UPDATE … RETURNING` statement. The database must be in WAL
  *   mode with a positive `busy_timeout` (checked on first use, see {@link check}).
