@@ -10,6 +10,8 @@ import { createEventEmitter, safeEmit, type WorkflowEventEmitter, type WorkflowE
 import type {
   ClaimedStep,
   HistoryRecord,
+  NewHistoryEntry,
+  NewStep,
   StepPatch,
   StepRecord,
   StoredError,
@@ -168,21 +170,50 @@ export class WorkflowEngine implements WorkflowEngineApi {
     }
     const now = await this.store.now();
     const id = `wf_${crypto.randomUUID().replace(/-/g, '')}`;
-    const steps = def.steps.map((s) => ({
-      name: s.name,
-      position: s.position,
-      dependsOn: [...s.dependsOn],
-      maxAttempts: s.retry.maximumAttempts,
-      dueAt: s.dependsOn.length === 0 ? now : null,
-    }));
-    const history = [{ kind: 'workflow' as const, stepName: null, from: null, to: 'pending', actor: null, reason: null, action: 'start', detail: null, at: now }];
+    // A running worker with free slots runs the first steps itself: they are created claimed by it.
+    const roots = def.steps.filter((s) => s.dependsOn.length === 0).length;
+    const local = this.workerLoop && !this.stopping ? Math.min(roots, Math.max(0, this.concurrency - this.inFlight)) : 0;
+    const pairs = local > 0 ? await this.takeTokenPairs(local) : [];
+    const claims = new Map<string, TokenPair>();
+    const steps: NewStep[] = def.steps.map((s) => {
+      const step: NewStep = { name: s.name, position: s.position, dependsOn: [...s.dependsOn], maxAttempts: s.retry.maximumAttempts, dueAt: null };
+      if (s.dependsOn.length > 0) return step;
+      step.dueAt = now;
+      const pair = pairs[claims.size];
+      if (pair) {
+        claims.set(s.name, pair);
+        step.claim = {
+          workerId: this.workerId,
+          leaseToken: pair.leaseToken,
+          leaseExpiresAt: new Date(now.getTime() + this.leaseMs),
+          callbackTokenHash: pair.callbackTokenHash,
+        };
+      }
+      return step;
+    });
+    const entry = (kind: 'workflow' | 'step', stepName: string | null, from: string | null, to: string, action: string | null): NewHistoryEntry => ({
+      kind,
+      stepName,
+      from,
+      to,
+      actor: null,
+      reason: null,
+      action,
+      detail: null,
+      at: now,
+    });
+    // The history a claim would have written: the workflow starts running, then each claimed step.
+    const history: NewHistoryEntry[] = [entry('workflow', null, null, 'pending', 'start')];
+    if (claims.size > 0) history.push(entry('workflow', null, 'pending', 'running', null));
+    for (const name of claims.keys()) history.push(entry('step', name, 'pending', 'running', null));
+    // On an error the tokens are dropped: a commit whose reply was lost may have stored them.
     const result = await this.store.createWorkflow({
       workflow: {
         id,
         tenantId: opts.data.tenantId,
         type: def.name,
         serviceSlug: opts.data.serviceSlug ?? null,
-        status: 'pending',
+        status: claims.size > 0 ? 'running' : 'pending',
         definitionVersion: def.version,
         input: jsonInput,
         idempotencyKey: opts.data.idempotencyKey ?? null,
@@ -191,15 +222,40 @@ export class WorkflowEngine implements WorkflowEngineApi {
       steps,
       history,
     });
-    if (!result.created) return this.get(result.workflow.id);
+    if (!result.created) {
+      this.returnTokenPairs(pairs);
+      return this.get(result.workflow.id);
+    }
     this.emit({ name: 'workflow:started', payload: { workflowId: id, tenantId: opts.data.tenantId, type: def.name, at: now } });
-    this.wake();
     // The new rows are exactly what was written: answer without reading them back.
-    return toDetail(
+    const stepRecords = steps.map((s) => newStepRecord(id, s, now));
+    const detail = toDetail(
       result.workflow,
-      steps.map((s) => newStepRecord(id, s)),
-      history.map((h, i) => ({ ...h, seq: i + 1, workflowId: id })),
+      stepRecords,
+      history.map((h, i) => ({ ...h, at: now, seq: i + 1, workflowId: id })),
     );
+    for (const [stepName, pair] of claims) {
+      void this.launch(
+        {
+          workflow: { ...result.workflow },
+          steps: stepRecords.map((s) => ({ ...s })),
+          stepName,
+          previousStatus: 'pending',
+          now,
+          leaseToken: pair.leaseToken,
+          callbackToken: pair.callbackToken,
+        },
+        true,
+      );
+    }
+    // Roots left for a claim (no worker here, or no free slot): wake the loop.
+    if (claims.size < roots) this.wake();
+    return detail;
+  }
+
+  /** Puts token pairs that no step took back into the pool (they were never stored). */
+  private returnTokenPairs(pairs: TokenPair[]): void {
+    for (const pair of pairs) if (this.tokenPool.length < 256) this.tokenPool.push(pair);
   }
 
   /** A workflow with its steps and history. Throws `not_found` for an unknown id. */

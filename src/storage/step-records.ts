@@ -1,8 +1,13 @@
 import type { NewStep, StepRecord } from './workflow-store.js';
 
-/** The step row `createWorkflow` writes for `step`: pending, nothing run, no lease. */
-export function newStepRecord(workflowId: string, step: NewStep): StepRecord {
-  return {
+/**
+ * The step row `createWorkflow` writes for `step`: pending, nothing run, no
+ * lease; or, with `step.claim`, running its first attempt since `createdAt`
+ * under that lease.
+ */
+export function newStepRecord(workflowId: string, step: NewStep, createdAt: Date): StepRecord {
+  const claim = step.claim;
+  const record: StepRecord = {
     workflowId,
     name: step.name,
     position: step.position,
@@ -25,4 +30,14 @@ export function newStepRecord(workflowId: string, step: NewStep): StepRecord {
     error: null,
     completionSeq: null,
   };
+  if (claim) {
+    record.status = 'running';
+    record.attempts = 1;
+    record.startedAt = new Date(createdAt.getTime());
+    record.leaseOwner = claim.workerId;
+    record.leaseToken = claim.leaseToken;
+    record.leaseExpiresAt = new Date(claim.leaseExpiresAt.getTime());
+    record.callbackTokenHash = claim.callbackTokenHash;
+  }
+  return record;
 }

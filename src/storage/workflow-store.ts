@@ -108,6 +108,22 @@ export interface NewStep {
   maxAttempts: number;
   /** Roots are due at once; other steps start with `null` (not ready). */
   dueAt: Date | null;
+  /**
+   * Creates the step already claimed, as a claim at `createdAt` would leave
+   * it: `running`, attempt 1, started at `createdAt`, leased to `workerId`
+   * until `leaseExpiresAt`, with a fresh callback-token hash. For an engine
+   * that runs a new workflow's first steps itself; the history entries the
+   * claim would write are the caller's to pass.
+   */
+  claim?: NewStepClaim;
+}
+
+/** The lease a step is created with (see {@link NewStep.claim}). */
+export interface NewStepClaim {
+  workerId: string;
+  leaseToken: string;
+  leaseExpiresAt: Date;
+  callbackTokenHash: string;
 }
 
 /** What {@link WorkflowStore.createWorkflow} inserts, atomically. */

@@ -380,6 +380,42 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
         expect(never.attempts).toBe(0);
       });
 
+      test('a step created claimed runs under its lease and is claimable only once the lease expires', async ({ store, clock }) => {
+        const id = ids.next();
+        const input = workflowInput(id, { status: 'running', steps: [{ name: 'a', dueAt: new Date(T0) }, { name: 'b', dependsOn: ['a'] }] });
+        const claim = { workerId: 'starter', leaseToken: 'lease-created', leaseExpiresAt: new Date(T0 + 1_000), callbackTokenHash: 'hash-created' };
+        input.steps[0]!.claim = claim;
+        expect((await store.createWorkflow(input)).created).toBe(true);
+        expect(await stepOf(store, id, 'a')).toMatchObject({
+          status: 'running',
+          attempts: 1,
+          startedAt: new Date(T0),
+          dueAt: new Date(T0),
+          leaseOwner: 'starter',
+          leaseToken: 'lease-created',
+          leaseExpiresAt: new Date(T0 + 1_000),
+          callbackTokenHash: 'hash-created',
+        });
+        expect(await stepOf(store, id, 'b')).toMatchObject({ status: 'pending', attempts: 0, leaseToken: null, dueAt: null });
+        expect(await store.findStepByCallbackHash('hash-created')).toEqual({ workflowId: id, stepName: 'a' });
+        clock.advance(999);
+        expect(await store.claimSteps(claimRequest('w1', 10))).toEqual([]);
+        clock.advance(1);
+        const [reclaimed] = await store.claimSteps(claimRequest('w1', 10));
+        expect(reclaimed).toMatchObject({ stepName: 'a', previousStatus: 'running' });
+        expect(await stepOf(store, id, 'a')).toMatchObject({ status: 'running', attempts: 2, leaseOwner: 'w1' });
+      });
+
+      test('createWorkflow refuses an initial claim without its lease fields', async ({ store }) => {
+        const id = ids.next();
+        const input = workflowInput(id, { steps: [{ name: 'a', dueAt: new Date(T0) }] });
+        input.steps[0]!.claim = { workerId: 'starter', leaseToken: '', leaseExpiresAt: new Date(T0), callbackTokenHash: 'h' };
+        await expect(store.createWorkflow(input)).rejects.toThrow(/leaseToken/);
+        input.steps[0]!.claim = { workerId: 'starter', leaseToken: 't', leaseExpiresAt: new Date(Number.NaN), callbackTokenHash: 'h' };
+        await expect(store.createWorkflow(input)).rejects.toThrow(/leaseExpiresAt/);
+        expect(await store.getWorkflow(id)).toBeNull();
+      });
+
       test('claims only steps whose lease is free', async ({ store, clock }) => {
         const id = await seed(store, ids, {
           status: 'running',

@@ -23,7 +23,7 @@ function countingStore(store: WorkflowStore): { store: WorkflowStore; claimed: (
 describe.each(storeFactories)('background worker on $name store', (factory) => {
   const setup = useHarness(factory);
 
-  it('runs workflows to completion, claiming each next step in the previous result transaction', async () => {
+  it('runs workflows to completion with no claim: start() creates the first step claimed, each result claims the next', async () => {
     const ran: string[] = [];
     const wf = defineWorkflow({
       name: 'chain',
@@ -48,15 +48,107 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
       }
       expect(ran).toHaveLength(15);
       for (let i = 0; i < 3; i++) expect(ran.filter((r) => r.startsWith(`${i}:`))).toEqual(['s1', 's2', 's3', 's4', 's5'].map((n) => `${i}:${n}`));
-      // Only each workflow's first step came from a claim: steps 2-5 were claimed inside
-      // the previous step's result transaction.
-      expect(counted.claimed()).toBe(3);
+      // No step came from a claim: start() created each first step claimed by this
+      // worker, and steps 2-5 were claimed inside the previous step's result transaction.
+      expect(counted.claimed()).toBe(0);
     } finally {
       await engine.stop();
     }
     const rows = await store.getHistory((await engine.list({ limit: 1 })).items[0]!.id);
     const started = rows.filter((h) => h.kind === 'step' && h.to === 'running').map((h) => h.stepName);
     expect(started).toEqual(['s1', 's2', 's3', 's4', 's5']);
+    // The same history a claim writes: the workflow starts running before its first step.
+    expect(rows.slice(0, 3).map((h) => [h.kind, h.stepName, h.from, h.to])).toEqual([
+      ['workflow', null, null, 'pending'],
+      ['workflow', null, 'pending', 'running'],
+      ['step', 's1', 'pending', 'running'],
+    ]);
+  });
+
+  it('leaves first steps to a claim when start() runs where no worker runs, or every slot is taken', async () => {
+    const gate = deferred<void>();
+    const wf = defineWorkflow({
+      name: 'fan',
+      input,
+      steps: {
+        a: step({ run: async () => (await gate.promise, { a: 1 }) }),
+        b: step({ dependsOn: [], run: async () => (await gate.promise, { b: 1 }) }),
+        c: step({ dependsOn: ['a', 'b'], run: () => ({ c: 1 }) }),
+      },
+    });
+    const { store, clock, logger } = await setup([wf]);
+    const counted = countingStore(store);
+    const { createEngine } = await import('../../src/engine/workflow-engine.js');
+    // No worker: the workflow is created pending, its roots due.
+    const api = createEngine({ store: counted.store, workflows: [wf], clock, logger, workerId: 'api' });
+    const viaApi = await api.start('fan', { tenantId: 't', input: { n: 1 } });
+    expect(viaApi.status).toBe('pending');
+    expect(viaApi.steps.map((s) => [s.name, s.status])).toEqual([
+      ['a', 'pending'],
+      ['b', 'pending'],
+      ['c', 'pending'],
+    ]);
+    // A worker with one free slot takes one root itself; the other is claimed by its loop once a slot frees.
+    const worker = createEngine({ store: counted.store, workflows: [wf], clock, logger, workerId: 'worker', concurrency: 1, idlePollMs: 5 });
+    const completed: string[] = [];
+    worker.events.on('workflow:completed', (e) => completed.push(e.workflowId));
+    worker.startWorker();
+    try {
+      await until(async () => (await store.getSteps(viaApi.id)).some((s) => s.status === 'running'), 'the worker claims a root of the first workflow');
+      const viaWorker = await worker.start('fan', { tenantId: 't', input: { n: 2 } });
+      // Every slot is taken by the first workflow's step: nothing is created claimed.
+      expect(viaWorker.status).toBe('pending');
+      expect(viaWorker.steps.filter((s) => s.status === 'running')).toEqual([]);
+      gate.resolve();
+      await until(() => completed.length === 2, 'both workflows');
+      expect(counted.claimed()).toBeGreaterThanOrEqual(3);
+    } finally {
+      await worker.stop();
+    }
+    for (const id of [viaApi.id]) {
+      const steps = await store.getSteps(id);
+      expect(steps.every((s) => s.status === 'completed' && s.attempts === 1)).toBe(true);
+      expect(steps.filter((s) => s.name !== 'c').every((s) => s.leaseOwner === null)).toBe(true);
+    }
+  });
+
+  it('runs a new workflow\'s first steps in the starting worker, created running under its lease', async () => {
+    const gate = deferred<void>();
+    const wf = defineWorkflow({
+      name: 'two_roots',
+      input,
+      steps: {
+        a: step({ run: async () => (await gate.promise, { a: 1 }) }),
+        b: step({ dependsOn: [], run: async () => (await gate.promise, { b: 1 }) }),
+      },
+    });
+    const { store, clock, logger } = await setup([wf]);
+    const { createEngine } = await import('../../src/engine/workflow-engine.js');
+    const engine = createEngine({ store, workflows: [wf], clock, logger, workerId: 'starter', idlePollMs: 5, leaseMs: 30_000 });
+    const started: string[] = [];
+    engine.events.on('step:started', (e) => started.push(`${e.stepName}:${e.attempt}:${String(e.reclaimed)}`));
+    engine.startWorker();
+    try {
+      const detail = await engine.start('two_roots', { tenantId: 't', input: { n: 1 } });
+      expect(detail.status).toBe('running');
+      expect(detail.steps.map((s) => [s.name, s.status, s.attempts])).toEqual([
+        ['a', 'running', 1],
+        ['b', 'running', 1],
+      ]);
+      const stored = await store.getSteps(detail.id);
+      for (const s of stored) {
+        expect(s).toMatchObject({ status: 'running', attempts: 1, leaseOwner: 'starter', leaseExpiresAt: new Date(clock.now() + 30_000) });
+        expect(s.leaseToken).toEqual(expect.any(String));
+        expect(s.callbackTokenHash).toEqual(expect.any(String));
+      }
+      expect(stored[0]!.leaseToken).not.toBe(stored[1]!.leaseToken);
+      expect((await engine.get(detail.id)).status).toBe('running');
+      gate.resolve();
+      await until(async () => (await engine.get(detail.id)).status === 'completed', 'the workflow completes');
+      expect(started.sort()).toEqual(['a:1:false', 'b:1:false']);
+    } finally {
+      await engine.stop();
+    }
   });
 
   it('loses nothing when a worker dies between a chained claim and its step', async () => {

@@ -2,7 +2,7 @@ import { Kysely, PostgresDialect, type LogEvent } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createManualClock } from '../../src/core/clock.js';
-import type { ClaimRequest, CreateWorkflowInput, WorkflowStore } from '../../src/storage/workflow-store.js';
+import type { ClaimRequest, CreateWorkflowInput, WorkflowStore, WorkflowTransaction } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { STATEMENT_MARKER } from '../../src/stores/kysely/pg-prepared-statements.js';
@@ -148,5 +148,18 @@ describe('KyselyWorkflowStore round trips on Postgres', () => {
     await bump();
     expect(statements).toEqual(['with wf']);
     expect(await attemptsOfC()).toBe(before! + 2);
+
+    // A workflow this store created, or claimed a step of, needs no read either.
+    const note = (action: string) => (tx: WorkflowTransaction) =>
+      tx.appendHistory([{ kind: 'note', stepName: null, from: null, to: null, actor: null, reason: null, action, detail: null }]);
+    statements.length = 0;
+    await store.createWorkflow({ ...workflow('w2'), workflow: { ...workflow('w2').workflow, idempotencyKey: 'second' } });
+    await store.transact('w2', note('after-create'), { optimistic: true });
+    expect(statements).toEqual(['with ins', 'with wf']);
+    statements.length = 0;
+    await store.claimSteps(claim(3));
+    await store.transact('w2', note('after-claim'), { optimistic: true });
+    expect(statements).toEqual(['start transaction', 'with due', 'select (select', 'commit', 'with wf']);
+    expect((await store.getHistory('w2')).map((h) => h.action).filter((a) => a?.startsWith('after-'))).toEqual(['after-create', 'after-claim']);
   });
 });

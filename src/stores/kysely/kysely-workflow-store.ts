@@ -20,6 +20,7 @@ import type {
   WorkflowStore,
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
+import { newStepRecord } from '../../storage/step-records.js';
 import { DEFAULT_MAX_BATCH, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
@@ -141,6 +142,10 @@ class SnapshotCache {
     if (!found) return undefined;
     this.entries.delete(workflowId);
     return structuredClone(found);
+  }
+
+  delete(workflowId: string): void {
+    this.entries.delete(workflowId);
   }
 
   put(workflowId: string, snapshot: Snapshot): void {
@@ -536,6 +541,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   /** `fn` under the workflow's row lock, its writes flushed in the same transaction. */
   private async transactLocked<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+    // Its write changes the row version: what an optimistic write remembered is out of date.
+    this.written.delete(workflowId);
     return this.inTransaction(async (trx) => {
       const { workflow, historySeq, now } = await this.lockWorkflow(trx, workflowId);
       const steps = (await this.getStepRows(trx, workflowId)).map((r) => this.toStep(r));
@@ -582,10 +589,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
   /** One statement: the workflow insert, and the step and history inserts only when it inserted. */
   private async createPostgres(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
     const ctes: RawBuilder<unknown>[] = [
-      sql`ins as (${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *)`,
+      sql`ins as (${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *, xmin::text as row_version)`,
     ];
     if (input.steps.length > 0) {
-      const values = input.steps.map((s) => sql`(${sql.join(this.stepValues(s).map(([kind, v]) => this.param(kind, v)))})`);
+      const values = input.steps.map((s) => sql`(${sql.join(this.stepValues(s, createdAt).map(([kind, v]) => this.param(kind, v)))})`);
       ctes.push(sql`
         steps as (
           insert into ${this.ref('steps')} (workflow_id, ${STEP_INSERT_COLUMNS})
@@ -603,7 +610,15 @@ export class KyselyWorkflowStore implements WorkflowStore {
     }
     // The notification goes out only when the row was inserted (and on commit).
     const rows = await this.rows(this.db, sql`with ${sql.join(ctes)} select *${this.notifySql(true)} from ins`);
-    return rows[0] ? this.toWorkflow(rows[0]) : null;
+    const row = rows[0];
+    if (!row) return null;
+    const workflow = this.toWorkflow(row);
+    if (!this.db.isTransaction) {
+      // What was inserted is known exactly: the first optimistic write on it needs no read.
+      const steps = input.steps.map((s) => newStepRecord(workflow.id, { ...s, dependsOn: [...s.dependsOn] }, createdAt)).sort((a, b) => a.position - b.position);
+      this.written.put(workflow.id, { workflow: structuredClone(workflow), historySeq: history.length, steps, version: String(row['row_version']) });
+    }
+    return workflow;
   }
 
   private async createSqlite(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
@@ -616,7 +631,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       const row = rows[0];
       if (!row) return null;
       if (input.steps.length > 0) {
-        const values = input.steps.map((s) => sql`(${w.id}, ${sql.join(this.stepValues(s).map(([kind, v]) => this.param(kind, v)))})`);
+        const values = input.steps.map((s) => sql`(${w.id}, ${sql.join(this.stepValues(s, createdAt).map(([kind, v]) => this.param(kind, v)))})`);
         await sql`insert into ${this.ref('steps')} (workflow_id, ${STEP_INSERT_COLUMNS}) values ${sql.join(values)}`.execute(trx);
       }
       await this.insertHistory(
@@ -640,14 +655,28 @@ export class KyselyWorkflowStore implements WorkflowStore {
         ${this.param('int', input.history.length)}, ${created}, ${created}, null)`;
   }
 
-  private stepValues(s: CreateWorkflowInput['steps'][number]): [ColumnKind, unknown][] {
+  /** A new step's cells, in {@link STEP_INSERT_COLUMNS} order; with `claim`, as a claim at `createdAt` leaves it. */
+  private stepValues(s: CreateWorkflowInput['steps'][number], createdAt: Date): [ColumnKind, unknown][] {
+    const claim = s.claim;
+    if (claim) {
+      for (const field of ['workerId', 'leaseToken', 'callbackTokenHash'] as const) {
+        if (typeof claim[field] !== 'string' || claim[field] === '') throw new TypeError(`claim.${field} must be a non-empty string`);
+      }
+      if (checkDate(claim.leaseExpiresAt, 'leaseExpiresAt') === null) throw new TypeError('claim.leaseExpiresAt is required');
+    }
     return [
       ['text', s.name],
       ['int', s.position],
       ['json', JSON.stringify([...s.dependsOn])],
-      ['text', 'pending'],
+      ['text', claim ? 'running' : 'pending'],
       ['int', s.maxAttempts],
       ['time', this.encode('time', checkDate(s.dueAt, 'dueAt'))],
+      ['int', claim ? 1 : 0],
+      ['time', claim ? this.encodeTime(createdAt) : null],
+      ['text', claim?.workerId ?? null],
+      ['text', claim?.leaseToken ?? null],
+      ['time', claim ? this.encodeTime(claim.leaseExpiresAt) : null],
+      ['text', claim?.callbackTokenHash ?? null],
     ];
   }
 
@@ -741,15 +770,29 @@ export class KyselyWorkflowStore implements WorkflowStore {
       sql`
       select
         (select coalesce(json_agg(w), '[]'::json) from ${workflows} w where w.id = any(${ids}::text[])) as workflows,
+        (select coalesce(json_object_agg(w.id, w.xmin::text), '{}'::json) from ${workflows} w where w.id = any(${ids}::text[])) as versions,
         (select coalesce(json_agg(s order by s.workflow_id, s.position), '[]'::json) from ${steps} s
           where s.workflow_id = any(${ids}::text[])) as steps`,
     );
-    return this.assembleClaims(
+    const workflowRows = parseJsonRows(state[0]?.['workflows']);
+    const claims = this.assembleClaims(
       claimed.map((r) => ({ workflowId: String(r['workflow_id']), name: String(r['name']), previous: r['previous_status'] as StepStatus })),
-      parseJsonRows(state[0]?.['workflows']),
+      workflowRows,
       parseJsonRows(state[0]?.['steps']),
       toDate(claimed[0]!['now'])!,
     );
+    if (!this.db.isTransaction) {
+      // The state the claim left, as of the row versions it wrote: an optimistic write on it needs no read.
+      const versions = (state[0]?.['versions'] ?? {}) as Record<string, string>;
+      const historySeqs = new Map(workflowRows.map((r) => [String(r['id']), Number(r['last_history_seq'] ?? 0)]));
+      for (const c of claims) {
+        const version = versions[c.workflow.id];
+        const historySeq = historySeqs.get(c.workflow.id);
+        if (version === undefined || historySeq === undefined) continue;
+        this.written.put(c.workflow.id, { workflow: structuredClone(c.workflow), steps: structuredClone(c.steps), historySeq, version });
+      }
+    }
+    return claims;
   }
 
   private async claimSqlite(trx: Db, request: ClaimRequest, limit: number, tokens: ClaimRequest['tokens']): Promise<ClaimedStep[]> {
@@ -1413,7 +1456,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 }
 
-const STEP_INSERT_COLUMNS = sql.raw('name, position, depends_on, status, max_attempts, due_at');
+const STEP_INSERT_COLUMNS = sql.raw(
+  'name, position, depends_on, status, max_attempts, due_at, attempts, started_at, lease_owner, lease_token, lease_expires_at, callback_token_hash',
+);
 const HISTORY_COLUMN_LIST = sql.raw(HISTORY_COLUMNS.join(', '));
 
 /**

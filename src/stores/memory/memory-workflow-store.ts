@@ -17,6 +17,7 @@ import type {
   CreateWorkflowResult,
   HistoryRecord,
   NewHistoryEntry,
+  NewStepClaim,
   StepPatch,
   StepRecord,
   StoredError,
@@ -237,7 +238,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     for (const s of steps) {
       if (entry.slotsByName.has(s.name)) throw new StoreError(`workflow ${w.id}: duplicate step ${s.name}`);
       const slot: StepSlot = {
-        record: newStepRecord(w.id, { ...s, dueAt: toDate(s.dueAt, 'dueAt') }),
+        record: newStepRecord(w.id, { ...s, dueAt: toDate(s.dueAt, 'dueAt'), ...(s.claim ? { claim: checkClaim(s.claim) } : {}) }, createdAt),
         workflow: entry,
         indexedDue: null,
         version: 0,
@@ -253,7 +254,11 @@ export class MemoryWorkflowStore implements WorkflowStore {
     this.insertByCreation(entry);
     if (idemKey !== null) this.idempotency.set(idemKey, w.id);
     this.appendHistoryRows(entry, history, now);
-    for (const slot of entry.slots) this.reindex(slot);
+    for (const slot of entry.slots) {
+      // A step created claimed already has a callback token.
+      if (slot.record.callbackTokenHash !== null) this.callbackHashes.set(slot.record.callbackTokenHash, slot);
+      this.reindex(slot);
+    }
     return { created: true, workflow: copyWorkflow(record) };
   }
 
@@ -831,4 +836,14 @@ function copyHistory(r: HistoryRecord): HistoryRecord {
     action: r.action,
     detail: copyJson(r.detail),
   };
+}
+
+/** A new step's initial lease, checked and copied. */
+function checkClaim(claim: NewStepClaim): NewStepClaim {
+  const leaseExpiresAt = toDate(claim.leaseExpiresAt, 'leaseExpiresAt');
+  if (leaseExpiresAt === null) throw new TypeError('claim.leaseExpiresAt is required');
+  for (const field of ['workerId', 'leaseToken', 'callbackTokenHash'] as const) {
+    if (typeof claim[field] !== 'string' || claim[field] === '') throw new TypeError(`claim.${field} must be a non-empty string`);
+  }
+  return { ...claim, leaseExpiresAt };
 }
