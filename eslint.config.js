@@ -3,7 +3,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', '.tmp/**', 'coverage/**', '.sagaline/**'] },
+  { ignores: ['dist/**', '.bench-dist/**', 'node_modules/**', '.tmp/**', 'coverage/**', '.sagaline/**'] },
   {
     files: ['src/**/*.ts', 'test/**/*.ts', 'examples/**/*.ts', 'bench/**/*.ts'],
     languageOptions: {

@@ -34,8 +34,10 @@ class WorkerProcess {
   readonly kill: () => Promise<void>;
 
   constructor(readonly index: number) {
-    const script = fileURLToPath(new URL('./pg-worker.ts', import.meta.url));
-    const execArgv = process.execArgv.some((a) => a.includes('tsx')) ? process.execArgv : [...process.execArgv, '--import', 'tsx'];
+    // Built (`npm run bench`): the worker is the built file next to this one; from the sources, it runs under tsx.
+    const built = !import.meta.url.endsWith('.ts');
+    const script = fileURLToPath(new URL(built ? './pg-worker.js' : './pg-worker.ts', import.meta.url));
+    const execArgv = built || process.execArgv.some((a) => a.includes('tsx')) ? process.execArgv : [...process.execArgv, '--import', 'tsx'];
     this.child = fork(script, [], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'json' });
     this.child.on('message', (raw: unknown) => this.onMessage(raw as WorkerMessage));
     const exited = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));

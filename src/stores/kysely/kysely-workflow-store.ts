@@ -68,6 +68,9 @@ const HISTORY_COLUMNS = ['workflow_id', 'seq', 'at', 'kind', 'step_name', 'from_
 /** Compare-and-set attempts of an optimistic transaction before it takes the lock. */
 const OPTIMISTIC_ATTEMPTS = 5;
 
+/** How long a reading of the database clock is trusted to tell the time from the local clock. */
+const CLOCK_OFFSET_TTL_MS = 5_000;
+
 /** Workflows whose last written state a store remembers (the most recently written ones). */
 const SNAPSHOT_CACHE_SIZE = 4096;
 
@@ -218,8 +221,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private readonly batches: GroupCommitQueue<TransactEntry> | undefined;
   /** The state this store's last optimistic write left, per workflow (see {@link transactOptimistic}). */
   private readonly written = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
-  /** Database clock minus local clock, as last measured by a snapshot read (Postgres without an injected clock). */
+  /** Database clock minus local clock, as last measured (Postgres without an injected clock). */
   private clockOffsetMs = 0;
+  /** Local time of that measurement; never measured yet: -Infinity. */
+  private clockObservedAt = Number.NEGATIVE_INFINITY;
 
   /**
    * Wake-ups from other processes: `listener` is called after a transaction
@@ -303,8 +308,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (this.clock) return new Date(this.clock.now());
     if (!this.pg) return new Date();
     return this.guard('now', async () => {
+      const sent = Date.now();
       const rows = await this.rows(this.db, sql`select clock_timestamp() as now`);
-      return toDate(rows[0]?.['now'])!;
+      const now = toDate(rows[0]?.['now'])!;
+      this.observeClock(now, sent);
+      return now;
     });
   }
 
@@ -470,7 +478,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private async transactOptimistic<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
     for (let attempt = 0; attempt < OPTIMISTIC_ATTEMPTS; attempt++) {
       // A remembered snapshot is used once: if its write loses, the next attempt reads.
-      const remembered = attempt === 0 ? this.written.take(workflowId) : undefined;
+      const remembered = attempt === 0 && this.knowsTime() ? this.written.take(workflowId) : undefined;
       const snapshot = remembered ? { ...remembered, now: this.databaseNow(remembered.workflow.updatedAt) } : await this.readSnapshot(workflowId);
       const tx = new KyselyTransaction(snapshot.now, snapshot.workflow, snapshot.historySeq, snapshot.steps, (kind, value) =>
         this.encode(kind, value),
@@ -517,8 +525,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (this.clock) now = new Date(this.clock.now());
     else {
       now = toDate(row['read_at']) ?? new Date();
-      // The database clock read mid-way through the round trip.
-      this.clockOffsetMs = now.getTime() - (sent + Date.now()) / 2;
+      this.observeClock(now, sent);
     }
     return {
       workflow: this.toWorkflow(row),
@@ -529,10 +536,23 @@ export class KyselyWorkflowStore implements WorkflowStore {
     };
   }
 
+  /** Records the database clock `databaseTime`, read by a statement sent at local time `sent`. */
+  private observeClock(databaseTime: Date, sent: number): void {
+    const received = Date.now();
+    // Read mid-way through the round trip, as far as the local clock can tell.
+    this.clockOffsetMs = databaseTime.getTime() - (sent + received) / 2;
+    this.clockObservedAt = received;
+  }
+
+  /** Whether the store can tell the time without a round trip: an injected clock, or a recent reading of the database clock. */
+  private knowsTime(): boolean {
+    return this.clock !== undefined || Date.now() - this.clockObservedAt < CLOCK_OFFSET_TTL_MS;
+  }
+
   /**
    * The store's time without a round trip: the injected clock, else the local
-   * clock corrected by the offset to the database clock seen at the last
-   * snapshot read, never earlier than `notBefore` (the workflow's last write).
+   * clock corrected by the offset to the database clock last read (see
+   * {@link knowsTime}), never earlier than `notBefore` (the workflow's last write).
    */
   private databaseNow(notBefore: Date): Date {
     const now = this.clock ? this.clock.now() : Date.now() + this.clockOffsetMs;
@@ -686,6 +706,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const now = this.nowSql(undefined);
     const steps = this.ref('steps');
     const workflows = this.ref('workflows');
+    const sent = Date.now();
     const claimed = await this.rows(
       trx,
       sql`
@@ -763,6 +784,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       select workflow_id, name, previous_status, ${now} as now from claimed order by rn`,
     );
     if (claimed.length === 0) return [];
+    if (!this.clock) this.observeClock(toDate(claimed[0]!['now'])!, sent);
     // A separate statement: it sees every change committed before the locks were taken.
     const ids = [...new Set(claimed.map((r) => String(r['workflow_id'])))];
     const state = await this.rows(
@@ -957,13 +979,21 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const workflowSets = [sql`updated_at = ${now}`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
     if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
     const compareAndSet = version !== undefined;
-    const workflowUpdate = compareAndSet
-      ? sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId} and xmin = ${version}::xid returning xmin::text as version`
-      : sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
-    // Under a compare-and-set, every other write happens only if the workflow row was written.
-    const won = compareAndSet ? sql` and exists (select 1 from wf)` : sql``;
     // A write with no column (an empty patch) matters only for its fence.
     const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
+    let workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
+    if (compareAndSet) {
+      // The compare-and-set covers the fences too: with any lease token not as expected, nothing is written.
+      const fences = stepWrites.flatMap(([name, write]) => (write.fence ? [sql`(${name}::text, ${write.fence.expected}::text)`] : []));
+      const fenced =
+        fences.length > 0
+          ? sql` and not exists (select 1 from ${this.ref('steps')} s join (values ${sql.join(fences)}) as f(name, expected)
+              on s.workflow_id = ${workflowId} and s.name = f.name where s.lease_token is distinct from f.expected)`
+          : sql``;
+      workflowUpdate = sql`${workflowUpdate} and xmin = ${version}::xid${fenced} returning xmin::text as version`;
+    }
+    // Under a compare-and-set, every other write happens only if the workflow row was written.
+    const won = compareAndSet ? sql` and exists (select 1 from wf)` : sql``;
 
     if (!this.pg) {
       await workflowUpdate.execute(trx);
