@@ -67,12 +67,13 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
 
   it('leaves first steps to a claim when start() runs where no worker runs, or every slot is taken', async () => {
     const gate = deferred<void>();
+    const entered = deferred<void>();
     const wf = defineWorkflow({
       name: 'fan',
       input,
       steps: {
-        a: step({ run: async () => (await gate.promise, { a: 1 }) }),
-        b: step({ dependsOn: [], run: async () => (await gate.promise, { b: 1 }) }),
+        a: step({ run: async () => (entered.resolve(), await gate.promise, { a: 1 }) }),
+        b: step({ dependsOn: [], run: async () => (entered.resolve(), await gate.promise, { b: 1 }) }),
         c: step({ dependsOn: ['a', 'b'], run: () => ({ c: 1 }) }),
       },
     });
@@ -94,7 +95,8 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
     worker.events.on('workflow:completed', (e) => completed.push(e.workflowId));
     worker.startWorker();
     try {
-      await until(async () => (await store.getSteps(viaApi.id)).some((s) => s.status === 'running'), 'the worker claims a root of the first workflow');
+      // The worker claimed a root of the first workflow and runs it in its only slot.
+      await entered.promise;
       const viaWorker = await worker.start('fan', { tenantId: 't', input: { n: 2 } });
       // Every slot is taken by the first workflow's step: nothing is created claimed.
       expect(viaWorker.status).toBe('pending');

@@ -1,4 +1,4 @@
-import { sql, type CompiledQuery, type Kysely, type RawBuilder } from 'kysely';
+import { CompiledQuery, sql, type Kysely, type RawBuilder } from 'kysely';
 import type { Clock } from '../../core/clock.js';
 import { isStepStatus, type StepStatus } from '../../core/step-status.js';
 import { isWorkflowStatus, type WorkflowStatus } from '../../core/workflow-status.js';
@@ -21,6 +21,7 @@ import type {
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
+import { CasWriter, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
@@ -33,7 +34,7 @@ type Row = Record<string, unknown>;
 /** How a column is encoded: plain text or integer, a timestamp, or JSON. */
 type ColumnKind = 'text' | 'int' | 'time' | 'json';
 
-const PG_TYPES: Record<ColumnKind, string> = { text: 'text', int: 'integer', time: 'timestamptz', json: 'jsonb' };
+const PG_TYPES = { text: 'text', int: 'integer', time: 'timestamptz', json: 'jsonb' } as const satisfies Record<ColumnKind, string>;
 
 const STEP_COLUMNS = {
   status: ['status', 'text'],
@@ -221,6 +222,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private readonly batches: GroupCommitQueue<TransactEntry> | undefined;
   /** The state this store's last optimistic write left, per workflow (see {@link transactOptimistic}). */
   private readonly written = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
+  /** Builds the compare-and-set writes of optimistic transactions (on first use). */
+  private casWriter: CasWriter | undefined;
   /** Database clock minus local clock, as last measured (Postgres without an injected clock). */
   private clockOffsetMs = 0;
   /** Local time of that measurement; never measured yet: -Infinity. */
@@ -499,13 +502,34 @@ export class KyselyWorkflowStore implements WorkflowStore {
       // Under the compare-and-set the snapshot is the state written over, so fences checked against it hold.
       const stale = tx.staleError();
       if (stale) throw stale;
-      const version = await this.flush(this.db, tx, snapshot.version);
-      if (version !== null) {
+      const version = (await this.casWrite([{ tx, version: snapshot.version, wakes: tx.wakes() }])).get(workflowId);
+      if (version !== undefined) {
         this.written.put(workflowId, { ...tx.afterImage(), version });
         return result;
       }
     }
     return this.transactLocked(workflowId, fn);
+  }
+
+  /**
+   * Writes the items' buffered writes in one statement (see
+   * `kysely-cas-write.ts`), each workflow only if its row is still the
+   * version read and its fences hold. Resolves to the new row versions of the
+   * workflows written; the others were left untouched.
+   */
+  private async casWrite(items: CasItem[]): Promise<Map<string, string>> {
+    const compiled = (table: 'workflows' | 'steps' | 'history') => sql`${this.ref(table)}`.compile(this.db).sql;
+    this.casWriter ??= new CasWriter({
+      workflows: compiled('workflows'),
+      steps: compiled('steps'),
+      history: compiled('history'),
+      workflowColumns: Object.values(WORKFLOW_COLUMNS).map(([column, kind]) => [column, PG_TYPES[kind]] as const),
+      stepColumns: Object.values(STEP_COLUMNS).map(([column, kind]) => [column, PG_TYPES[kind]] as const),
+      channel: this.notifyChannel,
+    });
+    const statement = this.casWriter.statement(items);
+    const result = await this.db.executeQuery<Row>(CompiledQuery.raw(`${STATEMENT_MARKER} ${statement.sql}`, statement.parameters));
+    return new Map(result.rows.map((r) => [String(r['id']), String(r['version'])]));
   }
 
   /** One statement: the workflow row with its `xmin`, the time, and the steps as JSON, all from one snapshot. */
@@ -962,15 +986,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return { workflow: this.toWorkflow(row), historySeq: Number(row['last_history_seq'] ?? 0), now };
   }
 
-  /**
-   * Applies a transaction's buffered writes: one statement on Postgres; per
-   * table and step on SQLite. With `version` (Postgres, outside a transaction)
-   * the statement writes only while the workflow row's `xmin` is still
-   * `version`: it resolves to the row's new `xmin`, or to null, having
-   * written nothing, when the row had changed. Without, it resolves to ''.
-   */
-  private async flush(trx: Db, tx: KyselyTransaction, version?: string): Promise<string | null> {
-    if (!tx.hasWrites) return '';
+  /** Applies a transaction's buffered writes: one statement on Postgres; per table and step on SQLite. */
+  private async flush(trx: Db, tx: KyselyTransaction): Promise<void> {
+    if (!tx.hasWrites) return;
     const stale = tx.staleError();
     if (stale) throw stale;
     const workflowId = tx.workflow.id;
@@ -978,22 +996,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const history: HistoryRow[] = tx.history.map((entry, i) => ({ workflowId, seq: tx.historySeq + i + 1, entry }));
     const workflowSets = [sql`updated_at = ${now}`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
     if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
-    const compareAndSet = version !== undefined;
+    const workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
     // A write with no column (an empty patch) matters only for its fence.
     const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
-    let workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
-    if (compareAndSet) {
-      // The compare-and-set covers the fences too: with any lease token not as expected, nothing is written.
-      const fences = stepWrites.flatMap(([name, write]) => (write.fence ? [sql`(${name}::text, ${write.fence.expected}::text)`] : []));
-      const fenced =
-        fences.length > 0
-          ? sql` and not exists (select 1 from ${this.ref('steps')} s join (values ${sql.join(fences)}) as f(name, expected)
-              on s.workflow_id = ${workflowId} and s.name = f.name where s.lease_token is distinct from f.expected)`
-          : sql``;
-      workflowUpdate = sql`${workflowUpdate} and xmin = ${version}::xid${fenced} returning xmin::text as version`;
-    }
-    // Under a compare-and-set, every other write happens only if the workflow row was written.
-    const won = compareAndSet ? sql` and exists (select 1 from wf)` : sql``;
 
     if (!this.pg) {
       await workflowUpdate.execute(trx);
@@ -1007,7 +1012,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         if (Number(result.numAffectedRows ?? 0) !== 1) throw staleLease(workflowId, name);
       }
       await this.insertHistory(trx, history, now);
-      return '';
+      return;
     }
 
     // Postgres: every write in one statement of data-modifying CTEs. Steps with
@@ -1040,24 +1045,20 @@ export class KyselyWorkflowStore implements WorkflowStore {
           update ${this.ref('steps')} s set ${sql.join(sets)}
           from (values ${sql.join(values)}) as v(${names})
           where s.workflow_id = ${workflowId} and s.name = v.k_name
-            and (not v.k_fenced or s.lease_token is not distinct from v.k_expected)${won}
+            and (not v.k_fenced or s.lease_token is not distinct from v.k_expected)
           returning 1
         )`);
       counters.push(sql`(select count(*) from ${alias})`);
       g++;
     }
-    if (history.length > 0) ctes.push(sql`hist as (${this.historyInsertSql(history, now, compareAndSet ? sql`exists (select 1 from wf)` : undefined)})`);
+    if (history.length > 0) ctes.push(sql`hist as (${this.historyInsertSql(history, now)})`);
     const total = counters.length > 0 ? sql.join(counters, sql` + `) : sql`0`;
-    const notify = this.notifySql(tx.wakes(), compareAndSet ? sql`exists (select 1 from wf)` : undefined);
-    const versionSql = compareAndSet ? sql`, (select version from wf) as version` : sql``;
-    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated${versionSql}${notify}`);
-    const written = compareAndSet ? ((rows[0]?.['version'] as string | null | undefined) ?? null) : '';
-    if (written === null) return null;
+    const notify = this.notifySql(tx.wakes());
+    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated${notify}`);
     if (Number(rows[0]?.['updated'] ?? 0) !== stepWrites.length) {
       const missing = stepWrites.find(([, w]) => w.fence !== null)?.[0] ?? stepWrites[0]?.[0] ?? '';
       throw staleLease(workflowId, missing);
     }
-    return written;
   }
 
 
@@ -1272,10 +1273,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 
   /** `, pg_notify(…)` for a statement's select list when notifications are on and `when` holds; else nothing. */
-  private notifySql(when: boolean, condition?: RawBuilder<unknown>): RawBuilder<unknown> {
-    if (this.notifyChannel === undefined || !when) return sql``;
-    const notify = sql`pg_notify(${this.notifyChannel}::text, '')`;
-    return condition ? sql`, case when ${condition} then ${notify} end as notified` : sql`, ${notify} as notified`;
+  private notifySql(when: boolean): RawBuilder<unknown> {
+    return this.notifyChannel !== undefined && when ? sql`, pg_notify(${this.notifyChannel}::text, '') as notified` : sql``;
   }
 
   // --- history -----------------------------------------------------------------
@@ -1286,15 +1285,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
     }
   }
 
-  /** A multi-row history insert; with `condition`, the rows are inserted only when it holds. */
-  private historyInsertSql(rows: HistoryRow[], defaultAt: RawBuilder<unknown>, condition?: RawBuilder<unknown>): RawBuilder<unknown> {
+  /** A multi-row history insert. */
+  private historyInsertSql(rows: HistoryRow[], defaultAt: RawBuilder<unknown>): RawBuilder<unknown> {
     const values = rows.map(
       ({ workflowId, seq, entry }) =>
         sql`(${sql.join([this.param('text', workflowId), this.param('int', seq), ...this.historyCells(entry, defaultAt)])})`,
     );
-    if (condition) {
-      return sql`insert into ${this.ref('history')} (${HISTORY_COLUMN_LIST}) select * from (values ${sql.join(values)}) as v where ${condition}`;
-    }
     return sql`insert into ${this.ref('history')} (${HISTORY_COLUMN_LIST}) values ${sql.join(values)}`;
   }
 

@@ -1,0 +1,227 @@
+/**
+ * The compare-and-set write of optimistic transactions on Postgres: the
+ * buffered writes of one or many workflows in one statement, applied to each
+ * workflow only if its row is still the version its transaction read (`xmin`)
+ * and every fenced step still has the expected lease token.
+ *
+ * Every row carries all patchable columns and a bit mask of those it sets,
+ * so the statement's text depends only on how many rows of each kind it
+ * writes (see {@link CasWriter}).
+ *
+ * @module
+ */
+import type { NewHistoryEntry } from '../../storage/workflow-store.js';
+
+/** How a column is stored: its Postgres type. */
+export type CasColumnType = 'text' | 'integer' | 'timestamptz' | 'jsonb';
+
+/** One column value as the store encoded it for the driver. */
+export interface CasCell {
+  value: unknown;
+}
+
+/** What the write needs of one transaction (the store's buffered transaction has these fields). */
+export interface CasTransaction {
+  readonly now: Date;
+  readonly workflow: { readonly id: string };
+  readonly historySeq: number;
+  readonly workflowCells: ReadonlyMap<string, CasCell>;
+  readonly stepWrites: ReadonlyMap<string, { cells: ReadonlyMap<string, CasCell>; fence: { expected: string | null } | null }>;
+  readonly history: readonly NewHistoryEntry[];
+}
+
+/** One transaction to write, with the row version it read. */
+export interface CasItem {
+  tx: CasTransaction;
+  version: string;
+  /** Whether its writes leave work for a worker (a notification is sent if any winner's do). */
+  wakes: boolean;
+}
+
+/** The tables (as SQL, schema-qualified and quoted) and the patchable columns. */
+export interface CasShape {
+  workflows: string;
+  steps: string;
+  history: string;
+  workflowColumns: readonly (readonly [column: string, type: CasColumnType])[];
+  stepColumns: readonly (readonly [column: string, type: CasColumnType])[];
+  /** The `pg_notify` channel, when notifications are on. */
+  channel: string | undefined;
+}
+
+/** A statement ready for `CompiledQuery.raw`. */
+export interface CasStatement {
+  sql: string;
+  parameters: unknown[];
+}
+
+/** Row counts of one write: its statement's text depends on these and on the shape only. */
+interface CasCounts {
+  workflows: number;
+  fences: number;
+  steps: number;
+  history: number;
+}
+
+const HISTORY_COLUMNS = ['workflow_id', 'seq', 'at', 'kind', 'step_name', 'from_status', 'to_status', 'actor', 'reason', 'action', 'detail'];
+const HISTORY_TYPES: CasColumnType[] = ['text', 'integer', 'timestamptz', 'text', 'text', 'text', 'text', 'text', 'text', 'text', 'jsonb'];
+
+/**
+ * Builds compare-and-set writes for one store's tables. Texts are cached by
+ * row counts: a workload repeats a handful of them, so with
+ * `preparedStatements` each is planned once per connection, and a plan for
+ * exactly the rows given (Postgres keeps a generic plan for such statements;
+ * with array parameters it would re-plan every call, estimating 100 rows for
+ * each array).
+ */
+export class CasWriter {
+  private readonly texts = new Map<string, string>();
+
+  constructor(private readonly shape: CasShape) {}
+
+  /** The statement writing `items`. */
+  statement(items: readonly CasItem[]): CasStatement {
+    const { parameters, counts } = this.parameters(items);
+    const key = `${counts.workflows},${counts.fences},${counts.steps},${counts.history}`;
+    let sql = this.texts.get(key);
+    if (sql === undefined) {
+      sql = this.text(counts);
+      // Bounded: row counts beyond a batch's are not expected, but a text is cheap to rebuild.
+      if (this.texts.size >= 1024) this.texts.clear();
+      this.texts.set(key, sql);
+    }
+    return { sql, parameters };
+  }
+
+  private text(counts: CasCounts): string {
+    const shape = this.shape;
+    let n = 0;
+    const quote = (name: string) => `"${name}"`;
+    /** `(values ($1::t1, …), …) as alias(columns)`, or an empty relation of those columns. */
+    const rows = (alias: string, columns: string[], types: string[], count: number): string => {
+      if (count === 0) {
+        const nulls = columns.map((c, i) => `null::${types[i]} as ${c}`).join(', ');
+        return `(select ${nulls} where false) as ${alias}`;
+      }
+      const list: string[] = [];
+      for (let r = 0; r < count; r++) list.push(`(${types.map((t) => `$${++n}::${t}`).join(', ')})`);
+      return `(values ${list.join(', ')}) as ${alias}(${columns.join(', ')})`;
+    };
+    const wfColumns = ['id', 'version', 'mask', 'updated_at', 'last_history_seq', ...shape.workflowColumns.map((_, i) => `c${i}`)];
+    const wfTypes = ['text', 'text', 'integer', 'timestamptz', 'integer', ...shape.workflowColumns.map(([, t]) => t)];
+    const wfSets = [
+      'updated_at = wv.updated_at',
+      'last_history_seq = wv.last_history_seq',
+      ...shape.workflowColumns.map(([column], i) => `${quote(column)} = case when (wv.mask & ${1 << i}) <> 0 then wv.c${i} else w.${quote(column)} end`),
+    ];
+    const wv = rows('wv', wfColumns, wfTypes, counts.workflows);
+    const fv = rows('fv', ['workflow_id', 'name', 'expected'], ['text', 'text', 'text'], counts.fences);
+    const stColumns = ['workflow_id', 'name', 'mask', ...shape.stepColumns.map((_, i) => `c${i}`)];
+    const stTypes = ['text', 'text', 'integer', ...shape.stepColumns.map(([, t]) => t)];
+    const stSets = shape.stepColumns.map(
+      ([column], i) => `${quote(column)} = case when (sv.mask & ${1 << i}) <> 0 then sv.c${i} else s.${quote(column)} end`,
+    );
+    const sv = rows('sv', stColumns, stTypes, counts.steps);
+    const hv = rows('hv', HISTORY_COLUMNS, HISTORY_TYPES, counts.history);
+    const notify =
+      shape.channel === undefined
+        ? ''
+        : `, (select pg_notify($${++n}::text, '') where exists (select 1 from wf where wf.id = any($${++n}::text[]))) as notified`;
+    const fenced =
+      counts.fences === 0
+        ? ''
+        : `
+      and not exists (
+        select 1 from ${shape.steps} s join ${fv} on s.workflow_id = fv.workflow_id and s.name = fv.name
+        where fv.workflow_id = w.id and s.lease_token is distinct from fv.expected)`;
+    const parts = [
+      `wf as (
+    update ${shape.workflows} w set ${wfSets.join(', ')}
+    from ${wv}
+    where w.id = wv.id and w.xmin = wv.version::xid${fenced}
+    returning w.id, w.xmin::text as version
+  )`,
+    ];
+    if (counts.steps > 0) {
+      parts.push(`st as (
+    update ${shape.steps} s set ${stSets.join(', ')}
+    from ${sv}
+    where s.workflow_id = sv.workflow_id and s.name = sv.name and sv.workflow_id in (select id from wf)
+  )`);
+    }
+    if (counts.history > 0) {
+      parts.push(`hist as (
+    insert into ${shape.history} (${HISTORY_COLUMNS.join(', ')})
+    select hv.* from ${hv} where hv.workflow_id in (select id from wf)
+  )`);
+    }
+    return `with ${parts.join(',\n  ')}\nselect wf.id, wf.version${notify} from wf`;
+  }
+
+  /** The parameters, in the order of the text's placeholders: workflows, fences, steps, history, notification. */
+  private parameters(items: readonly CasItem[]): { parameters: unknown[]; counts: CasCounts } {
+    const shape = this.shape;
+    const workflows: unknown[] = [];
+    const fences: unknown[] = [];
+    const steps: unknown[] = [];
+    const history: unknown[] = [];
+    const counts: CasCounts = { workflows: 0, fences: 0, steps: 0, history: 0 };
+    const wakeIds: string[] = [];
+    for (const { tx, version, wakes } of items) {
+      const id = tx.workflow.id;
+      if (wakes) wakeIds.push(id);
+      let mask = 0;
+      const cells: unknown[] = [];
+      shape.workflowColumns.forEach(([column], i) => {
+        const cell = tx.workflowCells.get(column);
+        if (cell) mask |= 1 << i;
+        cells.push(cell ? cell.value : null);
+      });
+      workflows.push(id, version, mask, tx.now, tx.historySeq + tx.history.length, ...cells);
+      counts.workflows++;
+      for (const [name, write] of tx.stepWrites) {
+        if (write.fence) {
+          fences.push(id, name, write.fence.expected);
+          counts.fences++;
+        }
+        // A write with no column matters only for its fence.
+        if (write.cells.size === 0) continue;
+        let stepMask = 0;
+        const stepCells: unknown[] = [];
+        shape.stepColumns.forEach(([column], i) => {
+          const cell = write.cells.get(column);
+          if (cell) stepMask |= 1 << i;
+          stepCells.push(cell ? cell.value : null);
+        });
+        steps.push(id, name, stepMask, ...stepCells);
+        counts.steps++;
+      }
+      tx.history.forEach((h, i) => {
+        history.push(
+          id,
+          tx.historySeq + i + 1,
+          h.at ?? tx.now,
+          h.kind,
+          h.stepName ?? null,
+          h.from ?? null,
+          h.to ?? null,
+          h.actor ?? null,
+          h.reason ?? null,
+          h.action ?? null,
+          jsonText(h.detail),
+        );
+        counts.history++;
+      });
+    }
+    const parameters = [...workflows, ...fences, ...steps, ...history];
+    if (shape.channel !== undefined) parameters.push(shape.channel, wakeIds);
+    return { parameters, counts };
+  }
+}
+
+/** JSON text for a jsonb cell, or null (as the store encodes JSON columns). */
+function jsonText(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  const text = JSON.stringify(value) as string | undefined;
+  return text === undefined || text === 'null' ? null : text;
+}
