@@ -14,7 +14,7 @@ import { z } from 'zod';
 import { createManualClock, type ManualClock } from '../../src/core/clock.js';
 import { defineWorkflow, step } from '../../src/core/define-workflow.js';
 import { createEngine } from '../../src/engine/workflow-engine.js';
-import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry, WorkflowStore } from '../../src/storage/workflow-store.js';
+import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry, WorkflowStore, WorkflowTransaction } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { STATEMENT_MARKER } from '../../src/stores/kysely/pg-prepared-statements.js';
@@ -147,7 +147,14 @@ async function snapshot(store: WorkflowStore, id: string): Promise<unknown> {
   return { workflow: await store.getWorkflow(id), steps: await store.getSteps(id), history: await store.getHistory(id) };
 }
 
-describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) => {
+describe.each([
+  ['sqlite', false],
+  ['postgres', false],
+  ['postgres', true],
+] as const)('group commit on %s, optimistic transactions: %s', (dialect, optimistic) => {
+  /** `store.transact`, optimistic or not as this suite runs. */
+  const transact = <T>(store: WorkflowStore, id: string, fn: (tx: WorkflowTransaction) => T | Promise<T>) => store.transact(id, fn, { optimistic });
+
   const opened: (() => Promise<void>)[] = [];
   afterEach(async () => {
     while (opened.length) await opened.pop()!();
@@ -166,7 +173,7 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
     for (const id of ids) await store.createWorkflow(workflow(id));
     // 240 calls at once: 20 per workflow, interleaved; a batch takes each workflow once.
     const calls = Array.from({ length: 240 }, (_, i) => ({ id: ids[i % ids.length]!, tag: `c${i}` }));
-    const results = await Promise.all(calls.map((c) => store.transact(c.id, increment(c.tag))));
+    const results = await Promise.all(calls.map((c) => transact(store, c.id, increment(c.tag))));
     for (const id of ids) {
       const mine = calls.flatMap((c, i) => (c.id === id ? [{ tag: c.tag, seen: results[i] }] : []));
       // Calls on one workflow ran in arrival order, each seeing the one before.
@@ -191,7 +198,7 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
     statements.length = 0;
     await Promise.all(
       steps.map(([a, b], i) =>
-        observed.transact(`w${i}`, (tx) => {
+        transact(observed, `w${i}`, (tx) => {
           const done = { status: 'completed', output: { i }, leaseToken: null, leaseOwner: null, leaseExpiresAt: null } as const;
           tx.updateStep('a', done, { expectLeaseToken: a!.leaseToken });
           if (i % 2 === 0) tx.updateStep('b', { pollCount: i }, { expectLeaseToken: b!.leaseToken });
@@ -200,7 +207,10 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
         }),
       ),
     );
-    if (dialect === 'postgres') {
+    if (dialect === 'postgres' && optimistic) {
+      // This store wrote none of these workflows: one statement reads them all, one compare-and-set statement writes.
+      expect(statements).toEqual(['select w.*,', 'with wf']);
+    } else if (dialect === 'postgres') {
       // Lock every row, read every step, one statement of writes.
       expect(statements).toEqual(['start transaction', 'select w.*,', 'select *', 'with "p0"', 'commit']);
     } else {
@@ -224,22 +234,22 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
     const boom = new Error('boom');
     const gate = deferred();
     const outcomes = await Promise.allSettled([
-      store.transact('ok1', async (tx) => {
+      transact(store, 'ok1', async (tx) => {
         // Still running when the others have finished: they wait for the batch's commit.
         await gate.promise;
         return increment('ok1')(tx);
       }),
-      store.transact('boom', (tx) => {
+      transact(store, 'boom', (tx) => {
         increment('boom')(tx);
         gate.resolve();
         throw boom;
       }),
-      store.transact('stale', (tx) => {
+      transact(store, 'stale', (tx) => {
         increment('stale')(tx);
         tx.updateStep('a', { status: 'completed' }, { expectLeaseToken: 'not-the-lease' });
       }),
-      store.transact('missing', () => 'never called'),
-      store.transact('ok2', increment('ok2')),
+      transact(store, 'missing', () => 'never called'),
+      transact(store, 'ok2', increment('ok2')),
     ]);
     expect(outcomes[0]).toEqual({ status: 'fulfilled', value: 1 });
     expect(outcomes[1]).toEqual({ status: 'rejected', reason: boom });
@@ -257,7 +267,7 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
     for (const id of ['a', 'b', 'c']) await store.createWorkflow(workflow(id));
     const order: string[] = [];
     const track = (label: string, id: string) =>
-      store.transact(id, (tx) => {
+      transact(store, id, (tx) => {
         order.push(`${label}:${String((tx.workflow.output as { n?: number } | null)?.n ?? 0)}`);
         increment(label)(tx);
       });
@@ -271,11 +281,11 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
     const { store, db, table } = await fresh();
     const ids = ['w1', 'w2', 'w3', 'w4'];
     for (const id of ids) await store.createWorkflow(workflow(id));
-    await Promise.all(ids.map((id) => store.transact(id, increment(`${id}-first`))));
+    await Promise.all(ids.map((id) => transact(store, id, increment(`${id}-first`))));
     // A note with action 'explode' fails the transaction: at commit on Postgres (a deferred
     // constraint trigger), at its insert on SQLite.
     if (dialect === 'postgres') {
-      await sql`create function explode() returns trigger language plpgsql as $$
+      await sql`create or replace function explode() returns trigger language plpgsql as $$
         begin if new.action = 'explode' then raise exception 'exploded at commit'; end if; return new; end $$`.execute(db);
       await sql`create constraint trigger explode after insert on ${table('history')}
         deferrable initially deferred for each row execute function explode()`.execute(db);
@@ -286,7 +296,7 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
     const before = await Promise.all(ids.map((id) => snapshot(store, id)));
     const outcomes = await Promise.allSettled(
       ids.map((id) =>
-        store.transact(id, (tx) => {
+        transact(store, id, (tx) => {
           const seen = increment(`${id}-second`)(tx);
           if (id === 'w3') tx.appendHistory([note('explode')]);
           return seen;
@@ -298,7 +308,7 @@ describe.each(['sqlite', 'postgres'] as const)('group commit on %s', (dialect) =
     }
     expect(await Promise.all(ids.map((id) => snapshot(store, id)))).toEqual(before);
     // The store carries on with the next batch.
-    expect(await Promise.all(ids.map((id) => store.transact(id, increment(`${id}-third`))))).toEqual([2, 2, 2, 2]);
+    expect(await Promise.all(ids.map((id) => transact(store, id, increment(`${id}-third`))))).toEqual([2, 2, 2, 2]);
   });
 });
 
@@ -353,7 +363,7 @@ describe('group commit on Postgres when the connection dies', () => {
     expect(await Promise.all(ids.map((id) => store.transact(id, increment(id))))).toEqual([1, 1, 1]);
   });
 
-  it('loses nothing that was acknowledged when connections are killed between and during batches', async () => {
+  it.each([false, true])('loses nothing that was acknowledged when connections are killed between and during batches (optimistic: %s)', async (optimistic) => {
     const { admin, db } = await fresh(3);
     const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0), groupCommit: { maxBatch: 8 } });
     const ids = Array.from({ length: 16 }, (_, i) => `w${String(i).padStart(2, '0')}`);
@@ -379,7 +389,7 @@ describe('group commit on Postgres when the connection dies', () => {
         for (let k = 0; k < 25; k++) {
           const tag = `${client}.${k}`;
           try {
-            await store.transact(id, increment(tag));
+            await store.transact(id, increment(tag), { optimistic });
             acknowledged.add(tag);
           } catch (err) {
             expect(err).toMatchObject({ code: 'store' });

@@ -117,6 +117,8 @@ class CallbackError {
 /** A `transact` call waiting for its group-commit batch. */
 interface TransactEntry extends BatchEntry {
   fn(tx: WorkflowTransaction): unknown;
+  /** Called with `{ optimistic: true }`. */
+  optimistic: boolean;
 }
 
 /** How one call of a batch ended before the commit: its result, or its own error. */
@@ -263,7 +265,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (group) {
       if (this.db.isTransaction) throw new TypeError('groupCommit needs a Kysely instance, not a Transaction: the store must own its commits');
       const maxBatch = group === true ? DEFAULT_MAX_BATCH : (group.maxBatch ?? DEFAULT_MAX_BATCH);
-      this.batches = new GroupCommitQueue<TransactEntry>(maxBatch, (batch) => this.runBatch(batch));
+      this.batches = new GroupCommitQueue<TransactEntry>(maxBatch, (batch) => this.runBatches(batch));
     }
   }
 
@@ -454,7 +456,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (batches) {
       return this.guard(
         'transact',
-        () => new Promise<T>((resolve, reject) => batches.push({ key: workflowId, fn, resolve: resolve as (value: unknown) => void, reject })),
+        () =>
+          new Promise<T>((resolve, reject) =>
+            batches.push({ key: workflowId, fn, optimistic: options?.optimistic === true, resolve: resolve as (value: unknown) => void, reject }),
+          ),
       );
     }
     if (options?.optimistic === true && this.pg && !this.db.isTransaction) {
@@ -534,30 +539,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   /** One statement: the workflow row with its `xmin`, the time, and the steps as JSON, all from one snapshot. */
   private async readSnapshot(workflowId: string): Promise<Snapshot & { now: Date }> {
-    const clockSql = this.clock ? sql`null` : sql`clock_timestamp()`;
-    const sent = Date.now();
-    const row = (
-      await this.rows(
-        this.db,
-        sql`select w.*, w.xmin::text as row_version, ${clockSql} as read_at,
-          (select coalesce(json_agg(s order by s.position), '[]'::json) from ${this.ref('steps')} s where s.workflow_id = w.id) as steps_json
-        from ${this.ref('workflows')} w where w.id = ${workflowId}`,
-      )
-    )[0];
-    if (!row) throw new NotFoundError(`workflow ${workflowId} not found`, { workflowId });
-    let now: Date;
-    if (this.clock) now = new Date(this.clock.now());
-    else {
-      now = toDate(row['read_at']) ?? new Date();
-      this.observeClock(now, sent);
-    }
-    return {
-      workflow: this.toWorkflow(row),
-      historySeq: Number(row['last_history_seq'] ?? 0),
-      steps: parseJsonRows(row['steps_json']).map((r) => this.toStep(r)),
-      now,
-      version: String(row['row_version']),
-    };
+    const found = (await this.readSnapshots([workflowId])).get(workflowId);
+    if (!found) throw new NotFoundError(`workflow ${workflowId} not found`, { workflowId });
+    return found;
   }
 
   /** Records the database clock `databaseTime`, read by a statement sent at local time `sent`. */
@@ -1063,6 +1047,127 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
 
   // --- group commit ------------------------------------------------------------------
+
+  /**
+   * A group-commit batch: on Postgres, the optimistic calls write by
+   * compare-and-set (one statement, no lock held) and the others in one locked
+   * transaction, side by side (they are on different workflows); elsewhere all
+   * in one locked transaction.
+   */
+  private async runBatches(batch: TransactEntry[]): Promise<void> {
+    const optimistic = this.pg ? batch.filter((e) => e.optimistic) : [];
+    if (optimistic.length === 0) return this.runBatch(batch);
+    const locked = batch.filter((e) => !e.optimistic);
+    const groups = locked.length > 0 ? [optimistic, locked] : [optimistic];
+    const outcomes = await Promise.allSettled(groups.map((group) => (group === optimistic ? this.runOptimisticBatch(group) : this.runBatch(group))));
+    // A group that failed fails only its own unsettled calls (settling twice is ignored).
+    outcomes.forEach((outcome, i) => {
+      if (outcome.status === 'rejected') for (const entry of groups[i]!) entry.reject(outcome.reason);
+    });
+  }
+
+  /**
+   * Postgres: runs one batch of `transact` calls as optimistic transactions
+   * (see {@link transactOptimistic}) whose writes go out in one
+   * compare-and-set statement, one commit. A call whose workflow changed since
+   * its snapshot runs again, with the others that lost, on fresh snapshots
+   * read in one statement; after {@link OPTIMISTIC_ATTEMPTS} rounds the rest
+   * take the lock one by one. Each call is settled once its outcome is
+   * committed (or known to be nothing).
+   */
+  private async runOptimisticBatch(batch: TransactEntry[]): Promise<void> {
+    let pending = batch;
+    for (let round = 0; round < OPTIMISTIC_ATTEMPTS && pending.length > 0; round++) {
+      const snapshots = new Map<TransactEntry, Snapshot & { now: Date; remembered: boolean }>();
+      const toRead: string[] = [];
+      for (const entry of pending) {
+        const remembered = round === 0 && this.knowsTime() ? this.written.take(entry.key) : undefined;
+        if (remembered) snapshots.set(entry, { ...remembered, now: this.databaseNow(remembered.workflow.updatedAt), remembered: true });
+        else toRead.push(entry.key);
+      }
+      if (toRead.length > 0) {
+        const read = await this.readSnapshots(toRead);
+        for (const entry of pending) {
+          if (snapshots.has(entry)) continue;
+          const found = read.get(entry.key);
+          if (found) snapshots.set(entry, { ...found, remembered: false });
+          else entry.reject(new NotFoundError(`workflow ${entry.key} not found`, { workflowId: entry.key }));
+        }
+      }
+      const retry: TransactEntry[] = [];
+      const writes: { entry: TransactEntry; tx: KyselyTransaction; value: unknown }[] = [];
+      await Promise.all(
+        [...snapshots].map(async ([entry, snapshot]) => {
+          const tx = new KyselyTransaction(snapshot.now, snapshot.workflow, snapshot.historySeq, snapshot.steps, (kind, value) =>
+            this.encode(kind, value),
+          );
+          let value: unknown;
+          try {
+            value = await entry.fn(tx);
+          } catch (err) {
+            entry.reject(new CallbackError(err));
+            return;
+          } finally {
+            tx.close();
+          }
+          if (!tx.hasWrites) {
+            // A decision not to write stands only on a snapshot just read.
+            if (snapshot.remembered) retry.push(entry);
+            else entry.resolve(value);
+            return;
+          }
+          const stale = tx.staleError();
+          if (stale) entry.reject(stale);
+          else writes.push({ entry, tx, value });
+        }),
+      );
+      if (writes.length > 0) {
+        const versions = await this.casWrite(
+          writes.map(({ tx, entry }) => ({ tx, version: snapshots.get(entry)!.version, wakes: tx.wakes() })),
+        );
+        for (const { entry, tx, value } of writes) {
+          const version = versions.get(entry.key);
+          if (version === undefined) {
+            retry.push(entry);
+            continue;
+          }
+          this.written.put(entry.key, { ...tx.afterImage(), version });
+          entry.resolve(value);
+        }
+      }
+      pending = retry;
+    }
+    for (const entry of pending) await this.transactLocked(entry.key, entry.fn).then(entry.resolve, entry.reject);
+  }
+
+  /** Snapshots of workflows in one statement, each from the statement's one snapshot; unknown ids are left out. */
+  private async readSnapshots(ids: string[]): Promise<Map<string, Snapshot & { now: Date }>> {
+    const clockSql = this.clock ? sql`null` : sql`clock_timestamp()`;
+    const sent = Date.now();
+    const rows = await this.rows(
+      this.db,
+      sql`select w.*, w.xmin::text as row_version, ${clockSql} as read_at,
+        (select coalesce(json_agg(s order by s.position), '[]'::json) from ${this.ref('steps')} s where s.workflow_id = w.id) as steps_json
+      from ${this.ref('workflows')} w where w.id = any(${ids}::text[])`,
+    );
+    const out = new Map<string, Snapshot & { now: Date }>();
+    for (const row of rows) {
+      let now: Date;
+      if (this.clock) now = new Date(this.clock.now());
+      else {
+        now = toDate(row['read_at']) ?? new Date();
+        this.observeClock(now, sent);
+      }
+      out.set(String(row['id']), {
+        workflow: this.toWorkflow(row),
+        historySeq: Number(row['last_history_seq'] ?? 0),
+        steps: parseJsonRows(row['steps_json']).map((r) => this.toStep(r)),
+        now,
+        version: String(row['row_version']),
+      });
+    }
+    return out;
+  }
 
   /**
    * Runs one batch of `transact` calls in one database transaction and
