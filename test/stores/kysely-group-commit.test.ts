@@ -16,6 +16,7 @@ import { defineWorkflow, step } from '../../src/core/define-workflow.js';
 import { createEngine } from '../../src/engine/workflow-engine.js';
 import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry, WorkflowStore, WorkflowTransaction } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
+import { until } from '../fixtures/harness.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { STATEMENT_MARKER } from '../../src/stores/kysely/pg-prepared-statements.js';
 import type { KyselyWorkflowStoreConfig } from '../../src/stores/kysely/kysely-workflow-store-config.js';
@@ -263,7 +264,7 @@ describe.each([
   });
 
   it('runs a second transaction on the same workflow in a later batch, after the first committed', async () => {
-    const { store } = await fresh({ groupCommit: { maxBatch: 2 } });
+    const { store } = await fresh({ groupCommit: { maxBatch: 2, maxConcurrentBatches: 1 } });
     for (const id of ['a', 'b', 'c']) await store.createWorkflow(workflow(id));
     const order: string[] = [];
     const track = (label: string, id: string) =>
@@ -275,6 +276,35 @@ describe.each([
     await Promise.all([track('a1', 'a'), track('a2', 'a'), track('b', 'b'), track('c', 'c')]);
     expect(order).toEqual(['a1:0', 'b:0', 'a2:1', 'c:0']);
     expect((await store.getWorkflow('a'))?.output).toEqual({ n: 2 });
+  });
+
+  it('commits batches on different workflows at once, a workflow in one batch at a time', async () => {
+    const { store } = await fresh({ groupCommit: { maxBatch: 2, maxConcurrentBatches: 2 } });
+    for (const id of ['a', 'b', 'c', 'd']) await store.createWorkflow(workflow(id));
+    const gate = deferred();
+    const entered: string[] = [];
+    const order: string[] = [];
+    const track = (label: string, id: string, wait: boolean) =>
+      transact(store, id, async (tx) => {
+        entered.push(label);
+        if (wait) await gate.promise;
+        order.push(`${label}:${String((tx.workflow.output as { n?: number } | null)?.n ?? 0)}`);
+        return increment(label)(tx);
+      });
+    // Batch 1 (a1, b) waits in its callbacks; batch 2 (a2 is held back: a is busy) takes c and d meanwhile.
+    const first = [track('a1', 'a', true), track('b', 'b', false)];
+    const later = [track('a2', 'a', false), track('c', 'c', false), track('d', 'd', false)];
+    if (dialect === 'postgres') {
+      // The second batch runs (and commits) while the first is still open; SQLite's one connection makes it wait.
+      await until(() => order.includes('c:0') && order.includes('d:0'), 'the second batch');
+      await Promise.all(later.slice(1));
+    }
+    expect(entered).not.toContain('a2');
+    gate.resolve();
+    await Promise.all([...first, ...later]);
+    expect(order.indexOf('a2:1')).toBeGreaterThan(order.indexOf('a1:0'));
+    expect((await store.getWorkflow('a'))?.output).toEqual({ n: 2 });
+    for (const id of ['b', 'c', 'd']) expect((await store.getWorkflow(id))?.output).toEqual({ n: 1 });
   });
 
   it('writes nothing of a batch that fails to commit, fails every caller, and goes on', async () => {

@@ -83,6 +83,7 @@ export class CasWriter {
   statement(items: readonly CasItem[]): CasStatement {
     const { parameters, counts } = this.parameters(items);
     const key = `${counts.workflows},${counts.fences},${counts.steps},${counts.history}`;
+    // (Row counts are rounded up to powers of two by padding, so a workload needs few texts.)
     let sql = this.texts.get(key);
     if (sql === undefined) {
       sql = this.text(counts);
@@ -213,6 +214,16 @@ export class CasWriter {
         counts.history++;
       });
     }
+    // Pad each list with rows that match nothing (a null key) up to a power of two.
+    const pad = (list: unknown[], count: number, width: number): number => {
+      const padded = count === 0 ? 0 : 2 ** Math.ceil(Math.log2(count));
+      for (let i = count * width; i < padded * width; i++) list.push(null);
+      return padded;
+    };
+    counts.workflows = pad(workflows, counts.workflows, 5 + shape.workflowColumns.length);
+    counts.fences = pad(fences, counts.fences, 3);
+    counts.steps = pad(steps, counts.steps, 3 + shape.stepColumns.length);
+    counts.history = pad(history, counts.history, HISTORY_COLUMNS.length);
     const parameters = [...workflows, ...fences, ...steps, ...history];
     if (shape.channel !== undefined) parameters.push(shape.channel, wakeIds);
     return { parameters, counts };

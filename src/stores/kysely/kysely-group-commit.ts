@@ -15,8 +15,12 @@ export interface BatchEntry {
   reject(error: unknown): void;
 }
 
+/** The default {@link KyselyGroupCommitOptions.maxConcurrentBatches}. */
+export const DEFAULT_MAX_CONCURRENT_BATCHES = 4;
+
 /**
- * Runs batches one at a time. A batch holds each key at most once, so a
+ * Runs batches, up to `maxConcurrent` at once on disjoint keys. A batch holds
+ * each key at most once, and a key is in at most one running batch, so a
  * second call on the same key waits for a later batch, in arrival order;
  * calls on other keys overtake it. The batch runner settles every entry
  * itself; if it throws, the entries it left unsettled get that error
@@ -24,22 +28,32 @@ export interface BatchEntry {
  */
 export class GroupCommitQueue<E extends BatchEntry> {
   private readonly queue: E[] = [];
-  private running = false;
+  /** Keys of the entries in running batches. */
+  private readonly busy = new Set<string>();
+  private running = 0;
+  private scheduled = false;
 
   constructor(
     private readonly maxBatch: number,
     private readonly runBatch: (batch: E[]) => Promise<void>,
+    private readonly maxConcurrent = DEFAULT_MAX_CONCURRENT_BATCHES,
   ) {
     if (!Number.isInteger(maxBatch) || maxBatch < 1) throw new TypeError(`groupCommit.maxBatch must be a positive integer, got ${String(maxBatch)}`);
+    if (!Number.isInteger(maxConcurrent) || maxConcurrent < 1) {
+      throw new TypeError(`groupCommit.maxConcurrentBatches must be a positive integer, got ${String(maxConcurrent)}`);
+    }
   }
 
-  /** Queues `entry`; a batch starts at once when none is running. */
+  /** Queues `entry`; a batch starts when fewer than `maxConcurrent` run. */
   push(entry: E): void {
     this.queue.push(entry);
-    if (this.running) return;
-    this.running = true;
-    // Started after the current microtasks, so calls made together share the first batch.
-    queueMicrotask(() => void this.drain());
+    if (this.scheduled || this.running >= this.maxConcurrent) return;
+    this.scheduled = true;
+    // Started after the current microtasks, so calls made together share a batch.
+    queueMicrotask(() => {
+      this.scheduled = false;
+      this.start();
+    });
   }
 
   /** Calls waiting for a batch. */
@@ -47,30 +61,38 @@ export class GroupCommitQueue<E extends BatchEntry> {
     return this.queue.length;
   }
 
-  private async drain(): Promise<void> {
-    try {
-      while (this.queue.length > 0) {
-        const batch = this.take();
-        try {
-          await this.runBatch(batch);
-        } catch (err) {
-          // Settling is idempotent: entries the runner already settled keep their outcome.
-          for (const entry of batch) entry.reject(err);
-        }
-      }
-    } finally {
-      this.running = false;
+  /** Starts batches while there is room and work whose keys are free. */
+  private start(): void {
+    while (this.running < this.maxConcurrent && this.queue.length > 0) {
+      const batch = this.take();
+      if (batch.length === 0) return;
+      this.running++;
+      for (const entry of batch) this.busy.add(entry.key);
+      void this.run(batch);
     }
   }
 
-  /** The next batch: queued entries in order, each key once, at most `maxBatch`. */
+  private async run(batch: E[]): Promise<void> {
+    try {
+      await this.runBatch(batch);
+    } catch (err) {
+      // Settling is idempotent: entries the runner already settled keep their outcome.
+      for (const entry of batch) entry.reject(err);
+    } finally {
+      this.running--;
+      for (const entry of batch) this.busy.delete(entry.key);
+      this.start();
+    }
+  }
+
+  /** The next batch: queued entries in order, each key once and not in a running batch, at most `maxBatch`. */
   private take(): E[] {
     const batch: E[] = [];
     const keys = new Set<string>();
     let kept = 0;
     for (let i = 0; i < this.queue.length; i++) {
       const entry = this.queue[i]!;
-      if (batch.length < this.maxBatch && !keys.has(entry.key)) {
+      if (batch.length < this.maxBatch && !keys.has(entry.key) && !this.busy.has(entry.key)) {
         keys.add(entry.key);
         batch.push(entry);
       } else {

@@ -55,20 +55,24 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
   clock?: Clock;
   /**
    * Group commit: concurrent {@link KyselyWorkflowStore.transact} calls on
-   * different workflows share one database transaction. While a batch
-   * commits, new calls queue; the next batch takes everything queued (at most
-   * `maxBatch`, each workflow at most once), locks all its workflow rows in
-   * one statement (in id order), reads all their steps in one statement, runs
+   * different workflows share one database transaction. While batches
+   * commit (at most `maxConcurrentBatches` at once), new calls queue; the next
+   * batch takes everything queued (at most `maxBatch`, each workflow at most
+   * once and not in a running batch), locks all its workflow rows in one
+   * statement (in id order), reads all their steps in one statement, runs
    * each callback on its own snapshot, writes everything in as few statements
-   * as possible and commits once. Every caller resolves only after that
-   * commit, so a result is durable before anything depends on it.
+   * as possible and commits once. On Postgres, calls made with
+   * `{ optimistic: true }` (the engine's result writes) skip the lock and the
+   * read: their batch is one compare-and-set statement (see
+   * {@link KyselyWorkflowStore.transact}). Every caller resolves only after
+   * that commit, so a result is durable before anything depends on it.
    *
    * A callback that throws (or whose fence is stale) fails only its own
    * caller and writes nothing; a batch that fails to commit fails every
    * caller in it and writes nothing. A slow callback delays its whole batch.
    * Needs a `Kysely` instance, not a `Transaction`.
    *
-   * `true` is `{ maxBatch: 64 }`.
+   * `true` is `{ maxBatch: 64 }` with the default `maxConcurrentBatches`.
    *
    * @default false
    */
@@ -98,6 +102,14 @@ export interface KyselyGroupCommitOptions {
    * @default 64
    */
   maxBatch?: number;
+  /**
+   * Batches committing at once, each on its own connection and on different
+   * workflows. More overlap the round trips and fsyncs of several batches;
+   * one makes every batch wait for the previous commit.
+   *
+   * @default 4 on Postgres, 1 on SQLite (one connection)
+   */
+  maxConcurrentBatches?: number;
 }
 
 /** Options of {@link KyselyWorkflowStoreConfig.notifications}. */

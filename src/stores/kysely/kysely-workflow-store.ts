@@ -22,7 +22,7 @@ import type {
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
 import { CasWriter, type CasItem } from './kysely-cas-write.js';
-import { DEFAULT_MAX_BATCH, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
+import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
 import { resolveTables, type TableNames } from './kysely-tables.js';
@@ -265,7 +265,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (group) {
       if (this.db.isTransaction) throw new TypeError('groupCommit needs a Kysely instance, not a Transaction: the store must own its commits');
       const maxBatch = group === true ? DEFAULT_MAX_BATCH : (group.maxBatch ?? DEFAULT_MAX_BATCH);
-      this.batches = new GroupCommitQueue<TransactEntry>(maxBatch, (batch) => this.runBatches(batch));
+      // SQLite has one connection: its batches would only queue for it.
+      const defaultConcurrent = this.pg ? DEFAULT_MAX_CONCURRENT_BATCHES : 1;
+      const concurrent = group === true ? defaultConcurrent : (group.maxConcurrentBatches ?? defaultConcurrent);
+      this.batches = new GroupCommitQueue<TransactEntry>(maxBatch, (batch) => this.runBatches(batch), concurrent);
     }
   }
 
@@ -308,10 +311,16 @@ export class KyselyWorkflowStore implements WorkflowStore {
     }
   }
 
-  /** The store's current time: the injected clock, else the database clock (Postgres) or the system clock (SQLite). */
+  /**
+   * The store's current time: the injected clock, else the database clock
+   * (Postgres) or the system clock (SQLite). On Postgres the database clock
+   * is read at most every few seconds: in between, the local clock corrected
+   * by the offset last read (within a round trip of the database's).
+   */
   async now(): Promise<Date> {
     if (this.clock) return new Date(this.clock.now());
     if (!this.pg) return new Date();
+    if (this.knowsTime()) return new Date(Date.now() + this.clockOffsetMs);
     return this.guard('now', async () => {
       const sent = Date.now();
       const rows = await this.rows(this.db, sql`select clock_timestamp() as now`);
