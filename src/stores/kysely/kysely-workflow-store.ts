@@ -492,37 +492,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * conflict `fn` runs again on a fresh snapshot; after
    * {@link OPTIMISTIC_ATTEMPTS} conflicts the call takes the lock instead.
    */
-  private async transactOptimistic<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
-    for (let attempt = 0; attempt < OPTIMISTIC_ATTEMPTS; attempt++) {
-      // A remembered snapshot is used once: if its write loses, the next attempt reads.
-      const remembered = attempt === 0 && this.knowsTime() ? this.written.take(workflowId) : undefined;
-      const snapshot = remembered ? { ...remembered, now: this.databaseNow(remembered.workflow.updatedAt) } : await this.readSnapshot(workflowId);
-      const tx = new KyselyTransaction(snapshot.now, snapshot.workflow, snapshot.historySeq, snapshot.steps, (kind, value) =>
-        this.encode(kind, value),
-      );
-      let result: T;
-      try {
-        result = await fn(tx);
-      } catch (err) {
-        throw new CallbackError(err);
-      } finally {
-        tx.close();
-      }
-      if (!tx.hasWrites) {
-        // Nothing to compare-and-set: a decision not to write stands only on a snapshot just read.
-        if (remembered) continue;
-        return result;
-      }
-      // Under the compare-and-set the snapshot is the state written over, so fences checked against it hold.
-      const stale = tx.staleError();
-      if (stale) throw stale;
-      const version = (await this.casWrite([{ tx, version: snapshot.version, wakes: tx.wakes() }])).get(workflowId);
-      if (version !== undefined) {
-        this.written.put(workflowId, { ...tx.afterImage(), version });
-        return result;
-      }
-    }
-    return this.transactLocked(workflowId, fn);
+  private transactOptimistic<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+    // A batch of one: the same rounds as a group-commit batch.
+    return new Promise<T>((resolve, reject) => {
+      const entry: TransactEntry = { key: workflowId, fn, optimistic: true, resolve: resolve as (value: unknown) => void, reject };
+      this.runOptimisticBatch([entry]).catch(reject);
+    });
   }
 
   /**
@@ -544,13 +519,6 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const statement = this.casWriter.statement(items);
     const result = await this.db.executeQuery<Row>(CompiledQuery.raw(`${STATEMENT_MARKER} ${statement.sql}`, statement.parameters));
     return new Map(result.rows.map((r) => [String(r['id']), String(r['version'])]));
-  }
-
-  /** One statement: the workflow row with its `xmin`, the time, and the steps as JSON, all from one snapshot. */
-  private async readSnapshot(workflowId: string): Promise<Snapshot & { now: Date }> {
-    const found = (await this.readSnapshots([workflowId])).get(workflowId);
-    if (!found) throw new NotFoundError(`workflow ${workflowId} not found`, { workflowId });
-    return found;
   }
 
   /** Records the database clock `databaseTime`, read by a statement sent at local time `sent`. */
