@@ -171,14 +171,8 @@ export class CasWriter {
     for (const { tx, version, wakes } of items) {
       const id = tx.workflow.id;
       if (wakes) wakeIds.push(id);
-      let mask = 0;
-      const cells: unknown[] = [];
-      shape.workflowColumns.forEach(([column], i) => {
-        const cell = tx.workflowCells.get(column);
-        if (cell) mask |= 1 << i;
-        cells.push(cell ? cell.value : null);
-      });
-      workflows.push(id, version, mask, tx.now, tx.historySeq + tx.history.length, ...cells);
+      const row = maskedRow(shape.workflowColumns, tx.workflowCells);
+      workflows.push(id, version, row.mask, tx.now, tx.historySeq + tx.history.length, ...row.values);
       counts.workflows++;
       for (const [name, write] of tx.stepWrites) {
         if (write.fence) {
@@ -187,14 +181,8 @@ export class CasWriter {
         }
         // A write with no column matters only for its fence.
         if (write.cells.size === 0) continue;
-        let stepMask = 0;
-        const stepCells: unknown[] = [];
-        shape.stepColumns.forEach(([column], i) => {
-          const cell = write.cells.get(column);
-          if (cell) stepMask |= 1 << i;
-          stepCells.push(cell ? cell.value : null);
-        });
-        steps.push(id, name, stepMask, ...stepCells);
+        const stepRow = maskedRow(shape.stepColumns, write.cells);
+        steps.push(id, name, stepRow.mask, ...stepRow.values);
         counts.steps++;
       }
       tx.history.forEach((h, i) => {
@@ -228,6 +216,18 @@ export class CasWriter {
     if (shape.channel !== undefined) parameters.push(shape.channel, wakeIds);
     return { parameters, counts };
   }
+}
+
+/** A row's value for every column (null where it sets none) and the mask of the columns it sets. */
+function maskedRow(columns: CasShape['stepColumns'], cells: ReadonlyMap<string, CasCell>): { mask: number; values: unknown[] } {
+  let mask = 0;
+  const values = columns.map(([column], i) => {
+    const cell = cells.get(column);
+    if (!cell) return null;
+    mask |= 1 << i;
+    return cell.value;
+  });
+  return { mask, values };
 }
 
 /** JSON text for a jsonb cell, or null (as the store encodes JSON columns). */
