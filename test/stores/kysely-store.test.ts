@@ -98,6 +98,39 @@ describe('KyselyWorkflowStore round trips on Postgres', () => {
     while (cleanups.length) await cleanups.pop()!();
   });
 
+  it('decides again on a fresh read when what the store remembers is out of date', async () => {
+    const database = await createPostgresDatabase();
+    cleanups.push(() => database.cleanup());
+    await migrateToLatest(database.db);
+    const clock = createManualClock(T0);
+    // Two stores on one database, as two processes: each remembers only its own writes.
+    const mine = new KyselyWorkflowStore({ db: database.db, clock });
+    const theirs = new KyselyWorkflowStore({ db: database.db, clock });
+    await mine.createWorkflow(workflow('w1'));
+    await theirs.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'b' }), { optimistic: true });
+    const seen: (string | null)[] = [];
+    // A callback that fails, writes nothing, or writes on the remembered (old) state: each is run again on the current one.
+    const failsOnOld = await mine.transact(
+      'w1',
+      (tx) => {
+        seen.push(tx.workflow.currentStep);
+        if (tx.workflow.currentStep !== 'b') throw new Error('decided on an old state');
+        return 'ok';
+      },
+      { optimistic: true },
+    );
+    expect(failsOnOld).toBe('ok');
+    expect(seen).toEqual([null, 'b']);
+    // Mine writes (and remembers), theirs writes after it: a read-only callback must see theirs.
+    await mine.transact('w1', (tx) => tx.updateWorkflow({ retryCount: 1 }), { optimistic: true });
+    await theirs.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'c' }), { optimistic: true });
+    const readOnly = await mine.transact('w1', (tx) => tx.workflow.currentStep, { optimistic: true });
+    expect(readOnly).toBe('c');
+    await theirs.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'd' }), { optimistic: true });
+    await mine.transact('w1', (tx) => tx.updateWorkflow({ output: { after: tx.workflow.currentStep } }), { optimistic: true });
+    expect(await mine.getWorkflow('w1')).toMatchObject({ currentStep: 'd', output: { after: 'd' } });
+  });
+
   it('claims in one transaction of two statements and writes a transaction in one statement', async () => {
     const database = await createPostgresDatabase();
     cleanups.push(() => database.cleanup());

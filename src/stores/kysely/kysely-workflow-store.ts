@@ -1078,23 +1078,22 @@ export class KyselyWorkflowStore implements WorkflowStore {
           const tx = new KyselyTransaction(snapshot.now, snapshot.workflow, snapshot.historySeq, snapshot.steps, (kind, value) =>
             this.encode(kind, value),
           );
+          // A remembered snapshot may be out of date: only a write (checked by the
+          // compare-and-set) stands on it; no write, an error or a stale fence is decided again on a fresh read.
           let value: unknown;
           try {
             value = await entry.fn(tx);
           } catch (err) {
-            entry.reject(new CallbackError(err));
+            if (snapshot.remembered) retry.push(entry);
+            else entry.reject(new CallbackError(err));
             return;
           } finally {
             tx.close();
           }
-          if (!tx.hasWrites) {
-            // A decision not to write stands only on a snapshot just read.
-            if (snapshot.remembered) retry.push(entry);
-            else entry.resolve(value);
-            return;
-          }
-          const stale = tx.staleError();
-          if (stale) entry.reject(stale);
+          const stale = tx.hasWrites ? tx.staleError() : undefined;
+          if (snapshot.remembered && (!tx.hasWrites || stale)) retry.push(entry);
+          else if (!tx.hasWrites) entry.resolve(value);
+          else if (stale) entry.reject(stale);
           else writes.push({ entry, tx, value });
         }),
       );
@@ -1151,6 +1150,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * settles every call after it ends: results only once committed.
    */
   private async runBatch(batch: TransactEntry[]): Promise<void> {
+    // Its writes change the row versions: what an optimistic write remembered is out of date.
+    for (const entry of batch) this.written.delete(entry.key);
     let outcomes: BatchOutcome[] = [];
     try {
       await this.inTransaction(async (trx) => {
