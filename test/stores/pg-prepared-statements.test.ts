@@ -48,6 +48,19 @@ describe('preparedStatements', () => {
     expect((await prepared()).length).toBe(2);
   });
 
+  it('prepares a statement again when a migration changed the columns it returns', async () => {
+    const { db, prepared } = await oneConnection();
+    await sql`create table t (id int primary key)`.execute(db);
+    await sql`insert into t values (1)`.execute(db);
+    const text = `${STATEMENT_MARKER} select * from t where id = $1`;
+    expect((await run(db, text, [1])).rows).toEqual([{ id: 1 }]);
+    await sql`alter table t add column extra text default 'x'`.execute(db);
+    // Postgres refuses the old prepared statement ("cached plan must not change result type"): prepared anew.
+    expect((await run(db, text, [1])).rows).toEqual([{ id: 1, extra: 'x' }]);
+    expect((await run(db, text, [1])).rows).toEqual([{ id: 1, extra: 'x' }]);
+    expect((await prepared()).filter((s) => s === text)).toHaveLength(2);
+  });
+
   it('refuses what is not a pool, and a bad limit', () => {
     expect(() => preparedStatements({} as never)).toThrow(/pg Pool/);
     expect(() => preparedStatements(new pg.Pool(), { maxPerConnection: -1 })).toThrow(/maxPerConnection/);

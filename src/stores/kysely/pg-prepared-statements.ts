@@ -87,7 +87,16 @@ export function preparedStatements<P extends PoolLike>(pool: P, options: Prepare
             const name = nameOf(text);
             if (names_.has(name) || names_.size < max) {
               names_.add(name);
-              return client.query({ name, text, values });
+              return (client.query({ name, text, values }) as Promise<unknown>).catch((err: unknown) => {
+                if (!isStalePlan(err)) throw err;
+                // A table changed under the statement (a migration added a column): prepare the text
+                // again under a new name, for every connection. Inside a transaction the retry fails
+                // with the aborted transaction, and the caller's next attempt uses the new name.
+                if (names.get(text) === name) names.delete(text);
+                const fresh = nameOf(text);
+                names_.add(fresh);
+                return client.query({ name: fresh, text, values }) as Promise<unknown>;
+              });
             }
           }
           return client.query(...args);
@@ -99,4 +108,10 @@ export function preparedStatements<P extends PoolLike>(pool: P, options: Prepare
     },
     end: () => pool.end(),
   };
+}
+
+/** Postgres refusing a prepared statement whose result columns changed since it was prepared. */
+function isStalePlan(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  return e?.code === '0A000' && typeof e.message === 'string' && e.message.includes('cached plan must not change result type');
 }
