@@ -139,15 +139,13 @@ class SnapshotCache {
   constructor(private readonly size: number) {}
 
   /**
-   * Removes and returns the workflow's snapshot, as a copy: what a callback
-   * does to the records it is handed (or passes on, such as step outputs) must
-   * not change what the store remembers.
+   * Removes and returns the workflow's snapshot. Its records are the cache's
+   * own (never handed to a callback): whoever takes one hands out copies.
    */
   take(workflowId: string): Snapshot | undefined {
     const found = this.entries.get(workflowId);
-    if (!found) return undefined;
-    this.entries.delete(workflowId);
-    return structuredClone(found);
+    if (found) this.entries.delete(workflowId);
+    return found;
   }
 
   delete(workflowId: string): void {
@@ -621,7 +619,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (!this.db.isTransaction) {
       // What was inserted is known exactly: the first optimistic write on it needs no read.
       const steps = input.steps.map((s) => newStepRecord(workflow.id, { ...s, dependsOn: [...s.dependsOn] }, createdAt)).sort((a, b) => a.position - b.position);
-      this.written.put(workflow.id, { workflow: structuredClone(workflow), historySeq: history.length, steps, version: String(row['row_version']) });
+      this.written.put(workflow.id, { workflow: structuredClone(workflow), historySeq: history.length, steps: structuredClone(steps), version: String(row['row_version']) });
     }
     return workflow;
   }
@@ -1054,14 +1052,19 @@ export class KyselyWorkflowStore implements WorkflowStore {
    */
   private async runOptimisticBatch(batch: TransactEntry[]): Promise<void> {
     let pending = batch;
+    /** Snapshots read for the next round (the check of a remembered one). */
+    let prefetched = new Map<string, Snapshot & { now: Date }>();
     for (let round = 0; round < OPTIMISTIC_ATTEMPTS && pending.length > 0; round++) {
       const snapshots = new Map<TransactEntry, Snapshot & { now: Date; remembered: boolean }>();
       const toRead: string[] = [];
       for (const entry of pending) {
-        const remembered = round === 0 && this.knowsTime() ? this.written.take(entry.key) : undefined;
-        if (remembered) snapshots.set(entry, { ...remembered, now: this.databaseNow(remembered.workflow.updatedAt), remembered: true });
+        const ready = prefetched.get(entry.key);
+        const remembered = !ready && round === 0 && this.knowsTime() ? this.written.take(entry.key) : undefined;
+        if (ready) snapshots.set(entry, { ...ready, remembered: false });
+        else if (remembered) snapshots.set(entry, { ...remembered, now: this.databaseNow(remembered.workflow.updatedAt), remembered: true });
         else toRead.push(entry.key);
       }
+      prefetched = new Map();
       if (toRead.length > 0) {
         const read = await this.readSnapshots(toRead);
         for (const entry of pending) {
@@ -1073,30 +1076,51 @@ export class KyselyWorkflowStore implements WorkflowStore {
       }
       const retry: TransactEntry[] = [];
       const writes: { entry: TransactEntry; tx: KyselyTransaction; value: unknown }[] = [];
+      /** Outcomes decided on a remembered snapshot without a write: they stand only if it was current. */
+      const unverified: { entry: TransactEntry; settle: () => void }[] = [];
       await Promise.all(
         [...snapshots].map(async ([entry, snapshot]) => {
-          const tx = new KyselyTransaction(snapshot.now, snapshot.workflow, snapshot.historySeq, snapshot.steps, (kind, value) =>
+          // The callback gets its own copy: what it does to the records it is handed (or passes on, such
+          // as step outputs) must not reach the state this store remembers.
+          const view = structuredClone({ workflow: snapshot.workflow, steps: snapshot.steps });
+          const tx = new KyselyTransaction(snapshot.now, view.workflow, snapshot.historySeq, view.steps, (kind, value) =>
             this.encode(kind, value),
           );
-          // A remembered snapshot may be out of date: only a write (checked by the
-          // compare-and-set) stands on it; no write, an error or a stale fence is decided again on a fresh read.
-          let value: unknown;
+          let settle: () => void;
           try {
-            value = await entry.fn(tx);
+            const value = await entry.fn(tx);
+            const stale = tx.hasWrites ? tx.staleError() : undefined;
+            if (tx.hasWrites && !stale) {
+              // A write is checked by the compare-and-set itself.
+              writes.push({ entry, tx, value });
+              return;
+            }
+            settle = stale ? () => entry.reject(stale) : () => entry.resolve(value);
           } catch (err) {
-            if (snapshot.remembered) retry.push(entry);
-            else entry.reject(new CallbackError(err));
-            return;
+            settle = () => entry.reject(new CallbackError(err));
           } finally {
             tx.close();
           }
-          const stale = tx.hasWrites ? tx.staleError() : undefined;
-          if (snapshot.remembered && (!tx.hasWrites || stale)) retry.push(entry);
-          else if (!tx.hasWrites) entry.resolve(value);
-          else if (stale) entry.reject(stale);
-          else writes.push({ entry, tx, value });
+          if (snapshot.remembered) unverified.push({ entry, settle });
+          else settle();
         }),
       );
+      if (unverified.length > 0) {
+        // Was the remembered state current? If so the outcome stands; if not, decide again on what was just read.
+        const read = await this.readSnapshots(unverified.map((u) => u.entry.key));
+        for (const { entry, settle } of unverified) {
+          const fresh = read.get(entry.key);
+          if (!fresh) {
+            entry.reject(new NotFoundError(`workflow ${entry.key} not found`, { workflowId: entry.key }));
+          } else if (fresh.version !== snapshots.get(entry)!.version) {
+            prefetched.set(entry.key, fresh);
+            retry.push(entry);
+          } else {
+            this.written.put(entry.key, { workflow: fresh.workflow, historySeq: fresh.historySeq, steps: fresh.steps, version: fresh.version });
+            settle();
+          }
+        }
+      }
       if (writes.length > 0) {
         const versions = await this.casWrite(
           writes.map(({ tx, entry }) => ({ tx, version: snapshots.get(entry)!.version, wakes: tx.wakes() })),
@@ -1107,7 +1131,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
             retry.push(entry);
             continue;
           }
-          this.written.put(entry.key, { ...tx.afterImage(), version });
+          this.written.put(entry.key, { ...tx.afterImage(snapshots.get(entry)!), version });
           entry.resolve(value);
         }
       }
@@ -1681,13 +1705,14 @@ class KyselyTransaction implements WorkflowTransaction {
   }
 
   /**
-   * The workflow and steps as the buffered writes leave them (with `updatedAt`
-   * at this transaction's time), decoded from the values written, as a read
-   * after the commit would return them.
+   * The workflow and steps as the buffered writes leave `base` (the snapshot
+   * this transaction's records were copied from, which the callback never
+   * saw), with `updatedAt` at this transaction's time and the written values
+   * decoded afresh, as a read after the commit would return them.
    */
-  afterImage(): Omit<Snapshot, 'version'> {
-    const workflow = { ...this.workflow, ...this.workflowAfter, updatedAt: this.now } as WorkflowRecord;
-    const steps = this.steps.map((s) => {
+  afterImage(base: Pick<Snapshot, 'workflow' | 'steps'>): Omit<Snapshot, 'version'> {
+    const workflow = { ...base.workflow, ...this.workflowAfter, updatedAt: this.now } as WorkflowRecord;
+    const steps = base.steps.map((s) => {
       const after = this.stepsAfter.get(s.name);
       return after ? ({ ...s, ...after } as StepRecord) : s;
     });
