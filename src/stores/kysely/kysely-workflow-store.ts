@@ -481,7 +481,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * while the row's `xmin` (the id of the transaction that last wrote it) is
    * the snapshot's. The snapshot is the state this store's last write left
    * (no read at all), else one statement reads it. One or two round trips and
-   * no held lock, against five for {@link transactLocked}.
+   * no held lock, against five for {@link transactLocked}. An outcome without
+   * a write (a value, an error, a stale fence) decided on a remembered
+   * snapshot stands only once a read shows that snapshot was current.
    *
    * This is safe because every write to a workflow's steps also updates its
    * workflow row in the same transaction (claims, transactions and creation
