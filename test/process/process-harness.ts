@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Database from 'better-sqlite3';
 import { sql, type Kysely } from 'kysely';
+import { describe, it } from 'vitest';
 import type { StepRecord, WorkflowStore } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
@@ -33,6 +34,25 @@ export function processStores(): ('sqlite' | 'postgres')[] {
   return reliabilityStores()
     .map((f) => f.name)
     .filter((n): n is 'sqlite' | 'postgres' => n === 'sqlite' || n === 'postgres');
+}
+
+/**
+ * `describe.each` over {@link processStores} (or only `only` of them). When
+ * `SAGALINE_RELIABILITY_STORES` leaves none, one skipped suite whose title
+ * says so (vitest refuses an empty `describe.each`).
+ */
+export function describeOnProcessStores(
+  title: string,
+  body: (store: 'sqlite' | 'postgres') => void,
+  only?: readonly ('sqlite' | 'postgres')[],
+): void {
+  const stores = processStores().filter((s) => !only || only.includes(s));
+  if (stores.length === 0) {
+    // Reported as skipped, with the reason in its title; it has nothing to run.
+    it.skip(`${title.replace('%s', (only ?? ['sqlite', 'postgres']).join('/'))} (skipped: SAGALINE_RELIABILITY_STORES excludes it)`, () => undefined);
+    return;
+  }
+  describe.each(stores)(title, body);
 }
 
 // ---------------------------------------------------------------- waiting

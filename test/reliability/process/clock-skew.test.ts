@@ -14,14 +14,14 @@
  * reclaim.
  */
 import { sql } from 'kysely';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, expect, it } from 'vitest';
 import {
   EngineProcess,
   createProcessDatabase,
   effectsByWorkflow,
   killAllProcesses,
   processCompensable,
-  processStores,
+  describeOnProcessStores,
   readAllStored,
   runEffectViolations,
   waitFor,
@@ -38,7 +38,7 @@ const HOLD_MS = 2.5 * LEASE_MS;
 const POLL_INTERVAL_MS = 300;
 const PER_PROCESS = 3;
 
-describe.skipIf(!processStores().includes('postgres'))('clock skew between engine processes (Postgres, database time)', () => {
+describeOnProcessStores('clock skew between engine processes (%s, database time)', () => {
   let database: ProcessDatabase | undefined;
   afterEach(async () => {
     await killAllProcesses();
@@ -142,4 +142,4 @@ describe.skipIf(!processStores().includes('postgres'))('clock skew between engin
     expect(twice.length).toBeGreaterThan(0);
     expect(ids).toContain(twice[0]!.workflowId);
   });
-});
+}, ['postgres']);

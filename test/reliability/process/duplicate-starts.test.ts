@@ -5,16 +5,15 @@
  * `workflow:started` event, and every caller gets its id.
  */
 import { sql } from 'kysely';
-import { afterEach, describe, expect, it } from 'vitest';
-import { EngineProcess, createProcessDatabase, killAllProcesses, processStores, type ProcessDatabase } from '../../process/process-harness.js';
+import { afterEach, expect, it } from 'vitest';
+import { EngineProcess, createProcessDatabase, killAllProcesses, describeOnProcessStores, type ProcessDatabase } from '../../process/process-harness.js';
 import { caseTimeoutMs, iterations, loop } from '../support/iterations.js';
 import { reportedCase } from '../support/report.js';
 
 const PROCESSES = 5;
 const STARTS_PER_PROCESS = 10;
-const stores = processStores();
 
-describe.skipIf(stores.length === 0).each(stores.length > 0 ? stores : ['postgres' as const])('duplicate starts from several processes on %s', (storeName) => {
+describeOnProcessStores('duplicate starts from several processes on %s', (storeName) => {
   let database: ProcessDatabase | undefined;
   afterEach(async () => {
     await killAllProcesses();

@@ -16,7 +16,7 @@
  * completion order, and a recorded compensation never runs again.
  */
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, expect, it } from 'vitest';
 import type { KillPoint } from '../../support/engine-process.js';
 import {
   EngineProcess,
@@ -25,7 +25,7 @@ import {
   createProcessDatabase,
   effectsByWorkflow,
   killAllProcesses,
-  processStores,
+  describeOnProcessStores,
   processCompensable,
   readAllStored,
   readMarkers,
@@ -40,7 +40,6 @@ import { reportedCase } from '../support/report.js';
 const SUITE = 'kill-points';
 /** Workflows in flight when the process dies. */
 const IN_FLIGHT = 4;
-const stores = processStores();
 
 /**
  * One round: process A runs `IN_FLIGHT` fresh workflows until it kills itself
@@ -104,7 +103,7 @@ async function killRound(
   return { marker, victim, victimEffects, a, b };
 }
 
-describe.skipIf(stores.length === 0).each(stores.length > 0 ? stores : ['postgres' as const])('SIGKILL at exact points on %s shared by processes', (storeName) => {
+describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (storeName) => {
   let database: ProcessDatabase | undefined;
   afterEach(async () => {
     await killAllProcesses();

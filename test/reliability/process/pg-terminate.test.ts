@@ -9,14 +9,14 @@
  * attempt run twice.
  */
 import { sql } from 'kysely';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, expect, it } from 'vitest';
 import {
   EngineProcess,
   createProcessDatabase,
   delay,
   effectsByWorkflow,
   killAllProcesses,
-  processStores,
+  describeOnProcessStores,
   processCompensable,
   readAllStored,
   runEffectViolations,
@@ -31,7 +31,7 @@ const APPLICATION = 'sagaline_engine';
 const WORKFLOWS = 20;
 const STORM_MS = 4000;
 
-describe.skipIf(!processStores().includes('postgres'))('pg_terminate_backend of the engine connections (Postgres)', () => {
+describeOnProcessStores('pg_terminate_backend of the engine connections (%s)', () => {
   let database: ProcessDatabase | undefined;
   afterEach(async () => {
     await killAllProcesses();
@@ -110,7 +110,7 @@ describe.skipIf(!processStores().includes('postgres'))('pg_terminate_backend of 
       }),
     caseTimeoutMs(),
   );
-});
+}, ['postgres']);
 
 function countBy(values: string[]): Record<string, number> {
   const out: Record<string, number> = {};
