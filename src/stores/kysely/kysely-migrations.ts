@@ -1,4 +1,4 @@
-import { Migrator, sql, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import { Migrator, sql, type Kysely, type Migration, type MigrationProvider, type RawBuilder } from 'kysely';
 import { resolveTables, type TableNames } from './kysely-tables.js';
 import type { KyselyTableOptions } from './kysely-workflow-store-config.js';
 
@@ -95,152 +95,108 @@ function unwrap(resultSet: { error?: unknown; results?: { migrationName: string;
 /** The migrations, by name (applied in name order). */
 function migrations(tables: TableNames): Record<string, Migration> {
   return {
-    '0001_initial': { up: (db) => (tables.dialect === 'postgres' ? initialPostgres(db, tables) : initialSqlite(db, tables)) },
+    '0001_initial': { up: (db) => initialSchema(db, tables) },
   };
 }
 
-async function initialPostgres(db: Kysely<any>, t: TableNames): Promise<void> {
-  const w = t.ref(t.workflows);
-  const s = t.ref(t.steps);
-  const h = t.ref(t.history);
-  const idx = (suffix: string) => sql.id(`${t.prefix}${suffix}`);
-  // Ids compare bytewise (COLLATE "C"), as JavaScript orders strings, and faster.
-  await sql`
-    create table ${w} (
-      id text collate "C" primary key,
-      tenant_id text not null,
-      type text not null,
-      service_slug text,
-      status text not null,
-      definition_version text not null,
-      input jsonb,
-      output jsonb,
-      error jsonb,
-      idempotency_key text,
-      current_step text,
-      retry_count integer not null default 0,
-      last_history_seq integer not null default 0,
-      created_at timestamptz not null,
-      updated_at timestamptz not null,
-      completed_at timestamptz,
-      constraint ${idx('workflows_idempotency_key')} unique (tenant_id, idempotency_key)
-    )`.execute(db);
-  await createListIndexes(db, t, w);
-  await sql`
-    create table ${s} (
-      workflow_id text collate "C" not null references ${w} (id) on delete cascade,
-      name text not null,
-      position integer not null,
-      depends_on jsonb not null,
-      status text not null,
-      attempts integer not null default 0,
-      retry_count integer not null default 0,
-      max_attempts integer not null,
-      started_at timestamptz,
-      completed_at timestamptz,
-      due_at timestamptz,
-      lease_owner text,
-      lease_token text,
-      lease_expires_at timestamptz,
-      callback_token_hash text,
-      callback_result jsonb,
-      poll_count integer not null default 0,
-      poll_deadline_at timestamptz,
-      output jsonb,
-      error jsonb,
-      completion_seq integer,
-      claimed_from_status text,
-      claimed_from_owner text,
-      primary key (workflow_id, name)
-    )`.execute(db);
-  await createStepIndexes(db, t, s);
-  await sql`
-    create table ${h} (
-      workflow_id text collate "C" not null references ${w} (id) on delete cascade,
-      seq integer not null,
-      at timestamptz not null,
-      kind text not null,
-      step_name text,
-      from_status text,
-      to_status text,
-      actor text,
-      reason text,
-      action text,
-      detail jsonb,
-      primary key (workflow_id, seq)
-    )`.execute(db);
+/**
+ * How a column is stored: `id` is the workflow id (the primary key), `ref` a
+ * workflow id referencing it; the others are plain types. See {@link columnSql}.
+ */
+type ColumnKind = 'id' | 'ref' | 'text' | 'int' | 'time' | 'json';
+
+/** A column: name, kind, and what follows the type (`not null`, a default). */
+type Column = readonly [name: string, kind: ColumnKind, rest?: string];
+
+const WORKFLOW_COLUMNS: readonly Column[] = [
+  ['id', 'id'],
+  ['tenant_id', 'text', 'not null'],
+  ['type', 'text', 'not null'],
+  ['service_slug', 'text'],
+  ['status', 'text', 'not null'],
+  ['definition_version', 'text', 'not null'],
+  ['input', 'json'],
+  ['output', 'json'],
+  ['error', 'json'],
+  ['idempotency_key', 'text'],
+  ['current_step', 'text'],
+  ['retry_count', 'int', 'not null default 0'],
+  ['last_history_seq', 'int', 'not null default 0'],
+  ['created_at', 'time', 'not null'],
+  ['updated_at', 'time', 'not null'],
+  ['completed_at', 'time'],
+];
+
+const STEP_COLUMNS: readonly Column[] = [
+  ['workflow_id', 'ref'],
+  ['name', 'text', 'not null'],
+  ['position', 'int', 'not null'],
+  ['depends_on', 'json', 'not null'],
+  ['status', 'text', 'not null'],
+  ['attempts', 'int', 'not null default 0'],
+  ['retry_count', 'int', 'not null default 0'],
+  ['max_attempts', 'int', 'not null'],
+  ['started_at', 'time'],
+  ['completed_at', 'time'],
+  ['due_at', 'time'],
+  ['lease_owner', 'text'],
+  ['lease_token', 'text'],
+  ['lease_expires_at', 'time'],
+  ['callback_token_hash', 'text'],
+  ['callback_result', 'json'],
+  ['poll_count', 'int', 'not null default 0'],
+  ['poll_deadline_at', 'time'],
+  ['output', 'json'],
+  ['error', 'json'],
+  ['completion_seq', 'int'],
+  ['claimed_from_status', 'text'],
+  ['claimed_from_owner', 'text'],
+];
+
+const HISTORY_COLUMNS: readonly Column[] = [
+  ['workflow_id', 'ref'],
+  ['seq', 'int', 'not null'],
+  ['at', 'time', 'not null'],
+  ['kind', 'text', 'not null'],
+  ['step_name', 'text'],
+  ['from_status', 'text'],
+  ['to_status', 'text'],
+  ['actor', 'text'],
+  ['reason', 'text'],
+  ['action', 'text'],
+  ['detail', 'json'],
+];
+
+/**
+ * A column's definition. Postgres: ids compare bytewise (`COLLATE "C"`), as
+ * JavaScript orders strings, and faster; `timestamptz` and `jsonb`. SQLite:
+ * timestamps are integer epoch milliseconds and JSON columns hold JSON text.
+ */
+function columnSql([name, kind, rest]: Column, postgres: boolean, workflows: RawBuilder<unknown>): RawBuilder<unknown> {
+  const types: Record<ColumnKind, string> = postgres
+    ? { id: 'text collate "C" primary key', ref: 'text collate "C" not null', text: 'text', int: 'integer', time: 'timestamptz', json: 'jsonb' }
+    : { id: 'text primary key not null', ref: 'text not null', text: 'text', int: 'integer', time: 'integer', json: 'text' };
+  const references = kind === 'ref' ? sql` references ${workflows} (id) on delete cascade` : sql``;
+  return sql`${sql.id(name)} ${sql.raw(types[kind])}${references}${rest ? sql.raw(` ${rest}`) : sql``}`;
 }
 
-async function initialSqlite(db: Kysely<any>, t: TableNames): Promise<void> {
+/** The three tables and their indexes, on either dialect. */
+async function initialSchema(db: Kysely<any>, t: TableNames): Promise<void> {
+  const postgres = t.dialect === 'postgres';
   const w = t.ref(t.workflows);
   const s = t.ref(t.steps);
   const h = t.ref(t.history);
-  const idx = (suffix: string) => sql.id(`${t.prefix}${suffix}`);
-  // Timestamps are integer epoch milliseconds; JSON columns hold JSON text.
+  const columns = (list: readonly Column[]) => sql.join(list.map((c) => columnSql(c, postgres, w)));
+  const idempotency = sql.id(`${t.prefix}workflows_idempotency_key`);
   await sql`
     create table ${w} (
-      id text primary key not null,
-      tenant_id text not null,
-      type text not null,
-      service_slug text,
-      status text not null,
-      definition_version text not null,
-      input text,
-      output text,
-      error text,
-      idempotency_key text,
-      current_step text,
-      retry_count integer not null default 0,
-      last_history_seq integer not null default 0,
-      created_at integer not null,
-      updated_at integer not null,
-      completed_at integer,
-      constraint ${idx('workflows_idempotency_key')} unique (tenant_id, idempotency_key)
+      ${columns(WORKFLOW_COLUMNS)},
+      constraint ${idempotency} unique (tenant_id, idempotency_key)
     )`.execute(db);
   await createListIndexes(db, t, w);
-  await sql`
-    create table ${s} (
-      workflow_id text not null references ${w} (id) on delete cascade,
-      name text not null,
-      position integer not null,
-      depends_on text not null,
-      status text not null,
-      attempts integer not null default 0,
-      retry_count integer not null default 0,
-      max_attempts integer not null,
-      started_at integer,
-      completed_at integer,
-      due_at integer,
-      lease_owner text,
-      lease_token text,
-      lease_expires_at integer,
-      callback_token_hash text,
-      callback_result text,
-      poll_count integer not null default 0,
-      poll_deadline_at integer,
-      output text,
-      error text,
-      completion_seq integer,
-      claimed_from_status text,
-      claimed_from_owner text,
-      primary key (workflow_id, name)
-    )`.execute(db);
+  await sql`create table ${s} (${columns(STEP_COLUMNS)}, primary key (workflow_id, name))`.execute(db);
   await createStepIndexes(db, t, s);
-  await sql`
-    create table ${h} (
-      workflow_id text not null references ${w} (id) on delete cascade,
-      seq integer not null,
-      at integer not null,
-      kind text not null,
-      step_name text,
-      from_status text,
-      to_status text,
-      actor text,
-      reason text,
-      action text,
-      detail text,
-      primary key (workflow_id, seq)
-    )`.execute(db);
+  await sql`create table ${h} (${columns(HISTORY_COLUMNS)}, primary key (workflow_id, seq))`.execute(db);
 }
 
 /** One index per list filter, each ending with the keyset order `(created_at, id)`. */
