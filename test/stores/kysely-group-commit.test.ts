@@ -16,6 +16,7 @@ import { defineWorkflow, step } from '../../src/core/define-workflow.js';
 import { createEngine } from '../../src/engine/workflow-engine.js';
 import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry, WorkflowStore, WorkflowTransaction } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
+import { contractFactory } from '../support/store-factories.js';
 import { until } from '../fixtures/harness.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { STATEMENT_MARKER } from '../../src/stores/kysely/pg-prepared-statements.js';
@@ -80,18 +81,7 @@ async function groupStore(dialect: Dialect, clock: ManualClock, options: Partial
 }
 
 for (const dialect of ['sqlite', 'postgres'] as const) {
-  const cleanups = new Map<WorkflowStore, () => Promise<void>>();
-  runWorkflowStoreContract(`${dialect} with group commit`, {
-    async create(clock) {
-      const { store, cleanup } = await groupStore(dialect, clock);
-      cleanups.set(store, cleanup);
-      return store;
-    },
-    async destroy(store) {
-      await cleanups.get(store)?.();
-      cleanups.delete(store);
-    },
-  });
+  runWorkflowStoreContract(`${dialect} with group commit`, contractFactory((clock) => groupStore(dialect, clock)));
 }
 
 function workflow(id: string, steps = ['a']): CreateWorkflowInput {

@@ -1,26 +1,14 @@
 import { sql } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createManualClock } from '../../src/core/clock.js';
-import type { ClaimRequest, CreateWorkflowInput, WorkflowStore } from '../../src/storage/workflow-store.js';
+import type { ClaimRequest, CreateWorkflowInput } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { runWorkflowStoreContract } from '../../src/testing/store-contract.js';
 import { createPostgresDatabase, openPostgres, type PostgresTestDatabase } from '../support/databases.js';
-import { storeFactory } from '../support/store-factories.js';
+import { contractFactory, storeFactory } from '../support/store-factories.js';
 
-const cleanups = new Map<WorkflowStore, () => Promise<void>>();
-
-runWorkflowStoreContract('postgres', {
-  async create(clock) {
-    const { store, cleanup } = await storeFactory('postgres').create(clock);
-    cleanups.set(store, cleanup);
-    return store;
-  },
-  async destroy(store) {
-    await cleanups.get(store)?.();
-    cleanups.delete(store);
-  },
-});
+runWorkflowStoreContract('postgres', contractFactory(storeFactory('postgres').create));
 
 function workflow(id: string, dueAt: Date | null, steps = ['a']): CreateWorkflowInput {
   return {

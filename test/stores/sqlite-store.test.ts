@@ -5,26 +5,13 @@ import Database from 'better-sqlite3';
 import { Kysely, sql, SqliteDialect } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createManualClock } from '../../src/core/clock.js';
-import type { WorkflowStore } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { runWorkflowStoreContract } from '../../src/testing/store-contract.js';
 import { createSqliteDatabase, type SqliteTestDatabase } from '../support/databases.js';
-import { storeFactory } from '../support/store-factories.js';
+import { contractFactory, storeFactory } from '../support/store-factories.js';
 
-const cleanups = new Map<WorkflowStore, () => Promise<void>>();
-
-runWorkflowStoreContract('sqlite', {
-  async create(clock) {
-    const { store, cleanup } = await storeFactory('sqlite').create(clock);
-    cleanups.set(store, cleanup);
-    return store;
-  },
-  async destroy(store) {
-    await cleanups.get(store)?.();
-    cleanups.delete(store);
-  },
-});
+runWorkflowStoreContract('sqlite', contractFactory(storeFactory('sqlite').create));
 
 const T0 = Date.UTC(2026, 0, 1, 0, 0, 0, 123);
 

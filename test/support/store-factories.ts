@@ -1,5 +1,6 @@
 import type { ManualClock } from '../../src/core/clock.js';
 import type { WorkflowStore } from '../../src/storage/workflow-store.js';
+import type { StoreContractFactory } from '../../src/testing/store-contract.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { MemoryWorkflowStore } from '../../src/stores/memory/memory-workflow-store.js';
@@ -55,4 +56,20 @@ export function storeFactory(name: StoreFactory['name']): StoreFactory {
   const factory = storeFactories.find((f) => f.name === name);
   if (!factory) throw new Error(`no store factory named ${name}`);
   return factory;
+}
+
+/** The store contract's factory over `make` (a store and its cleanup): each store is cleaned up when the contract destroys it. */
+export function contractFactory(make: StoreFactory['create']): StoreContractFactory {
+  const cleanups = new Map<WorkflowStore, () => Promise<void>>();
+  return {
+    async create(clock) {
+      const { store, cleanup } = await make(clock);
+      cleanups.set(store, cleanup);
+      return store;
+    },
+    async destroy(store) {
+      await cleanups.get(store)?.();
+      cleanups.delete(store);
+    },
+  };
 }
