@@ -141,6 +141,32 @@ async function tickUntilStarted(rig: Rig, started: Promise<void>): Promise<{ tic
   return { ticking };
 }
 
+/**
+ * Runs `stepName` of workflow `id` up to its gate, then races the worker
+ * finishing it with `outcome` against `other` (an admin call or a callback),
+ * in the iteration's order. Resolves to what `other` settled with.
+ */
+async function raceGatedStep<A>(
+  { rig, world, order, random }: { rig: Rig; world: World; order: Order; random: () => number },
+  id: string,
+  stepName: string,
+  outcome: 'ok' | 'fail',
+  other: () => Promise<A>,
+) {
+  const g = gateNext(world, id, stepName);
+  const { ticking } = await tickUntilStarted(rig, g.started.promise);
+  return race(
+    order,
+    rig.store,
+    random,
+    async () => {
+      g.gate.resolve(outcome);
+      await ticking;
+    },
+    other,
+  );
+}
+
 /** Checks common to every iteration: handlers, history, rows. */
 async function expectLegal(rig: Rig, world: World, ids: string[], label: string): Promise<void> {
   await rig.quiesce();
@@ -162,18 +188,7 @@ const cases: Case[] = [
     quick: 12,
     async body({ rig, world, order, random, label }) {
       const { id } = await rig.engine.start('race_one', { tenantId: 't1', input: { n: 1 } });
-      const g = gateNext(world, id, 'only');
-      const { ticking } = await tickUntilStarted(rig, g.started.promise);
-      const admin = await race(
-        order,
-        rig.store,
-        random,
-        async () => {
-          g.gate.resolve('ok');
-          await ticking;
-        },
-        () => rig.engine.forceComplete(id, { actor: 'ops' }),
-      );
+      const admin = await raceGatedStep({ rig, world, order, random }, id, 'only', 'ok', () => rig.engine.forceComplete(id, { actor: 'ops' }));
       await rig.quiesce();
       const s = await rig.read(id);
       const code = codeOf(admin);
@@ -207,18 +222,7 @@ const cases: Case[] = [
     quick: 12,
     async body({ rig, world, order, random, label }) {
       const { id } = await rig.engine.start('race_one', { tenantId: 't1', input: { n: 1 } });
-      const g = gateNext(world, id, 'only');
-      const { ticking } = await tickUntilStarted(rig, g.started.promise);
-      const admin = await race(
-        order,
-        rig.store,
-        random,
-        async () => {
-          g.gate.resolve('fail');
-          await ticking;
-        },
-        () => rig.engine.retryStep(id, 'only', { actor: 'ops' }),
-      );
+      const admin = await raceGatedStep({ rig, world, order, random }, id, 'only', 'fail', () => rig.engine.retryStep(id, 'only', { actor: 'ops' }));
       await rig.quiesce();
       const code = codeOf(admin);
       if (order === 'worker_first') expect(code, label).toBe('ok');
@@ -254,18 +258,7 @@ const cases: Case[] = [
     async body({ rig, world, order, random, label }) {
       const { id } = await rig.engine.start('race_two', { tenantId: 't1', input: { n: 1 } });
       await rig.engine.tick();
-      const g = gateNext(world, id, 'two');
-      const { ticking } = await tickUntilStarted(rig, g.started.promise);
-      const admin = await race(
-        order,
-        rig.store,
-        random,
-        async () => {
-          g.gate.resolve('ok');
-          await ticking;
-        },
-        () => rig.engine.rollback(id, { actor: 'ops' }),
-      );
+      const admin = await raceGatedStep({ rig, world, order, random }, id, 'two', 'ok', () => rig.engine.rollback(id, { actor: 'ops' }));
       // Both orders are allowed (rollback is allowed from running and from completed): the admin always succeeds.
       expect(codeOf(admin), label).toBe('ok');
       await rig.engine.drain();
@@ -287,18 +280,7 @@ const cases: Case[] = [
     async body({ rig, world, order, random, label }) {
       const { id } = await rig.engine.start('race_saga', { tenantId: 't1', input: { n: 1 } });
       await rig.engine.tick();
-      const g = gateNext(world, id, 'two');
-      const { ticking } = await tickUntilStarted(rig, g.started.promise);
-      const admin = await race(
-        order,
-        rig.store,
-        random,
-        async () => {
-          g.gate.resolve('fail');
-          await ticking;
-        },
-        () => rig.engine.rollback(id, { actor: 'ops' }),
-      );
+      const admin = await raceGatedStep({ rig, world, order, random }, id, 'two', 'fail', () => rig.engine.rollback(id, { actor: 'ops' }));
       const code = codeOf(admin);
       if (order === 'worker_first') expect(code, label).toBe('conflict');
       if (order === 'admin_first') expect(code, label).toBe('ok');
@@ -510,19 +492,10 @@ const cases: Case[] = [
     quick: 12,
     async body({ rig, world, order, random, label }) {
       const { id } = await rig.engine.start('race_callback', { tenantId: 't1', input: { n: 1 } });
-      const g = gateNext(world, id, 'vendor');
-      const { ticking } = await tickUntilStarted(rig, g.started.promise);
-      const token = world.tokens.get(id)![0]!;
       // "admin" here is the vendor's callback; "worker" is the handler returning waitForCallback().
-      const callback = await race(
-        order === 'worker_first' ? 'worker_first' : order === 'admin_first' ? 'admin_first' : 'random',
-        rig.store,
-        random,
-        async () => {
-          g.gate.resolve('ok');
-          await ticking;
-        },
-        () => rig.engine.completeCallback(token, { status: 'success', output: { account: 'acc_1' } }),
+      // The token is read when the callback is sent: the step has started, so its handler has recorded it.
+      const callback = await raceGatedStep({ rig, world, order, random }, id, 'vendor', 'ok', () =>
+        rig.engine.completeCallback(world.tokens.get(id)![0]!, { status: 'success', output: { account: 'acc_1' } }),
       );
       expect(codeOf(callback), label).toBe('ok');
       await rig.quiesce();
