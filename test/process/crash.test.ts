@@ -7,15 +7,14 @@
  */
 import { sql } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
-import { readStored, violations } from '../reliability/support/invariants.js';
+import { readStored } from '../reliability/support/invariants.js';
 import { reportedCase } from '../reliability/support/report.js';
 import {
   EngineProcess,
+  checkedWorkflows,
   createProcessDatabase,
   delay,
   killAllProcesses,
-  processCompensable,
-  runEffectViolations,
   waitFor,
   type ProcessDatabase,
 } from './process-harness.js';
@@ -76,12 +75,7 @@ describe('engine processes that crash or freeze mid-step (Postgres)', () => {
       await waitFor(async () => (await db.statusCounts(ids))['completed'] === N, 'B to finish every workflow', 30_000);
       await b.stop();
 
-      const effects = await db.effects();
-      for (const id of ids) {
-        const stored = await readStored(db.store, id);
-        const mine = effects.filter((e) => e.workflowId === id);
-        expect(violations(stored, processCompensable)).toEqual([]);
-        expect(runEffectViolations(stored, mine)).toEqual([]);
+      for (const { stored, effects: mine } of await checkedWorkflows(db, ids)) {
         // s1 had completed in A: never run again. s2 ran in A (attempt 1, lost) and in B (attempt 2). The rest ran once, in B.
         expect(mine.map((e) => [e.stepName, e.attempt, e.worker])).toEqual([
           ['s1', 1, 'crash_a'],
@@ -152,10 +146,7 @@ describe('engine processes that crash or freeze mid-step (Postgres)', () => {
       await waitFor(async () => (await db.statusCounts([id]))['completed'] === 1, 'the workflow to complete', 20_000);
       await Promise.all([a.stop(), b.stop()]);
 
-      const stored = await readStored(db.store, id);
-      const effects = (await db.effects()).filter((e) => e.workflowId === id);
-      expect(violations(stored, processCompensable)).toEqual([]);
-      expect(runEffectViolations(stored, effects)).toEqual([]);
+      const { stored, effects } = (await checkedWorkflows(db, [id]))[0]!;
       expect(stored.steps.find((s) => s.name === 's2')?.output).toEqual({ attempt: 2, worker: 'zombie_b' });
       expect(stored.history.filter((h) => h.stepName === 's2' && h.to === 'completed')).toHaveLength(1);
       expect(effects.filter((e) => e.stepName === 's2').map((e) => [e.attempt, e.worker])).toEqual([

@@ -7,14 +7,12 @@
  */
 import { sql } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
-import { readStored, violations } from '../reliability/support/invariants.js';
 import { reportedCase } from '../reliability/support/report.js';
 import {
   EngineProcess,
+  checkedWorkflows,
   createProcessDatabase,
   killAllProcesses,
-  processCompensable,
-  runEffectViolations,
   waitFor,
   type ProcessDatabase,
 } from './process-harness.js';
@@ -64,12 +62,7 @@ describe.each(['postgres', 'sqlite'] as const)('a graceful stop in the middle of
       await b.work();
       await waitFor(async () => (await db.statusCounts(ids))['completed'] === N, 'B to finish the workflows', 30_000);
       await b.stop();
-      const effects = await db.effects();
-      for (const id of ids) {
-        const stored = await readStored(db.store, id);
-        const mine = effects.filter((e) => e.workflowId === id);
-        expect(violations(stored, processCompensable)).toEqual([]);
-        expect(runEffectViolations(stored, mine)).toEqual([]);
+      for (const { effects: mine } of await checkedWorkflows(db, ids)) {
         expect(mine.map((e) => [e.stepName, e.attempt, e.worker])).toEqual([
           ['s1', 1, 'stop_a'],
           ['s2', 1, 'stop_b'],

@@ -10,13 +10,13 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Database from 'better-sqlite3';
 import { sql, type Kysely } from 'kysely';
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { StepRecord, WorkflowStore } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { createPostgresDatabase, createSqliteDatabase, openSqlite } from '../support/databases.js';
 import type { ChildMessage, DatabaseTarget, EngineProcessConfig, KillMarker, ParentMessage } from '../support/engine-process.js';
-import { readStored, type Compensable, type StoredWorkflow } from '../reliability/support/invariants.js';
+import { readStored, violations, type Compensable, type StoredWorkflow } from '../reliability/support/invariants.js';
 import { reliabilityStores } from '../reliability/support/iterations.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -428,6 +428,25 @@ export function effectsByWorkflow(effects: readonly EffectRecord[]): Map<string,
     list.push(e);
   }
   return map;
+}
+
+/**
+ * The workflows `ids` with their recorded effects, each already checked
+ * against the status model and the effect rules of {@link runEffectViolations}:
+ * what a multi-process case then checks is only its own outcome.
+ */
+export async function checkedWorkflows(
+  db: Pick<ProcessDatabase, 'store' | 'effects'>,
+  ids: readonly string[],
+): Promise<{ stored: StoredWorkflow; effects: EffectRecord[] }[]> {
+  const stored = await readAllStored(db.store, ids);
+  const byWorkflow = effectsByWorkflow(await db.effects());
+  return stored.map((s) => {
+    const effects = byWorkflow.get(s.workflow.id) ?? [];
+    expect(violations(s, processCompensable), s.workflow.id).toEqual([]);
+    expect(runEffectViolations(s, effects), s.workflow.id).toEqual([]);
+    return { stored: s, effects };
+  });
 }
 
 // ---------------------------------------------------------------- effect checks

@@ -17,17 +17,13 @@ import { sql } from 'kysely';
 import { afterEach, expect, it } from 'vitest';
 import {
   EngineProcess,
+  checkedWorkflows,
   createProcessDatabase,
-  effectsByWorkflow,
   killAllProcesses,
-  processCompensable,
   describeOnProcessStores,
-  readAllStored,
-  runEffectViolations,
   waitFor,
   type ProcessDatabase,
 } from '../../process/process-harness.js';
-import { violations } from '../support/invariants.js';
 import { caseTimeoutMs, iterations, loop } from '../support/iterations.js';
 import { reportedCase } from '../support/report.js';
 
@@ -90,13 +86,8 @@ describeOnProcessStores('clock skew between engine processes (%s, database time)
             60_000,
           );
 
-          const stored = await readAllStored(db.store, ids);
-          const effects = effectsByWorkflow(await db.effects());
           const holders = new Set<string>();
-          for (const s of stored) {
-            const mine = effects.get(s.workflow.id) ?? [];
-            expect(violations(s, processCompensable)).toEqual([]);
-            expect(runEffectViolations(s, mine)).toEqual([]);
+          for (const { stored: s, effects: mine } of await checkedWorkflows(db, ids)) {
             // No reclaim at all: every step ran once, as attempt 1.
             expect(s.history.filter((h) => h.action === 'lease_reclaimed')).toEqual([]);
             expect(mine.filter((e) => e.kind === 'run').map((e) => [e.stepName, e.attempt])).toEqual([

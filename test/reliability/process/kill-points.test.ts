@@ -22,18 +22,15 @@ import {
   EngineProcess,
   compensationEffectViolations,
   completedAttempt,
+  checkedWorkflows,
   createProcessDatabase,
-  effectsByWorkflow,
   killAllProcesses,
   describeOnProcessStores,
   processCompensable,
-  readAllStored,
   readMarkers,
-  runEffectViolations,
   waitFor,
   type ProcessDatabase,
 } from '../../process/process-harness.js';
-import { violations } from '../support/invariants.js';
 import { caseTimeoutMs, iterations, loop } from '../support/iterations.js';
 import { reportedCase } from '../support/report.js';
 
@@ -89,17 +86,13 @@ async function killRound(
   await b.stop();
   expect(b.problems()).toEqual([]);
 
-  const stored = await readAllStored(db.store, ids);
-  const effects = effectsByWorkflow(await db.effects());
-  for (const s of stored) {
-    const mine = effects.get(s.workflow.id) ?? [];
-    expect(violations(s, processCompensable)).toEqual([]);
-    expect(runEffectViolations(s, mine)).toEqual([]);
-    if (workflow === 'pw_rollback5') expect(compensationEffectViolations(s, mine, processCompensable)).toEqual([]);
+  const checked = await checkedWorkflows(db, ids);
+  if (workflow === 'pw_rollback5') {
+    for (const { stored: s, effects: mine } of checked) expect(compensationEffectViolations(s, mine, processCompensable)).toEqual([]);
   }
-  const victim = stored.find((s) => s.workflow.id === marker.workflowId)!;
-  expect(victim).toBeDefined();
-  const victimEffects = effects.get(marker.workflowId) ?? [];
+  const found = checked.find((c) => c.stored.workflow.id === marker.workflowId);
+  expect(found).toBeDefined();
+  const { stored: victim, effects: victimEffects } = found!;
   return { marker, victim, victimEffects, a, b };
 }
 

@@ -12,18 +12,14 @@ import { sql } from 'kysely';
 import { afterEach, expect, it } from 'vitest';
 import {
   EngineProcess,
+  checkedWorkflows,
   createProcessDatabase,
   delay,
-  effectsByWorkflow,
   killAllProcesses,
   describeOnProcessStores,
-  processCompensable,
-  readAllStored,
-  runEffectViolations,
   waitFor,
   type ProcessDatabase,
 } from '../../process/process-harness.js';
-import { violations } from '../support/invariants.js';
 import { caseTimeoutMs, iterations, loop } from '../support/iterations.js';
 import { reportedCase } from '../support/report.js';
 
@@ -93,12 +89,7 @@ describeOnProcessStores('pg_terminate_backend of the engine connections (%s)', (
           );
           await Promise.all([a.stop(), b.stop()]);
 
-          const stored = await readAllStored(db.store, ids);
-          const effects = effectsByWorkflow(await db.effects());
-          for (const s of stored) {
-            expect(violations(s, processCompensable)).toEqual([]);
-            expect(runEffectViolations(s, effects.get(s.workflow.id) ?? [])).toEqual([]);
-          }
+          await checkedWorkflows(db, ids);
         });
         expect(terminated).toBeGreaterThan(0);
         const logged = all.flatMap((p) => p.problems());
