@@ -230,8 +230,8 @@ function maskedRow(columns: CasShape['stepColumns'], cells: ReadonlyMap<string, 
   return { mask, values };
 }
 
-/** JSON text for a jsonb cell, or null (as the store encodes JSON columns). */
-function jsonText(value: unknown): string | null {
+/** JSON text for a JSON column, or null (`undefined`, functions and the like store as null). */
+export function jsonText(value: unknown): string | null {
   if (value === null || value === undefined) return null;
   const text = JSON.stringify(value) as string | undefined;
   return text === undefined || text === 'null' ? null : text;

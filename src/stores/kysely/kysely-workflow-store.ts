@@ -21,7 +21,8 @@ import type {
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
-import { CasWriter, type CasItem } from './kysely-cas-write.js';
+import { checkedDate, claimHistoryEntry, normalizeHistory } from '../../storage/store-values.js';
+import { CasWriter, jsonText, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
@@ -332,14 +333,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
   async createWorkflow(input: CreateWorkflowInput): Promise<CreateWorkflowResult> {
     const w = input.workflow;
     if (!isWorkflowStatus(w.status)) throw new TypeError(`workflow ${w.id}: unknown status ${String(w.status)}`);
-    const createdAt = checkDate(w.createdAt, 'createdAt');
+    const createdAt = checkedDate(w.createdAt, 'createdAt');
     if (createdAt === null) throw new TypeError(`workflow ${w.id}: createdAt is required`);
     const names = new Set<string>();
     for (const s of input.steps) {
       if (names.has(s.name)) throw new StoreError(`workflow ${w.id}: duplicate step ${s.name}`);
       names.add(s.name);
     }
-    const history = input.history.map(normalizeHistory);
+    const history = input.history.map((e) => normalizeHistory(e, keepDetail));
     return this.guard('createWorkflow', async () => {
       try {
         const created = this.pg ? await this.createPostgres(input, createdAt, history) : await this.createSqlite(input, createdAt, history);
@@ -656,7 +657,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
          idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
       values (${w.id}, ${w.tenantId}, ${w.type}, ${w.serviceSlug ?? null}, ${w.status}, ${w.definitionVersion},
-        ${this.param('json', encodeJson(w.input))}, null, null, ${w.idempotencyKey ?? null}, null, 0,
+        ${this.param('json', jsonText(w.input))}, null, null, ${w.idempotencyKey ?? null}, null, 0,
         ${this.param('int', input.history.length)}, ${created}, ${created}, null)`;
   }
 
@@ -667,7 +668,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       for (const field of ['workerId', 'leaseToken', 'callbackTokenHash'] as const) {
         if (typeof claim[field] !== 'string' || claim[field] === '') throw new TypeError(`claim.${field} must be a non-empty string`);
       }
-      if (checkDate(claim.leaseExpiresAt, 'leaseExpiresAt') === null) throw new TypeError('claim.leaseExpiresAt is required');
+      if (checkedDate(claim.leaseExpiresAt, 'leaseExpiresAt') === null) throw new TypeError('claim.leaseExpiresAt is required');
     }
     return [
       ['text', s.name],
@@ -675,7 +676,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       ['json', JSON.stringify([...s.dependsOn])],
       ['text', claim ? 'running' : 'pending'],
       ['int', s.maxAttempts],
-      ['time', this.encode('time', checkDate(s.dueAt, 'dueAt'))],
+      ['time', this.encode('time', checkedDate(s.dueAt, 'dueAt'))],
       ['int', claim ? 1 : 0],
       ['time', claim ? this.encodeTime(createdAt) : null],
       ['text', claim?.workerId ?? null],
@@ -864,14 +865,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
       if (!w) throw new StoreError(`claimed step ${name} of workflow ${workflowId} has no workflow row`);
       if (w.pending) {
         w.pending = false;
-        append(workflowId, historyEntry('workflow', null, 'pending', 'running'));
+        append(workflowId, claimHistoryEntry('workflow', null, 'pending', 'running'));
       }
       if (r['claimed_from_status'] === 'pending') {
-        append(workflowId, historyEntry('step', name, 'pending', 'running'));
+        append(workflowId, claimHistoryEntry('step', name, 'pending', 'running'));
       } else if (r['claimed_from_status'] === 'running') {
         w.reclaims++;
         append(workflowId, {
-          ...historyEntry('note', name, null, null),
+          ...claimHistoryEntry('note', name, null, null),
           action: 'lease_reclaimed',
           detail: { previousLeaseOwner: r['claimed_from_owner'] ?? null, attempt: Number(r['attempts']) },
         });
@@ -1414,7 +1415,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       this.param('text', h.actor),
       this.param('text', h.reason),
       this.param('text', h.action),
-      this.param('json', encodeJson(h.detail)),
+      this.param('json', jsonText(h.detail)),
     ];
   }
 
@@ -1516,7 +1517,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       case 'time':
         return this.encodeTime(value as Date);
       case 'json':
-        return encodeJson(value);
+        return jsonText(value);
       default:
         return value;
     }
@@ -1701,7 +1702,7 @@ class KyselyTransaction implements WorkflowTransaction {
 
   appendHistory(entries: NewHistoryEntry[]): void {
     this.assertOpen();
-    const normalized = entries.map(normalizeHistory);
+    const normalized = entries.map((e) => normalizeHistory(e, keepDetail));
     this.history.push(...normalized);
     this.hasWrites = true;
   }
@@ -1750,7 +1751,7 @@ function toCells(
     const column = columns[key];
     if (!column) throw new TypeError(`${key} cannot be updated`);
     const [name, kind] = column;
-    if (kind === 'time') checkDate(value, key);
+    if (kind === 'time') checkedDate(value, key);
     cells.push([name, { kind, value: encode(kind, value) }, key]);
   }
   return cells;
@@ -1792,38 +1793,9 @@ function staleLease(workflowId: string, stepName: string): StaleLeaseError {
   });
 }
 
-function historyEntry(kind: HistoryRecord['kind'], stepName: string | null, from: string | null, to: string | null): NewHistoryEntry {
-  return { kind, stepName, from, to, actor: null, reason: null, action: null, detail: null };
-}
 
-function normalizeHistory(entry: NewHistoryEntry): NewHistoryEntry {
-  const out: NewHistoryEntry = {
-    kind: entry.kind,
-    stepName: entry.stepName ?? null,
-    from: entry.from ?? null,
-    to: entry.to ?? null,
-    actor: entry.actor ?? null,
-    reason: entry.reason ?? null,
-    action: entry.action ?? null,
-    detail: entry.detail ?? null,
-  };
-  const at = checkDate(entry.at ?? null, 'at');
-  if (at !== null) out.at = at;
-  return out;
-}
 
-function checkDate(value: unknown, field: string): Date | null {
-  if (value === null || value === undefined) return null;
-  if (value instanceof Date && !Number.isNaN(value.getTime())) return value;
-  throw new TypeError(`${field} must be a valid Date or null`);
-}
 
-/** JSON text for a JSON column, or null (`undefined`, functions and the like store as null). */
-function encodeJson(value: unknown): string | null {
-  if (value === null || value === undefined) return null;
-  const text = JSON.stringify(value) as string | undefined;
-  return text === undefined || text === 'null' ? null : text;
-}
 
 /** A timestamp as returned by the driver (Date, epoch ms, or ISO text from JSON) as a Date. */
 function toDate(value: unknown): Date | null {
@@ -1837,4 +1809,9 @@ function toDate(value: unknown): Date | null {
 function parseJsonRows(value: unknown): Row[] {
   if (value === null || value === undefined) return [];
   return (typeof value === 'string' ? JSON.parse(value) : value) as Row[];
+}
+
+/** History details are kept as given (encoded to JSON text when written). */
+function keepDetail(value: unknown): unknown {
+  return value ?? null;
 }

@@ -28,6 +28,7 @@ import type {
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
+import { checkedDate, claimHistoryEntry, normalizeHistory } from '../../storage/store-values.js';
 
 /** Options of {@link MemoryWorkflowStore}. */
 export interface MemoryWorkflowStoreOptions {
@@ -206,7 +207,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     }
     if (this.workflows.has(w.id)) throw new ConflictError(`workflow ${w.id} already exists`, { workflowId: w.id });
     if (!isWorkflowStatus(w.status)) throw new TypeError(`workflow ${w.id}: unknown status ${String(w.status)}`);
-    const createdAt = toDate(w.createdAt, 'createdAt');
+    const createdAt = checkedDate(w.createdAt, 'createdAt');
     if (createdAt === null) throw new TypeError(`workflow ${w.id}: createdAt is required`);
 
     const record: WorkflowRecord = {
@@ -238,7 +239,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     for (const s of steps) {
       if (entry.slotsByName.has(s.name)) throw new StoreError(`workflow ${w.id}: duplicate step ${s.name}`);
       const slot: StepSlot = {
-        record: newStepRecord(w.id, { ...s, dueAt: toDate(s.dueAt, 'dueAt'), ...(s.claim ? { claim: checkClaim(s.claim) } : {}) }, createdAt),
+        record: newStepRecord(w.id, { ...s, dueAt: checkedDate(s.dueAt, 'dueAt'), ...(s.claim ? { claim: checkClaim(s.claim) } : {}) }, createdAt),
         workflow: entry,
         indexedDue: null,
         version: 0,
@@ -246,7 +247,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
       entry.slots.push(slot);
       entry.slotsByName.set(s.name, slot);
     }
-    const history = input.history.map(normalizeHistory);
+    const history = input.history.map((e) => normalizeHistory(e, toJson));
     const now = new Date(this.clock.now());
 
     // Everything above may throw; nothing below does.
@@ -418,7 +419,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     const workflow: WorkflowRecord = { ...entry.record, updatedAt: now };
     if (workflow.status === 'pending') {
       workflow.status = 'running';
-      rows.push(historyRow('workflow', null, 'pending', 'running'));
+      rows.push(claimHistoryEntry('workflow', null, 'pending', 'running'));
     }
     switch (prev.status) {
       case 'pending':
@@ -427,7 +428,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
         next.startedAt = now;
         next.callbackTokenHash = token.callbackTokenHash;
         next.callbackResult = null;
-        rows.push(historyRow('step', prev.name, 'pending', 'running'));
+        rows.push(claimHistoryEntry('step', prev.name, 'pending', 'running'));
         break;
       case 'running':
         next.attempts = prev.attempts + 1;
@@ -437,7 +438,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
         next.callbackTokenHash = token.callbackTokenHash;
         // A callback accepted for the lost attempt stays: the vendor will not call again.
         rows.push({
-          ...historyRow('note', prev.name, null, null),
+          ...claimHistoryEntry('note', prev.name, null, null),
           action: 'lease_reclaimed',
           detail: { previousLeaseOwner: prev.leaseOwner, attempt: next.attempts },
         });
@@ -639,7 +640,7 @@ class MemoryTransaction implements WorkflowTransaction {
 
   appendHistory(entries: NewHistoryEntry[]): void {
     this.assertOpen();
-    this.writes.push({ kind: 'history', entries: entries.map(normalizeHistory) });
+    this.writes.push({ kind: 'history', entries: entries.map((e) => normalizeHistory(e, toJson)) });
   }
 
   close(): void {
@@ -692,7 +693,7 @@ function normalizePatch<P extends object>(patch: P, fields: Record<string, Field
     if (value === undefined) continue;
     const kind = fields[key];
     if (kind === undefined) throw new TypeError(`${key} cannot be updated`);
-    out[key] = kind === 'date' ? toDate(value, key) : kind === 'json' ? toJson(value) : value;
+    out[key] = kind === 'date' ? checkedDate(value, key) : kind === 'json' ? toJson(value) : value;
   }
   return out as P;
 }
@@ -709,31 +710,8 @@ function normalizeWorkflowPatch(patch: WorkflowPatch): WorkflowPatch {
   return normalizePatch(patch, WORKFLOW_PATCH_FIELDS);
 }
 
-function normalizeHistory(entry: NewHistoryEntry): NewHistoryEntry {
-  const out: NewHistoryEntry = {
-    kind: entry.kind,
-    stepName: entry.stepName ?? null,
-    from: entry.from ?? null,
-    to: entry.to ?? null,
-    actor: entry.actor ?? null,
-    reason: entry.reason ?? null,
-    action: entry.action ?? null,
-    detail: toJson(entry.detail),
-  };
-  const at = toDate(entry.at ?? null, 'at');
-  if (at !== null) out.at = at;
-  return out;
-}
 
-function historyRow(kind: HistoryRecord['kind'], stepName: string | null, from: string | null, to: string | null): NewHistoryEntry {
-  return { kind, stepName, from, to, actor: null, reason: null, action: null, detail: null };
-}
 
-function toDate(value: unknown, field: string): Date | null {
-  if (value === null || value === undefined) return null;
-  if (value instanceof Date && !Number.isNaN(value.getTime())) return new Date(value.getTime());
-  throw new TypeError(`${field} must be a valid Date or null`);
-}
 
 /** The value as a JSON column would return it; `undefined` becomes null. */
 function toJson(value: unknown): unknown {
@@ -840,7 +818,7 @@ function copyHistory(r: HistoryRecord): HistoryRecord {
 
 /** A new step's initial lease, checked and copied. */
 function checkClaim(claim: NewStepClaim): NewStepClaim {
-  const leaseExpiresAt = toDate(claim.leaseExpiresAt, 'leaseExpiresAt');
+  const leaseExpiresAt = checkedDate(claim.leaseExpiresAt, 'leaseExpiresAt');
   if (leaseExpiresAt === null) throw new TypeError('claim.leaseExpiresAt is required');
   for (const field of ['workerId', 'leaseToken', 'callbackTokenHash'] as const) {
     if (typeof claim[field] !== 'string' || claim[field] === '') throw new TypeError(`claim.${field} must be a non-empty string`);
