@@ -83,6 +83,43 @@ class AbortedError extends Error {
 const ATTEMPT_OVER = new AbortedError('finished');
 
 /**
+ * The abort side of one handler attempt. The `AbortController` (and its
+ * signal) is made only when the handler reads `ctx.signal`: most handlers never
+ * do, and a controller, its signal and its event dispatch cost more than a
+ * trivial step. Aborting before that is remembered and given to the signal
+ * when it is made.
+ */
+class Attempt {
+  private controller: AbortController | null = null;
+  private reason: unknown = undefined;
+  private listener: ((reason: unknown) => void) | null = null;
+  aborted = false;
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  /** Aborts the attempt (the first reason wins), and tells the listener. */
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+    this.listener?.(reason);
+  }
+
+  /** Calls `fn` once with the reason when the attempt is aborted (at once if it already was). */
+  onAbort(fn: (reason: unknown) => void): void {
+    if (this.aborted) fn(this.reason);
+    else this.listener = fn;
+  }
+}
+
+/**
  * The workflow engine: starts workflows, claims due steps from the store and
  * runs them, applies callbacks, and carries out the admin operations. Every
  * status change is validated against the transition tables and committed
@@ -105,7 +142,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private readonly definitions = new Map<string, Map<string, WorkflowDefinition<any, any>>>();
   private readonly latest = new Map<string, WorkflowDefinition<any, any>>();
   /** Handlers running in this process, by `workflowId\0stepName`. */
-  private readonly running = new Map<string, { controller: AbortController; leaseToken: string }>();
+  private readonly running = new Map<string, { attempt: Attempt; leaseToken: string }>();
   private inFlight = 0;
   /** Token pairs minted for claims that did not use them. */
   private readonly tokenPool: TokenPair[] = [];
@@ -519,7 +556,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       if (timer) clearTimeout(timer);
       if (outcome === 'timeout') {
         // Abandon what is still running: nothing is written for it, and its lease expires for another worker.
-        for (const r of this.running.values()) r.controller.abort(new AbortedError('shutdown'));
+        for (const r of this.running.values()) r.attempt.abort(new AbortedError('shutdown'));
         await Promise.all([...this.launches]);
       }
     }
@@ -594,11 +631,19 @@ export class WorkflowEngine implements WorkflowEngineApi {
     return result;
   }
 
-  /** `n` fresh token pairs, from the pool of unused ones first. */
-  private async takeTokenPairs(n: number): Promise<TokenPair[]> {
-    const pairs = this.tokenPool.splice(0, n);
-    if (pairs.length < n) pairs.push(...(await Promise.all(Array.from({ length: n - pairs.length }, () => this.newTokenPair()))));
-    return pairs;
+  /**
+   * `n` fresh token pairs, from the pool of unused ones first. Synchronous
+   * where hashing is (Node): a chained step takes one per step.
+   */
+  private takeTokenPairs(n: number): TokenPair[] | Promise<TokenPair[]> {
+    const pairs = this.tokenPool.length > 0 ? this.tokenPool.splice(0, n) : [];
+    let pending: Promise<TokenPair>[] | null = null;
+    for (let i = pairs.length; i < n; i++) {
+      const pair = this.newTokenPair();
+      if (pair instanceof Promise) (pending ??= []).push(pair);
+      else pairs.push(pair);
+    }
+    return pending ? Promise.all(pending).then((more) => [...pairs, ...more]) : pairs;
   }
 
   /**
@@ -650,7 +695,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           payload: { ...eventBase(c.workflow, c.now), stepName: step.name, attempt: step.attempts, reclaimed: c.previousStatus === 'running' },
         });
       }
-      const outcome = await this.runHandler(c, resolved, (signal, logger) =>
+      const outcome = await this.runHandler(c, resolved, (h) =>
         resolved.definition.run({
           workflowId: c.workflow.id,
           tenantId: c.workflow.tenantId,
@@ -660,8 +705,12 @@ export class WorkflowEngine implements WorkflowEngineApi {
           input: c.workflow.input,
           deps: dependencyOutputs(c.steps, resolved),
           idempotencyKey: `${c.workflow.id}:${step.name}`,
-          signal,
-          logger,
+          get signal() {
+            return h.signal;
+          },
+          get logger() {
+            return h.logger;
+          },
           callbackToken: c.callbackToken,
           waitForCallback: (options?: { timeoutMs?: number }): CallbackWait<any> => ({
             kind: 'sagaline.wait_for_callback',
@@ -688,7 +737,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       if (!poll) {
         return await this.failForDefinition(c, step);
       }
-      const outcome = await this.runHandler(c, resolved, (signal, logger) =>
+      const outcome = await this.runHandler(c, resolved, (h) =>
         poll({
           workflowId: c.workflow.id,
           tenantId: c.workflow.tenantId,
@@ -698,8 +747,12 @@ export class WorkflowEngine implements WorkflowEngineApi {
           input: c.workflow.input,
           deps: dependencyOutputs(c.steps, resolved),
           idempotencyKey: `${c.workflow.id}:${step.name}`,
-          signal,
-          logger,
+          get signal() {
+            return h.signal;
+          },
+          get logger() {
+            return h.logger;
+          },
           runOutput: step.output,
           pollCount: step.pollCount,
         }),
@@ -716,7 +769,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           this.scheduleNextCompensation(w);
         });
       }
-      const outcome = await this.runHandler(c, resolved, (signal, logger) =>
+      const outcome = await this.runHandler(c, resolved, (h) =>
         compensate({
           workflowId: c.workflow.id,
           tenantId: c.workflow.tenantId,
@@ -725,8 +778,12 @@ export class WorkflowEngine implements WorkflowEngineApi {
           input: c.workflow.input,
           output: step.output,
           idempotencyKey: `${c.workflow.id}:${step.name}:compensate`,
-          signal,
-          logger,
+          get signal() {
+            return h.signal;
+          },
+          get logger() {
+            return h.logger;
+          },
         }),
       );
       if (outcome.ok === false && outcome.aborted) return null;
@@ -735,47 +792,57 @@ export class WorkflowEngine implements WorkflowEngineApi {
     return null;
   }
 
-  /** Runs a handler with a timeout, a heartbeat that extends the lease, and an abort signal. */
+  /**
+   * Runs a handler with a timeout, a heartbeat that extends the lease, and an
+   * abort signal. `call` gets the handler context's `signal` and `logger` as
+   * getters: both are made on first use.
+   */
   private async runHandler(
     c: ClaimedStep & { leaseToken: string },
     resolved: ResolvedStep,
-    call: (signal: AbortSignal, logger: Logger) => unknown,
+    call: (handle: { readonly signal: AbortSignal; readonly logger: Logger }) => unknown,
   ): Promise<Outcome> {
     const key = runKey(c.workflow.id, c.stepName);
-    const controller = new AbortController();
-    this.running.set(key, { controller, leaseToken: c.leaseToken });
+    const attempt = new Attempt();
+    this.running.set(key, { attempt, leaseToken: c.leaseToken });
     const timers: ClockTimer[] = [];
     let heartbeat: ClockTimer | null = null;
     const beat = () => {
       heartbeat = this.clock.setTimeout(() => {
         this.store.extendLease(c.workflow.id, c.stepName, c.leaseToken, this.leaseMs).then(
           (kept) => {
-            if (!kept) controller.abort(new AbortedError('lease_lost'));
-            else if (!controller.signal.aborted) beat();
+            if (!kept) attempt.abort(new AbortedError('lease_lost'));
+            else if (!attempt.aborted) beat();
           },
           (err: unknown) => {
             this.logger.warn('lease heartbeat failed', { workflowId: c.workflow.id, stepName: c.stepName, error: describeError(err) });
-            if (!controller.signal.aborted) beat();
+            if (!attempt.aborted) beat();
           },
         );
       }, Math.max(1, Math.floor(this.leaseMs / 3)));
     };
     beat();
-    timers.push(this.clock.setTimeout(() => controller.abort(new StepTimeoutError(`step timed out after ${resolved.timeoutMs} ms`)), resolved.timeoutMs));
+    timers.push(this.clock.setTimeout(() => attempt.abort(new StepTimeoutError(`step timed out after ${resolved.timeoutMs} ms`)), resolved.timeoutMs));
     const aborted = new Promise<Outcome>((resolve) => {
-      const onAbort = () => {
-        const reason: unknown = controller.signal.reason;
+      attempt.onAbort((reason) => {
         if (reason instanceof AbortedError) resolve({ ok: false, error: reason, aborted: reason.why });
         else resolve({ ok: false, error: reason });
-      };
-      if (controller.signal.aborted) onAbort();
-      else controller.signal.addEventListener('abort', onAbort, { once: true });
+      });
     });
-    const logger = childLogger(this.logger, { workflowId: c.workflow.id, stepName: c.stepName });
+    let logger: Logger | null = null;
+    const parentLogger = this.logger;
+    const handle = {
+      get signal() {
+        return attempt.signal;
+      },
+      get logger() {
+        return (logger ??= childLogger(parentLogger, { workflowId: c.workflow.id, stepName: c.stepName }));
+      },
+    };
     try {
       const work = (async (): Promise<Outcome> => {
         try {
-          return { ok: true, value: await call(controller.signal, logger) };
+          return { ok: true, value: await call(handle) };
         } catch (error) {
           return { ok: false, error };
         }
@@ -785,8 +852,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
       for (const t of timers) t.cancel();
       (heartbeat as ClockTimer | null)?.cancel();
       // Tell anything the handler left running that the attempt is over.
-      if (!controller.signal.aborted) controller.abort(ATTEMPT_OVER);
-      if (this.running.get(key)?.controller === controller) this.running.delete(key);
+      attempt.abort(ATTEMPT_OVER);
+      if (this.running.get(key)?.attempt === attempt) this.running.delete(key);
     }
   }
 
@@ -796,7 +863,11 @@ export class WorkflowEngine implements WorkflowEngineApi {
    * write, in the same transaction, and returns it.
    */
   private async writeFenced(c: Claim, chain: boolean, write: (w: TxWriter, step: StepRecord) => void): Promise<Claim | null> {
-    const pair = chain ? ((await this.takeTokenPairs(1))[0] ?? null) : null;
+    let pair: TokenPair | null = null;
+    if (chain) {
+      const pairs = this.takeTokenPairs(1);
+      pair = (Array.isArray(pairs) ? pairs : await pairs)[0] ?? null;
+    }
     const { value: outcome, events } = await this.transactWithEvents(
       c.workflow.id,
       (tx, events) => {
@@ -850,10 +921,13 @@ export class WorkflowEngine implements WorkflowEngineApi {
     };
   }
 
-  private async newTokenPair(): Promise<TokenPair> {
+  private newTokenPair(): TokenPair | Promise<TokenPair> {
     const leaseToken = randomToken(16);
     const callbackToken = randomToken(32);
-    return { leaseToken, callbackToken, callbackTokenHash: await hashToken(callbackToken) };
+    const hash = hashToken(callbackToken);
+    return typeof hash === 'string'
+      ? { leaseToken, callbackToken, callbackTokenHash: hash }
+      : hash.then((callbackTokenHash) => ({ leaseToken, callbackToken, callbackTokenHash }));
   }
 
   private finishRun(w: TxWriter, step: StepRecord, resolved: ResolvedStep, outcome: Outcome): void {
@@ -1110,7 +1184,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
   }
 
   private abortLocal(workflowId: string, stepNames: string[], why: 'admin'): void {
-    for (const name of stepNames) this.running.get(runKey(workflowId, name))?.controller.abort(new AbortedError(why));
+    for (const name of stepNames) this.running.get(runKey(workflowId, name))?.attempt.abort(new AbortedError(why));
   }
 
   /**

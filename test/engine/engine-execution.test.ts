@@ -218,6 +218,42 @@ describe.each(storeFactories)('engine execution on $name store', (factory) => {
     expect((await engine.get(id)).steps[0]?.status).toBe('failed');
   });
 
+  it("gives a handler's signal the attempt's end, however late the handler first reads it", async () => {
+    const contexts: { signal: AbortSignal }[] = [];
+    let release!: () => void;
+    const wf = defineWorkflow({
+      name: 'late-signal',
+      input,
+      steps: {
+        quick: step({ run: (ctx) => (contexts.push(ctx), 'ok') }),
+        // Reads nothing of ctx until after its attempt timed out.
+        slow: step({
+          dependsOn: ['quick'],
+          timeoutMs: 1000,
+          retry: { maximumAttempts: 1 },
+          run: (ctx) => new Promise((resolve) => (release = () => resolve(contexts.push(ctx)))),
+        }),
+      },
+    });
+    const { engine, clock } = await setup([wf]);
+    const { id } = await engine.start('late-signal', { tenantId: 't1', input: { plan: 'x' } });
+    await engine.tick();
+    expect(contexts).toHaveLength(1);
+    const ticking = engine.tick();
+    await until(() => release !== undefined, 'slow step running');
+    clock.advance(1000);
+    await ticking;
+    release();
+    await settle();
+    const [quick, slow] = contexts;
+    // The finished attempt's signal is aborted with the "finished" reason; the timed-out one with the timeout.
+    expect(quick?.signal.aborted).toBe(true);
+    expect(quick?.signal.reason).toMatchObject({ why: 'finished' });
+    expect(slow?.signal.aborted).toBe(true);
+    expect(slow?.signal.reason).toMatchObject({ name: 'StepTimeoutError' });
+    expect((await engine.get(id)).steps.map((s) => s.status)).toEqual(['completed', 'failed']);
+  });
+
   it('aborts a handler that exceeds timeoutMs and counts it as a failed attempt', async () => {
     let signalAborted = false;
     let calls = 0;
