@@ -79,6 +79,12 @@ function workflow(id: string): CreateWorkflowInput {
   };
 }
 
+/** {@link workflow} with one history entry. */
+function workflowWithHistory(id: string): CreateWorkflowInput {
+  const entry = { kind: 'workflow' as const, stepName: null, from: null, to: 'pending' as const, actor: null, reason: null, action: null, detail: null };
+  return { ...workflow(id), history: [entry] };
+}
+
 const cleanups: (() => Promise<void>)[] = [];
 afterEach(async () => {
   while (cleanups.length) await cleanups.pop()!();
@@ -135,6 +141,31 @@ describe('migrateToLatest on Postgres', () => {
     expect(await new KyselyWorkflowStore({ db, schema: 'tenant_two', clock }).getWorkflow('only-in-one')).toBeNull();
   });
 
+  it('deletes the steps and history of deleted workflows, whatever the search path', async () => {
+    const { db } = await fresh();
+    const clock = createManualClock();
+    await migrateToLatest(db);
+    await migrateToLatest(db, { schema: 'jobs', tablePrefix: 'wf_' });
+    const publicStore = new KyselyWorkflowStore({ db, clock });
+    const jobs = new KyselyWorkflowStore({ db, schema: 'jobs', tablePrefix: 'wf_', clock });
+    for (const store of [publicStore, jobs]) for (const id of ['gone', 'kept']) await store.createWorkflow(workflowWithHistory(id));
+    await sql`set search_path to pg_catalog`.execute(db);
+    try {
+      await sql`delete from public.sagaline_workflows where id = 'gone'`.execute(db);
+      await sql`delete from jobs.wf_workflows where id in ('gone', 'kept')`.execute(db);
+    } finally {
+      await sql`reset search_path`.execute(db);
+    }
+    expect(await publicStore.getWorkflow('gone')).toBeNull();
+    expect(await publicStore.getSteps('gone')).toEqual([]);
+    expect(await publicStore.getHistory('gone')).toEqual([]);
+    expect((await publicStore.getSteps('kept')).length).toBeGreaterThan(0);
+    expect((await publicStore.getHistory('kept')).length).toBeGreaterThan(0);
+    const left = await sql<{ n: number }>`
+      select (select count(*) from jobs.wf_steps)::int + (select count(*) from jobs.wf_history)::int as n`.execute(db);
+    expect(left.rows).toEqual([{ n: 0 }]);
+  });
+
   it('refuses a transaction, which cannot hold the migrator', async () => {
     const { db } = await fresh();
     await expect(db.transaction().execute((trx) => migrateToLatest(trx))).rejects.toThrow(/not a Transaction/);
@@ -161,6 +192,22 @@ describe('migrateToLatest on SQLite', () => {
       'sagaline_workflows',
     ]);
     expect(await migrateToLatest(db)).toEqual({ applied: [] });
+  });
+
+  it('deletes the steps and history of deleted workflows, without the foreign_keys pragma', async () => {
+    const database = await createSqliteDatabase();
+    cleanups.push(() => database.cleanup());
+    const { db } = database;
+    await migrateToLatest(db);
+    await sql`pragma foreign_keys = off`.execute(db);
+    const store = new KyselyWorkflowStore({ db, clock: createManualClock() });
+    for (const id of ['gone', 'kept']) await store.createWorkflow(workflowWithHistory(id));
+    await sql`delete from sagaline_workflows where id = 'gone'`.execute(db);
+    expect(await store.getWorkflow('gone')).toBeNull();
+    expect(await store.getSteps('gone')).toEqual([]);
+    expect(await store.getHistory('gone')).toEqual([]);
+    expect((await store.getSteps('kept')).length).toBeGreaterThan(0);
+    expect((await store.getHistory('kept')).length).toBeGreaterThan(0);
   });
 
   it('uses the table prefix for tables, indexes and migration tables', async () => {

@@ -39,8 +39,8 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    *
    * SQLite needs `PRAGMA journal_mode = WAL` (file databases) and a positive
    * `PRAGMA busy_timeout`; the store checks both on first use and throws a
-   * `StoreError` naming the missing setting. Enable `PRAGMA foreign_keys = ON`
-   * for deletes of workflows to cascade to their steps and history.
+   * `StoreError` naming the missing setting. Deleting workflow rows deletes
+   * their steps and history (a trigger, on both dialects).
    */
   db: Kysely<any>;
   /**
