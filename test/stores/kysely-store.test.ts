@@ -1,4 +1,4 @@
-import { Kysely, PostgresDialect, type LogEvent } from 'kysely';
+import { Kysely, PostgresDialect, SqliteDialect, type LogEvent } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createManualClock } from '../../src/core/clock.js';
@@ -6,7 +6,7 @@ import type { ClaimRequest, CreateWorkflowInput, WorkflowStore, WorkflowTransact
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { STATEMENT_MARKER } from '../../src/stores/kysely/pg-prepared-statements.js';
-import { createPostgresDatabase } from '../support/databases.js';
+import { createPostgresDatabase, createSqliteDatabase, openSqlite } from '../support/databases.js';
 import { storeFactory } from '../support/store-factories.js';
 
 const T0 = Date.UTC(2026, 0, 1, 0, 0, 0, 321);
@@ -92,20 +92,31 @@ describe.each(['sqlite', 'postgres'] as const)('KyselyWorkflowStore writes on %s
   });
 });
 
-describe('KyselyWorkflowStore round trips on Postgres', () => {
+describe.each(['postgres', 'sqlite'] as const)('KyselyWorkflowStore remembered state on %s', (dialect) => {
   const cleanups: (() => Promise<void>)[] = [];
   afterEach(async () => {
     while (cleanups.length) await cleanups.pop()!();
   });
 
-  it('decides again on a fresh read when what the store remembers is out of date', async () => {
-    const database = await createPostgresDatabase();
+  /** Two stores on one database, as two processes (on SQLite, two connections to one file): each remembers only its own writes. */
+  async function twoStores(theirsOptions: { groupCommit?: boolean } = {}): Promise<{ mine: KyselyWorkflowStore; theirs: KyselyWorkflowStore }> {
+    const clock = createManualClock(T0);
+    if (dialect === 'postgres') {
+      const database = await createPostgresDatabase();
+      cleanups.push(() => database.cleanup());
+      await migrateToLatest(database.db);
+      return { mine: new KyselyWorkflowStore({ db: database.db, clock }), theirs: new KyselyWorkflowStore({ db: database.db, clock, ...theirsOptions }) };
+    }
+    const database = await createSqliteDatabase();
     cleanups.push(() => database.cleanup());
     await migrateToLatest(database.db);
-    const clock = createManualClock(T0);
-    // Two stores on one database, as two processes: each remembers only its own writes.
-    const mine = new KyselyWorkflowStore({ db: database.db, clock });
-    const theirs = new KyselyWorkflowStore({ db: database.db, clock });
+    const other = new Kysely<any>({ dialect: new SqliteDialect({ database: openSqlite(database.file) }) });
+    cleanups.push(() => other.destroy());
+    return { mine: new KyselyWorkflowStore({ db: database.db, clock }), theirs: new KyselyWorkflowStore({ db: other, clock, ...theirsOptions }) };
+  }
+
+  it('decides again on a fresh read when what the store remembers is out of date', async () => {
+    const { mine, theirs } = await twoStores();
     await mine.createWorkflow(workflow('w1'));
     await theirs.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'b' }), { optimistic: true });
     const seen: (string | null)[] = [];
@@ -129,6 +140,90 @@ describe('KyselyWorkflowStore round trips on Postgres', () => {
     await theirs.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'd' }), { optimistic: true });
     await mine.transact('w1', (tx) => tx.updateWorkflow({ output: { after: tx.workflow.currentStep } }), { optimistic: true });
     expect(await mine.getWorkflow('w1')).toMatchObject({ currentStep: 'd', output: { after: 'd' } });
+  });
+
+  it('sees the writes of a store with group commit', async () => {
+    const { mine, theirs } = await twoStores({ groupCommit: true });
+    await mine.createWorkflow(workflow('w1'));
+    await Promise.all([
+      theirs.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'batched' }), { optimistic: true }),
+      theirs.transact('w1', (tx) => tx.updateStep('b', { pollCount: 7 })),
+    ]);
+    expect(await mine.transact('w1', (tx) => [tx.workflow.currentStep, tx.steps[1]?.pollCount], { optimistic: true })).toEqual(['batched', 7]);
+  });
+
+  it('sees a claim and a locked write by another store, and a step it fenced on the old state stays fenced', async () => {
+    const { mine, theirs } = await twoStores();
+    await mine.createWorkflow(workflow('w1', ['a']));
+    // Theirs claims the step mine remembers as pending: mine decides on the claimed state…
+    expect(await theirs.claimSteps(claim(1))).toHaveLength(1);
+    await mine.transact('w1', (tx) => tx.updateWorkflow({ output: { seen: tx.steps[0]?.status ?? null } }), { optimistic: true });
+    expect(await theirs.getWorkflow('w1')).toMatchObject({ status: 'running', output: { seen: 'running' } });
+    // …and its fenced write on the old state fails.
+    await expect(
+      mine.transact('w1', (tx) => tx.updateStep('a', { status: 'completed', leaseToken: null }, { expectLeaseToken: null }), { optimistic: true }),
+    ).rejects.toMatchObject({ code: 'stale_lease' });
+    // A locked (admin) write by theirs is seen as well.
+    await theirs.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'locked' }));
+    expect(await mine.transact('w1', (tx) => [tx.workflow.currentStep, tx.steps[0]?.leaseToken], { optimistic: true })).toEqual(['locked', 'lease-0']);
+    expect((await mine.getSteps('w1'))[0]).toMatchObject({ status: 'running', leaseToken: 'lease-0' });
+  });
+});
+
+describe('KyselyWorkflowStore round trips on SQLite', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (cleanups.length) await cleanups.pop()!();
+  });
+
+  it('writes on the state its own last write left without reading it', async () => {
+    const database = await createSqliteDatabase();
+    cleanups.push(() => database.cleanup());
+    await migrateToLatest(database.db);
+    const statements: string[] = [];
+    const db = new Kysely<any>({
+      dialect: new SqliteDialect({ database: openSqlite(database.file) }),
+      log: (event: LogEvent) => {
+        statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase());
+      },
+    });
+    cleanups.push(() => db.destroy());
+    const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0) });
+    await store.check();
+    await store.createWorkflow(workflow('w1'));
+    const complete = (name: string, lease: string | null) => (tx: WorkflowTransaction) => {
+      tx.updateStep(name, { status: 'completed', leaseToken: null }, { expectLeaseToken: lease });
+      tx.appendHistory([{ kind: 'step', stepName: name, from: 'pending', to: 'completed', actor: null, reason: null, action: null, detail: null }]);
+    };
+    // After the create, and after each write of its own: no read, and the update compares the row version.
+    for (const name of ['a', 'b']) {
+      statements.length = 0;
+      await store.transact('w1', complete(name, null), { optimistic: true });
+      expect(statements).toEqual(['begin immediate', 'update "sagaline_workflows"', 'update "sagaline_steps"', 'insert into', 'commit']);
+    }
+    // A locked write reads, and leaves a state the next optimistic write starts from.
+    statements.length = 0;
+    await store.transact('w1', (tx) => tx.updateWorkflow({ currentStep: 'c' }));
+    expect(statements).toEqual(['begin immediate', 'select *', 'select *', 'update "sagaline_workflows"', 'commit']);
+    statements.length = 0;
+    await store.transact('w1', complete('c', null), { optimistic: true });
+    expect(statements).toEqual(['begin immediate', 'update "sagaline_workflows"', 'update "sagaline_steps"', 'insert into', 'commit']);
+    expect((await store.getSteps('w1')).map((s) => s.status)).toEqual(['completed', 'completed', 'completed']);
+    expect((await store.getHistory('w1')).map((h) => h.seq)).toEqual([1, 2, 3, 4]);
+    // So does a claim, once committed.
+    await store.createWorkflow({ ...workflow('w2', ['a']), workflow: { ...workflow('w2').workflow, idempotencyKey: 'second' } });
+    expect(await store.claimSteps(claim(1))).toHaveLength(1);
+    statements.length = 0;
+    await store.transact('w2', complete('a', 'lease-0'), { optimistic: true });
+    expect(statements).toEqual(['begin immediate', 'update "sagaline_workflows"', 'update "sagaline_steps"', 'insert into', 'commit']);
+    expect((await store.getSteps('w2'))[0]).toMatchObject({ status: 'completed', leaseToken: null });
+  });
+});
+
+describe('KyselyWorkflowStore round trips on Postgres', () => {
+  const cleanups: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (cleanups.length) await cleanups.pop()!();
   });
 
   it('claims in one transaction of two statements and writes a transaction in one statement', async () => {

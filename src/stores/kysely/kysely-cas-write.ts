@@ -111,6 +111,7 @@ export class CasWriter {
     const wfColumns = ['id', 'version', 'mask', 'updated_at', 'last_history_seq', ...shape.workflowColumns.map((_, i) => `c${i}`)];
     const wfTypes = ['text', 'text', 'integer', 'timestamptz', 'integer', ...shape.workflowColumns.map(([, t]) => t)];
     const wfSets = [
+      'version = w.version + 1',
       'updated_at = wv.updated_at',
       'last_history_seq = wv.last_history_seq',
       ...shape.workflowColumns.map(([column], i) => `${quote(column)} = case when (wv.mask & ${1 << i}) <> 0 then wv.c${i} else w.${quote(column)} end`),

@@ -123,6 +123,8 @@ const WORKFLOW_COLUMNS: readonly Column[] = [
   ['current_step', 'text'],
   ['retry_count', 'int', 'not null default 0'],
   ['last_history_seq', 'int', 'not null default 0'],
+  // Raised by every write to the row: SQLite's compare-and-set compares it (Postgres compares xmin).
+  ['version', 'int', 'not null default 0'],
   ['created_at', 'time', 'not null'],
   ['updated_at', 'time', 'not null'],
   ['completed_at', 'time'],

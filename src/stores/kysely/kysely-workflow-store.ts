@@ -130,7 +130,7 @@ interface Snapshot {
   workflow: WorkflowRecord;
   historySeq: number;
   steps: StepRecord[];
-  /** The workflow row's `xmin` (Postgres). */
+  /** The workflow row's `xmin` (Postgres) or `version` column (SQLite). */
   version: string;
 }
 
@@ -189,9 +189,12 @@ interface WritePiece {
  *   no lock: one statement reads, one compare-and-set statement writes (see
  *   {@link transactOptimistic}). Without a `clock`, every time comparison
  *   uses the database clock.
- * - SQLite (one process): write transactions start with `BEGIN IMMEDIATE`, and
- *   the claim is one `UPDATE … RETURNING` statement. The database must be in WAL
- *   mode with a positive `busy_timeout` (checked on first use, see {@link check}).
+ * - SQLite: write transactions start with `BEGIN IMMEDIATE`, and the claim is
+ *   one `UPDATE … RETURNING` statement. With `{ optimistic: true }`,
+ *   {@link transact} starts from the state the store's last write left and
+ *   compares the row's `version` instead of reading (see
+ *   {@link transactRemembered}). The database must be in WAL mode with a
+ *   positive `busy_timeout` (checked on first use, see {@link check}).
  *
  * A transaction's writes are buffered and flushed when its callback returns:
  * one write statement on Postgres, one statement per table and step on SQLite.
@@ -436,9 +439,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (!(limit > 0)) return [];
     if (!(request.leaseMs >= 0)) throw new TypeError('leaseMs must be a non-negative number');
     const tokens = request.tokens.slice(0, limit);
-    return this.guard('claimSteps', () =>
-      this.inTransaction((trx) => (this.pg ? this.claimPostgres(trx, request, limit, tokens) : this.claimSqlite(trx, request, limit, tokens))),
-    );
+    return this.guard('claimSteps', async () => {
+      if (this.pg) return this.inTransaction((trx) => this.claimPostgres(trx, request, limit, tokens));
+      const remember: Snapshot[] = [];
+      const claims = await this.inTransaction((trx) => this.claimSqlite(trx, request, limit, tokens, remember));
+      // Committed: the next optimistic write on these workflows starts from the state the claim left.
+      if (!this.db.isTransaction) for (const snapshot of remember) this.written.put(snapshot.workflow.id, snapshot);
+      return claims;
+    });
   }
 
   /**
@@ -470,10 +478,67 @@ export class KyselyWorkflowStore implements WorkflowStore {
           ),
       );
     }
-    if (options?.optimistic === true && this.pg && !this.db.isTransaction) {
-      return this.guard('transact', () => this.transactOptimistic(workflowId, fn));
+    if (options?.optimistic === true && !this.db.isTransaction) {
+      return this.guard('transact', () => (this.pg ? this.transactOptimistic(workflowId, fn) : this.transactRemembered(workflowId, fn)));
     }
     return this.guard('transact', () => this.transactLocked(workflowId, fn));
+  }
+
+  /**
+   * SQLite, `{ optimistic: true }`: inside the write transaction (`BEGIN
+   * IMMEDIATE`, which serializes writers anyway), `fn` runs on the state this
+   * store's last committed write left, without reading it, and the write
+   * compares the row's `version` with that state's: a workflow update that
+   * matches no row means someone else wrote since, and nothing has been
+   * written yet. An outcome without a write is checked by reading the version
+   * alone. Either way, when the state was out of date, `fn` runs again on a
+   * fresh read under the lock this transaction already holds. Without a
+   * remembered state, this is {@link transactLocked}.
+   *
+   * Safe for the same reason as on Postgres: every write to a workflow's steps
+   * also writes its workflow row, raising its version. A version is
+   * remembered only once its write committed, so a rolled-back write can
+   * never lend its number to another.
+   */
+  private async transactRemembered<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
+    const remembered = this.written.take(workflowId);
+    if (!remembered) return this.transactLocked(workflowId, fn);
+    let after: Snapshot | undefined;
+    const result = await this.inTransaction(async (trx) => {
+      const now = new Date(this.clock ? this.clock.now() : Date.now());
+      // The callback gets its own copy: nothing it does reaches the remembered state.
+      const view = structuredClone({ workflow: remembered.workflow, steps: remembered.steps });
+      const tx = new KyselyTransaction(now, view.workflow, remembered.historySeq, view.steps, (kind, value) => this.encode(kind, value));
+      let outcome: { ok: true; value: T } | { ok: false; error: unknown };
+      try {
+        outcome = { ok: true, value: await fn(tx) };
+      } catch (err) {
+        outcome = { ok: false, error: new CallbackError(err) };
+      } finally {
+        tx.close();
+      }
+      const stale = tx.hasWrites ? tx.staleError() : undefined;
+      if (outcome.ok && tx.hasWrites && !stale) {
+        if (await this.flush(trx, tx, remembered.version)) {
+          after = { ...tx.afterImage(remembered), version: String(Number(remembered.version) + 1) };
+          return outcome.value;
+        }
+      } else {
+        const rows = await this.rows(trx, sql`select version from ${this.ref('workflows')} where id = ${workflowId}`);
+        if (rows[0] !== undefined && String(rows[0]['version']) === remembered.version) {
+          after = remembered;
+          if (!outcome.ok) throw outcome.error;
+          if (stale) throw stale;
+          return outcome.value;
+        }
+      }
+      // Out of date: decide again on what the lock shows now.
+      const locked = await this.lockedBody(trx, workflowId, fn);
+      after = locked.after;
+      return locked.value;
+    });
+    if (after) this.written.put(workflowId, after);
+    return result;
   }
 
   /**
@@ -549,21 +614,41 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private async transactLocked<T>(workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<T> {
     // Its write changes the row version: what an optimistic write remembered is out of date.
     this.written.delete(workflowId);
-    return this.inTransaction(async (trx) => {
-      const { workflow, historySeq, now } = await this.lockWorkflow(trx, workflowId);
-      const steps = (await this.getStepRows(trx, workflowId)).map((r) => this.toStep(r));
-      const tx = new KyselyTransaction(now, workflow, historySeq, steps, (kind, value) => this.encode(kind, value));
-      let result: T;
-      try {
-        result = await fn(tx);
-      } catch (err) {
-        throw new CallbackError(err);
-      } finally {
-        tx.close();
-      }
-      await this.flush(trx, tx);
-      return result;
+    let after: Snapshot | undefined;
+    const result = await this.inTransaction(async (trx) => {
+      const locked = await this.lockedBody(trx, workflowId, fn);
+      after = locked.after;
+      return locked.value;
     });
+    // Remembered once committed, and only for a store that commits its own transactions.
+    if (after && !this.db.isTransaction) this.written.put(workflowId, after);
+    return result;
+  }
+
+  /**
+   * Reads the workflow under its lock, runs `fn` and flushes its writes, in
+   * `trx`. On SQLite, also returns the state the write leaves, for the next
+   * write to start from (Postgres remembers only what its compare-and-set
+   * writes leave: the version of a locked write is not read back).
+   */
+  private async lockedBody<T>(trx: Db, workflowId: string, fn: (tx: WorkflowTransaction) => T | Promise<T>): Promise<{ value: T; after?: Snapshot }> {
+    const { workflow, historySeq, now, version } = await this.lockWorkflow(trx, workflowId);
+    const steps = (await this.getStepRows(trx, workflowId)).map((r) => this.toStep(r));
+    // The callback's records are its own to change: the remembered state starts from a copy.
+    const base = this.pg ? undefined : structuredClone({ workflow, steps });
+    const tx = new KyselyTransaction(now, workflow, historySeq, steps, (kind, value) => this.encode(kind, value));
+    let value: T;
+    try {
+      value = await fn(tx);
+    } catch (err) {
+      throw new CallbackError(err);
+    } finally {
+      tx.close();
+    }
+    await this.flush(trx, tx);
+    if (!base) return { value };
+    const after = tx.hasWrites ? { ...tx.afterImage(base), version: String(version + 1) } : { ...base, historySeq, version: String(version) };
+    return { value, after };
   }
 
   /** Heartbeat: `leaseExpiresAt = now + leaseMs` if `leaseToken` is still the step's lease token. */
@@ -619,17 +704,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const row = rows[0];
     if (!row) return null;
     const workflow = this.toWorkflow(row);
-    if (!this.db.isTransaction) {
-      // What was inserted is known exactly: the first optimistic write on it needs no read.
-      const steps = input.steps.map((s) => newStepRecord(workflow.id, { ...s, dependsOn: [...s.dependsOn] }, createdAt)).sort((a, b) => a.position - b.position);
-      this.written.put(workflow.id, { workflow: structuredClone(workflow), historySeq: history.length, steps: structuredClone(steps), version: String(row['row_version']) });
-    }
+    if (!this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, history.length, String(row['row_version']));
     return workflow;
   }
 
   private async createSqlite(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
     const w = input.workflow;
-    return this.inTransaction(async (trx) => {
+    const workflow = await this.inTransaction(async (trx) => {
       const rows = await this.rows(
         trx,
         sql`${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *`,
@@ -647,6 +728,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
       );
       return this.toWorkflow(row);
     });
+    if (workflow && !this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, history.length, '0');
+    return workflow;
+  }
+
+  /** What a create inserted, committed: the first optimistic write on it needs no read. */
+  private rememberCreated(workflow: WorkflowRecord, input: CreateWorkflowInput, createdAt: Date, historySeq: number, version: string): void {
+    const steps = input.steps.map((s) => newStepRecord(workflow.id, { ...s, dependsOn: [...s.dependsOn] }, createdAt)).sort((a, b) => a.position - b.position);
+    this.written.put(workflow.id, { workflow: structuredClone(workflow), historySeq, steps: structuredClone(steps), version });
   }
 
   private insertWorkflowSql(input: CreateWorkflowInput, createdAt: Date): RawBuilder<unknown> {
@@ -759,6 +848,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
           status = case when w.status = 'pending' then 'running' else w.status end,
           retry_count = w.retry_count + c.reclaims,
           last_history_seq = coalesce(h.seq, w.last_history_seq),
+          version = w.version + 1,
           updated_at = ${now}
         from (
           select workflow_id, (count(*) filter (where previous_status = 'running'))::integer as reclaims
@@ -803,7 +893,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return claims;
   }
 
-  private async claimSqlite(trx: Db, request: ClaimRequest, limit: number, tokens: ClaimRequest['tokens']): Promise<ClaimedStep[]> {
+  /** Claims on SQLite; `remember` receives the state the claim leaves of each workflow, for after the commit. */
+  private async claimSqlite(
+    trx: Db,
+    request: ClaimRequest,
+    limit: number,
+    tokens: ClaimRequest['tokens'],
+    remember: Snapshot[],
+  ): Promise<ClaimedStep[]> {
     const nowMs = this.clock ? this.clock.now() : Date.now();
     const now = new Date(nowMs);
     const steps = this.ref('steps');
@@ -884,6 +981,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
           status = case when status = 'pending' then 'running' else status end,
           retry_count = retry_count + ${w.reclaims},
           last_history_seq = ${w.seq},
+          version = version + 1,
           updated_at = ${nowMs}
         where id = ${id}`.execute(trx);
     }
@@ -893,12 +991,26 @@ export class KyselyWorkflowStore implements WorkflowStore {
       trx,
       sql`select * from ${steps} where workflow_id in (${sql.join(ids)}) order by workflow_id, position`,
     );
-    return this.assembleClaims(
+    const claims = this.assembleClaims(
       claimedRows.map((r) => ({ workflowId: String(r['workflow_id']), name: String(r['name']), previous: r['claimed_from_status'] as StepStatus })),
       workflowRows,
       stepRows,
       now,
     );
+    const rows = new Map(workflowRows.map((r) => [String(r['id']), r]));
+    const seen = new Set<string>();
+    for (const c of claims) {
+      const row = rows.get(c.workflow.id);
+      if (!row || seen.has(c.workflow.id)) continue;
+      seen.add(c.workflow.id);
+      remember.push({
+        workflow: structuredClone(c.workflow),
+        steps: structuredClone(c.steps),
+        historySeq: Number(row['last_history_seq'] ?? 0),
+        version: String(Number(row['version'] ?? 0)),
+      });
+    }
+    return claims;
   }
 
   private assembleClaims(
@@ -926,7 +1038,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   // --- transactions ---------------------------------------------------------------
 
   /** Reads the workflow under its row lock, and the store's time once the lock is held. */
-  private async lockWorkflow(trx: Db, workflowId: string): Promise<{ workflow: WorkflowRecord; historySeq: number; now: Date }> {
+  private async lockWorkflow(trx: Db, workflowId: string): Promise<{ workflow: WorkflowRecord; historySeq: number; now: Date; version: number }> {
     let row: Row | undefined;
     let now: Date;
     if (this.pg) {
@@ -945,25 +1057,33 @@ export class KyselyWorkflowStore implements WorkflowStore {
       now = new Date(this.clock ? this.clock.now() : Date.now());
     }
     if (!row) throw new NotFoundError(`workflow ${workflowId} not found`, { workflowId });
-    return { workflow: this.toWorkflow(row), historySeq: Number(row['last_history_seq'] ?? 0), now };
+    return { workflow: this.toWorkflow(row), historySeq: Number(row['last_history_seq'] ?? 0), now, version: Number(row['version'] ?? 0) };
   }
 
-  /** Applies a transaction's buffered writes: one statement on Postgres; per table and step on SQLite. */
-  private async flush(trx: Db, tx: KyselyTransaction): Promise<void> {
-    if (!tx.hasWrites) return;
+  /**
+   * Applies a transaction's buffered writes: one statement on Postgres; per
+   * table and step on SQLite. With `expectVersion` (SQLite), only if the
+   * workflow row still has that version: false, with nothing written, if not.
+   */
+  private async flush(trx: Db, tx: KyselyTransaction, expectVersion?: string): Promise<boolean> {
+    if (!tx.hasWrites) return true;
     const stale = tx.staleError();
     if (stale) throw stale;
     const workflowId = tx.workflow.id;
     const now = this.param('time', this.encodeTime(tx.now));
     const history: HistoryRow[] = tx.history.map((entry, i) => ({ workflowId, seq: tx.historySeq + i + 1, entry }));
-    const workflowSets = [sql`updated_at = ${now}`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
+    const workflowSets = [sql`updated_at = ${now}`, sql`version = version + 1`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
     if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
     const workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
     // A write with no column (an empty patch) matters only for its fence.
     const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
 
     if (!this.pg) {
-      await workflowUpdate.execute(trx);
+      if (expectVersion === undefined) await workflowUpdate.execute(trx);
+      else {
+        const matched = await sql`${workflowUpdate} and version = ${Number(expectVersion)}`.execute(trx);
+        if (Number(matched.numAffectedRows ?? 0) !== 1) return false;
+      }
       for (const [name, write] of stepWrites) {
         const sets = [...write.cells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`);
         if (sets.length === 0) sets.push(sql`name = name`);
@@ -974,7 +1094,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         if (Number(result.numAffectedRows ?? 0) !== 1) throw staleLease(workflowId, name);
       }
       await this.insertHistory(trx, history, now);
-      return;
+      return true;
     }
 
     // Postgres: every write in one statement of data-modifying CTEs. Steps with
@@ -1021,6 +1141,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       const missing = stepWrites.find(([, w]) => w.fence !== null)?.[0] ?? stepWrites[0]?.[0] ?? '';
       throw staleLease(workflowId, missing);
     }
+    return true;
   }
 
 
@@ -1363,6 +1484,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const alias = table === 'workflows' ? 'w' : 's';
     const names = [...keys, ...columns.map((_, i) => `c${i}`)].map((c) => sql.id(c));
     const sets = columns.map((c, i) => sql`${sql.ref(c)} = v.${sql.id(`c${i}`)}`);
+    if (table === 'workflows') sets.push(sql`version = version + 1`);
     if (sets.length === 0) sets.push(sql`name = ${sql.id(alias)}.name`);
     const target = sql`${this.ref(table)} as ${sql.id(alias)}`;
     const countable = table === 'steps';
