@@ -47,6 +47,8 @@ export interface CasShape {
   stepColumns: readonly (readonly [column: string, type: CasColumnType])[];
   /** The `pg_notify` channel, when notifications are on. */
   channel: string | undefined;
+  /** Text every statement starts with (the store's statement marker). */
+  prefix: string;
 }
 
 /** A statement ready for `CompiledQuery.raw`. */
@@ -157,7 +159,8 @@ export class CasWriter {
     select hv.* from ${hv} where hv.workflow_id in (select id from wf)
   )`);
     }
-    return `with ${parts.join(',\n  ')}\nselect wf.id, wf.version${notify} from wf`;
+    // One string per text, reused: the driver hashes and compares statement texts on every call.
+    return `${shape.prefix} with ${parts.join(',\n  ')}\nselect wf.id, wf.version${notify} from wf`;
   }
 
   /** The parameters, in the order of the text's placeholders: workflows, fences, steps, history, notification. */

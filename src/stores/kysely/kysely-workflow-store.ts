@@ -581,9 +581,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
       workflowColumns: Object.values(WORKFLOW_COLUMNS).map(([column, kind]) => [column, PG_TYPES[kind]] as const),
       stepColumns: Object.values(STEP_COLUMNS).map(([column, kind]) => [column, PG_TYPES[kind]] as const),
       channel: this.notifyChannel,
+      prefix: STATEMENT_MARKER,
     });
     const statement = this.casWriter.statement(items);
-    const result = await this.db.executeQuery<Row>(CompiledQuery.raw(`${STATEMENT_MARKER} ${statement.sql}`, statement.parameters));
+    const result = await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters));
     return new Map(result.rows.map((r) => [String(r['id']), String(r['version'])]));
   }
 
