@@ -32,7 +32,7 @@ interface GroupStore {
   store: KyselyWorkflowStore;
   db: Kysely<any>;
   /** The store's tables (schema-qualified on Postgres). */
-  table(name: 'history'): RawBuilder<unknown>;
+  table(name: 'history' | 'steps'): RawBuilder<unknown>;
   /** Another group-commit store on the same tables, through a Kysely instance that logs every statement. */
   logged(log: (event: LogEvent) => void): KyselyWorkflowStore;
   cleanup(): Promise<void>;
@@ -329,6 +329,106 @@ describe.each([
     expect(await Promise.all(ids.map((id) => snapshot(store, id)))).toEqual(before);
     // The store carries on with the next batch.
     expect(await Promise.all(ids.map((id) => transact(store, id, increment(`${id}-third`))))).toEqual([2, 2, 2, 2]);
+  });
+});
+
+describe('group commit of creates on SQLite', () => {
+  const opened: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!();
+  });
+
+  async function fresh() {
+    const made = await groupStore('sqlite', createManualClock(T0));
+    opened.push(made.cleanup);
+    const statements: string[] = [];
+    const store = made.logged((event) => statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase()));
+    await store.check();
+    return { ...made, store, statements };
+  }
+
+  function keyed(id: string, key: string): CreateWorkflowInput {
+    const w = workflow(id, ['a', 'b']);
+    return { ...w, workflow: { ...w.workflow, idempotencyKey: key } };
+  }
+
+  it('creates concurrent workflows and writes concurrent results in one transaction, with one commit', async () => {
+    const { store, statements } = await fresh();
+    await store.createWorkflow(workflow('w0'));
+    statements.length = 0;
+    const [results] = await Promise.all([
+      Promise.all(['c1', 'c2', 'c3'].map((id) => store.createWorkflow(workflow(id, ['a', 'b'])))),
+      store.transact('w0', increment('with the creates')),
+    ]);
+    expect(statements.filter((text) => text === 'begin immediate' || text === 'commit')).toEqual(['begin immediate', 'commit']);
+    expect(results.map((r) => [r.created, r.workflow.id])).toEqual([
+      [true, 'c1'],
+      [true, 'c2'],
+      [true, 'c3'],
+    ]);
+    for (const id of ['c1', 'c2', 'c3']) {
+      expect((await store.getSteps(id)).map((s) => [s.workflowId, s.name, s.status])).toEqual([
+        [id, 'a', 'pending'],
+        [id, 'b', 'pending'],
+      ]);
+      expect((await store.getHistory(id)).map((h) => [h.seq, h.action])).toEqual([[1, 'start']]);
+    }
+    expect((await store.getWorkflow('w0'))?.output).toEqual({ n: 1 });
+  });
+
+  it('settles idempotency keys taken earlier or earlier in the same batch, and fails only a duplicate id', async () => {
+    const { store } = await fresh();
+    await store.createWorkflow(keyed('old', 'k-old'));
+    const outcomes = await Promise.allSettled([
+      store.createWorkflow(keyed('n1', 'k-new')),
+      store.createWorkflow(keyed('n2', 'k-new')),
+      store.createWorkflow(keyed('n3', 'k-old')),
+      store.createWorkflow(keyed('old', 'k-dup')),
+      store.createWorkflow(keyed('n4', 'k-other')),
+    ]);
+    expect(outcomes.map((o) => (o.status === 'fulfilled' ? [o.value.created, o.value.workflow.id] : (o.reason as { code?: string }).code))).toEqual([
+      [true, 'n1'],
+      [false, 'n1'],
+      [false, 'old'],
+      'conflict',
+      [true, 'n4'],
+    ]);
+    for (const id of ['n2', 'n3']) {
+      expect(await store.getWorkflow(id)).toBeNull();
+      expect(await store.getSteps(id)).toEqual([]);
+      expect(await store.getHistory(id)).toEqual([]);
+    }
+    // The duplicate left the first 'old' as it was.
+    expect(await store.getWorkflow('old')).toMatchObject({ idempotencyKey: 'k-old' });
+    expect(await store.getHistory('old')).toHaveLength(1);
+    for (const id of ['n1', 'n4']) expect((await store.getSteps(id)).map((s) => s.name)).toEqual(['a', 'b']);
+  });
+
+  it('undoes all of a create whose step insert fails in a batch, and only it', async () => {
+    const { store, db, table } = await fresh();
+    await sql`create trigger explode before insert on ${table('steps')}
+      when new.workflow_id = 'bad' begin select raise(abort, 'exploded'); end`.execute(db);
+    const outcomes = await Promise.allSettled(['ok1', 'bad', 'ok2'].map((id) => store.createWorkflow(workflow(id))));
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect(await store.getWorkflow('bad')).toBeNull();
+    expect(await store.getHistory('bad')).toEqual([]);
+    for (const id of ['ok1', 'ok2']) expect(await store.getSteps(id)).toHaveLength(1);
+  });
+
+  it('writes no create of a batch that fails to commit, and fails each of them', async () => {
+    const { store, db, table } = await fresh();
+    await store.createWorkflow(workflow('w0'));
+    await sql`create trigger explode before insert on ${table('history')}
+      when new.action = 'explode' begin select raise(abort, 'exploded'); end`.execute(db);
+    // A transaction of the batch fails at its history insert: SQLite's abort rolls back the whole batch.
+    const outcomes = await Promise.allSettled([
+      store.createWorkflow(workflow('c1')),
+      store.createWorkflow(workflow('c2')),
+      store.transact('w0', (tx) => tx.appendHistory([note('explode')])),
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected', 'rejected']);
+    for (const id of ['c1', 'c2']) expect(await store.getWorkflow(id)).toBeNull();
+    expect((await store.createWorkflow(workflow('c1'))).created).toBe(true);
   });
 });
 

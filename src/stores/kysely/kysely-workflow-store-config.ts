@@ -64,8 +64,9 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    * as possible and commits once. On Postgres, calls made with
    * `{ optimistic: true }` (the engine's result writes) skip the lock and the
    * read: their batch is one compare-and-set statement (see
-   * {@link KyselyWorkflowStore.transact}). Every caller resolves only after
-   * that commit, so a result is durable before anything depends on it.
+   * {@link KyselyWorkflowStore.transact}). On SQLite, `createWorkflow` calls
+   * join the batch too, each under its own savepoint. Every caller resolves
+   * only after that commit, so a result is durable before anything depends on it.
    *
    * A callback that throws (or whose fence is stale) fails only its own
    * caller and writes nothing; a batch that fails to commit fails every

@@ -122,6 +122,24 @@ interface TransactEntry extends BatchEntry {
   optimistic: boolean;
 }
 
+/**
+ * A `createWorkflow` call waiting for its group-commit batch (SQLite): it
+ * joins the batch's transaction, and is settled after its commit with the new
+ * workflow, or null when the idempotency key was taken.
+ */
+interface CreateEntry extends BatchEntry {
+  readonly kind: 'create';
+  readonly input: CreateWorkflowInput;
+  readonly createdAt: Date;
+  readonly history: NewHistoryEntry[];
+}
+
+type QueuedEntry = TransactEntry | CreateEntry;
+
+function isCreate(entry: QueuedEntry): entry is CreateEntry {
+  return (entry as CreateEntry).kind === 'create';
+}
+
 /** How one call of a batch ended before the commit: its result, or its own error. */
 type BatchOutcome = { ok: true; value: unknown; tx: KyselyTransaction } | { ok: false; error: unknown };
 
@@ -223,7 +241,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private checked: Promise<void> | undefined;
   /** The `pg_notify` channel, when notifications are on. */
   private readonly notifyChannel: string | undefined;
-  private readonly batches: GroupCommitQueue<TransactEntry> | undefined;
+  private readonly batches: GroupCommitQueue<QueuedEntry> | undefined;
   /** The state this store's last optimistic write left, per workflow (see {@link transactOptimistic}). */
   private readonly written = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
   /** Builds the compare-and-set writes of optimistic transactions (on first use). */
@@ -270,7 +288,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       // SQLite has one connection: its batches would only queue for it.
       const defaultConcurrent = this.pg ? DEFAULT_MAX_CONCURRENT_BATCHES : 1;
       const concurrent = group === true ? defaultConcurrent : (group.maxConcurrentBatches ?? defaultConcurrent);
-      this.batches = new GroupCommitQueue<TransactEntry>(maxBatch, (batch) => this.runBatches(batch), concurrent);
+      this.batches = new GroupCommitQueue<QueuedEntry>(maxBatch, (batch) => this.runBatches(batch), concurrent);
     }
   }
 
@@ -709,28 +727,42 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return workflow;
   }
 
+  /**
+   * SQLite: one transaction; with group commit, the batch's (see
+   * {@link runBatch}), so that concurrent creates and result writes share one
+   * commit.
+   */
   private async createSqlite(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
-    const w = input.workflow;
-    const workflow = await this.inTransaction(async (trx) => {
-      const rows = await this.rows(
-        trx,
-        sql`${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *`,
+    const batches = this.batches;
+    if (batches) {
+      return new Promise<WorkflowRecord | null>((resolve, reject) =>
+        batches.push({ kind: 'create', key: input.workflow.id, input, createdAt, history, resolve: resolve as (value: unknown) => void, reject }),
       );
-      const row = rows[0];
-      if (!row) return null;
-      if (input.steps.length > 0) {
-        const values = input.steps.map((s) => sql`(${w.id}, ${sql.join(this.stepValues(s, createdAt).map(([kind, v]) => this.param(kind, v)))})`);
-        await sql`insert into ${this.ref('steps')} (workflow_id, ${STEP_INSERT_COLUMNS}) values ${sql.join(values)}`.execute(trx);
-      }
-      await this.insertHistory(
-        trx,
-        history.map((entry, i) => ({ workflowId: w.id, seq: i + 1, entry })),
-        this.nowSql(undefined),
-      );
-      return this.toWorkflow(row);
-    });
+    }
+    const workflow = await this.inTransaction((trx) => this.insertSqlite(trx, input, createdAt, history));
     if (workflow && !this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, history.length, '0');
     return workflow;
+  }
+
+  /** The inserts of a create on SQLite, in `trx`: the workflow, or null (and nothing inserted) when its idempotency key is taken. */
+  private async insertSqlite(trx: Db, input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
+    const w = input.workflow;
+    const rows = await this.rows(
+      trx,
+      sql`${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *`,
+    );
+    const row = rows[0];
+    if (!row) return null;
+    if (input.steps.length > 0) {
+      const values = input.steps.map((s) => sql`(${w.id}, ${sql.join(this.stepValues(s, createdAt).map(([kind, v]) => this.param(kind, v)))})`);
+      await sql`insert into ${this.ref('steps')} (workflow_id, ${STEP_INSERT_COLUMNS}) values ${sql.join(values)}`.execute(trx);
+    }
+    await this.insertHistory(
+      trx,
+      history.map((entry, i) => ({ workflowId: w.id, seq: i + 1, entry })),
+      this.nowSql(undefined),
+    );
+    return this.toWorkflow(row);
   }
 
   /** What a create inserted, committed: the first optimistic write on it needs no read. */
@@ -1154,10 +1186,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * transaction, side by side (they are on different workflows); elsewhere all
    * in one locked transaction.
    */
-  private async runBatches(batch: TransactEntry[]): Promise<void> {
-    const optimistic = this.pg ? batch.filter((e) => e.optimistic) : [];
-    if (optimistic.length === 0) return this.runBatch(batch);
-    const locked = batch.filter((e) => !e.optimistic);
+  private async runBatches(batch: QueuedEntry[]): Promise<void> {
+    // Creates are queued on SQLite only, whose batches lock (one transaction).
+    if (!this.pg) return this.runBatch(batch);
+    const transacts = batch.filter((e): e is TransactEntry => !isCreate(e));
+    const optimistic = transacts.filter((e) => e.optimistic);
+    if (optimistic.length === 0) return this.runBatch(transacts);
+    const locked = transacts.filter((e) => !e.optimistic);
     const groups = locked.length > 0 ? [optimistic, locked] : [optimistic];
     const outcomes = await Promise.allSettled(groups.map((group) => (group === optimistic ? this.runOptimisticBatch(group) : this.runBatch(group))));
     // A group that failed fails only its own unsettled calls (settling twice is ignored).
@@ -1298,16 +1333,27 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * Runs one batch of `transact` calls in one database transaction and
    * settles every call after it ends: results only once committed.
    */
-  private async runBatch(batch: TransactEntry[]): Promise<void> {
+  private async runBatch(batch: QueuedEntry[]): Promise<void> {
+    const creates = batch.filter(isCreate);
+    const transacts = batch.filter((e): e is TransactEntry => !isCreate(e));
     // Its writes change the row versions: what an optimistic write remembered is out of date.
-    for (const entry of batch) this.written.delete(entry.key);
+    for (const entry of transacts) this.written.delete(entry.key);
+    let created: ({ ok: true; workflow: WorkflowRecord | null } | { ok: false; error: unknown })[] = [];
     let outcomes: BatchOutcome[] = [];
     try {
       await this.inTransaction(async (trx) => {
-        const { locked, now } = await this.lockWorkflows(trx, batch.map((e) => e.key));
+        created = [];
+        // A create alone in its batch needs no savepoint: its failure is the transaction's.
+        if (batch.length === 1 && creates.length === 1) {
+          created.push({ ok: true, workflow: await this.insertSqlite(trx, creates[0]!.input, creates[0]!.createdAt, creates[0]!.history) });
+        } else {
+          for (const entry of creates) created.push(await this.createInBatch(trx, entry));
+        }
+        if (transacts.length === 0) return;
+        const { locked, now } = await this.lockWorkflows(trx, transacts.map((e) => e.key));
         const steps = await this.readSteps(trx, [...locked.keys()]);
         outcomes = await Promise.all(
-          batch.map(async (entry): Promise<BatchOutcome> => {
+          transacts.map(async (entry): Promise<BatchOutcome> => {
             const found = locked.get(entry.key);
             if (!found) return { ok: false, error: new NotFoundError(`workflow ${entry.key} not found`, { workflowId: entry.key }) };
             const tx = new KyselyTransaction(now, found.workflow, found.historySeq, steps.get(entry.key) ?? [], (kind, value) =>
@@ -1328,18 +1374,43 @@ export class KyselyWorkflowStore implements WorkflowStore {
         await this.flushBatch(trx, writes, now);
       });
     } catch (err) {
-      // Nothing of the batch was written. A call whose own callback failed keeps its own error.
-      batch.forEach((entry, i) => {
+      // Nothing of the batch was written. A call that failed on its own keeps its own error.
+      creates.forEach((entry, i) => {
+        const outcome = created[i];
+        entry.reject(outcome && !outcome.ok ? outcome.error : err);
+      });
+      transacts.forEach((entry, i) => {
         const outcome = outcomes[i];
         entry.reject(outcome && !outcome.ok ? outcome.error : err);
       });
       return;
     }
-    batch.forEach((entry, i) => {
+    creates.forEach((entry, i) => {
+      const outcome = created[i]!;
+      if (!outcome.ok) return entry.reject(outcome.error);
+      const workflow = outcome.workflow;
+      if (workflow) this.rememberCreated(workflow, entry.input, entry.createdAt, entry.history.length, '0');
+      entry.resolve(workflow);
+    });
+    transacts.forEach((entry, i) => {
       const outcome = outcomes[i]!;
       if (outcome.ok) entry.resolve(outcome.value);
       else entry.reject(outcome.error);
     });
+  }
+
+  /** A create inside a batch's transaction (SQLite), under a savepoint: one that fails leaves nothing behind, and the batch goes on. */
+  private async createInBatch(trx: Db, entry: CreateEntry): Promise<{ ok: true; workflow: WorkflowRecord | null } | { ok: false; error: unknown }> {
+    await sql`savepoint sagaline_create`.execute(trx);
+    try {
+      const workflow = await this.insertSqlite(trx, entry.input, entry.createdAt, entry.history);
+      await sql`release sagaline_create`.execute(trx);
+      return { ok: true, workflow };
+    } catch (error) {
+      await sql`rollback to sagaline_create`.execute(trx);
+      await sql`release sagaline_create`.execute(trx);
+      return { ok: false, error };
+    }
   }
 
   /**
