@@ -1055,7 +1055,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
   }
 
   private completeStep(w: TxWriter, step: StepRecord, output: unknown): void {
-    const seq = Math.max(0, ...w.steps().map((s) => s.completionSeq ?? 0)) + 1;
+    let seq = 1;
+    for (const s of w.steps()) if (s.completionSeq !== null && s.completionSeq >= seq) seq = s.completionSeq + 1;
     w.setStep(step.name, 'completed', {
       output,
       error: null,
@@ -1069,11 +1070,13 @@ export class WorkflowEngine implements WorkflowEngineApi {
     w.emit({ name: 'step:completed', payload: { ...w.base(), stepName: step.name, attempt: step.attempts, output } });
     // Dependents whose dependencies are now all complete become due.
     const steps = w.steps();
-    const byName = new Map(steps.map((s) => [s.name, s]));
+    // The step itself was just completed; the others are looked up (built on first need: a chain needs none).
+    let byName: Map<string, StepRecord> | null = null;
+    const completed = (name: string) => name === step.name || (byName ??= new Map(steps.map((o) => [o.name, o]))).get(name)?.status === 'completed';
     let next: string | null = null;
     for (const s of steps) {
       if (s.status !== 'pending' || s.dueAt !== null || !s.dependsOn.includes(step.name)) continue;
-      if (s.dependsOn.every((d) => byName.get(d)?.status === 'completed')) {
+      if (s.dependsOn.every(completed)) {
         w.patchStep(s.name, { dueAt: w.now });
         w.readyNow.push(s.name);
         next ??= s.name;
