@@ -415,6 +415,20 @@ describe('group commit of creates on SQLite', () => {
     for (const id of ['ok1', 'ok2']) expect(await store.getSteps(id)).toHaveLength(1);
   });
 
+  it('writes a result alone in its batch as without group commit, from the state the create left', async () => {
+    const { store, statements } = await fresh();
+    await store.createWorkflow(workflow('w1', ['a', 'b']));
+    statements.length = 0;
+    await store.transact('w1', (tx) => tx.updateStep('a', { pollCount: 1 }), { optimistic: true });
+    expect(statements).toEqual(['begin immediate', 'update "sagaline_workflows"', 'update "sagaline_steps"', 'commit']);
+    // With company, the batch reads what it locks.
+    await store.createWorkflow(workflow('w2'));
+    statements.length = 0;
+    await Promise.all(['w1', 'w2'].map((id) => store.transact(id, (tx) => tx.updateStep('a', { pollCount: 2 }), { optimistic: true })));
+    expect(statements.slice(0, 3)).toEqual(['begin immediate', 'select *', 'select *']);
+    for (const id of ['w1', 'w2']) expect((await store.getSteps(id))[0]?.pollCount).toBe(2);
+  });
+
   it('writes no create of a batch that fails to commit, and fails each of them', async () => {
     const { store, db, table } = await fresh();
     await store.createWorkflow(workflow('w0'));

@@ -1187,8 +1187,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * in one locked transaction.
    */
   private async runBatches(batch: QueuedEntry[]): Promise<void> {
-    // Creates are queued on SQLite only, whose batches lock (one transaction).
-    if (!this.pg) return this.runBatch(batch);
+    if (!this.pg) {
+      // A result write alone in its batch (low load) is written as without group commit: from the remembered state.
+      const only = batch.length === 1 ? batch[0]! : undefined;
+      if (only && !isCreate(only) && only.optimistic) return this.transactRemembered(only.key, only.fn).then(only.resolve, only.reject);
+      // Creates are queued on SQLite only, whose batches lock (one transaction).
+      return this.runBatch(batch);
+    }
     const transacts = batch.filter((e): e is TransactEntry => !isCreate(e));
     const optimistic = transacts.filter((e) => e.optimistic);
     if (optimistic.length === 0) return this.runBatch(transacts);
