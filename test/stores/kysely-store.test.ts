@@ -170,24 +170,39 @@ describe.each(['postgres', 'sqlite'] as const)('KyselyWorkflowStore remembered s
   });
 });
 
-describe('KyselyWorkflowStore round trips on SQLite', () => {
+describe('KyselyWorkflowStore round trips', () => {
   const cleanups: (() => Promise<void>)[] = [];
   afterEach(async () => {
     while (cleanups.length) await cleanups.pop()!();
   });
 
-  it('writes on the state its own last write left without reading it', async () => {
-    const database = await createSqliteDatabase();
+  /**
+   * A migrated database, and a second Kysely instance on it that records the
+   * first two words of every statement (on Postgres without the store's
+   * marker, which every statement but Kysely's transaction control carries).
+   */
+  async function logged(dialect: 'sqlite' | 'postgres'): Promise<{ db: Kysely<any>; statements: string[] }> {
+    const database = dialect === 'sqlite' ? await createSqliteDatabase() : await createPostgresDatabase();
     cleanups.push(() => database.cleanup());
     await migrateToLatest(database.db);
     const statements: string[] = [];
-    const db = new Kysely<any>({
-      dialect: new SqliteDialect({ database: openSqlite(database.file) }),
-      log: (event: LogEvent) => {
-        statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase());
-      },
-    });
+    const log = (event: LogEvent) => {
+      const text = event.query.sql.trim();
+      const marked = text.startsWith(STATEMENT_MARKER);
+      if (dialect === 'postgres' && !marked) expect(text).toMatch(/^(start transaction|commit|rollback)/i);
+      statements.push(text.slice(marked ? STATEMENT_MARKER.length : 0).trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase());
+    };
+    const dialectOf =
+      'file' in database
+        ? new SqliteDialect({ database: openSqlite(database.file) })
+        : new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url, max: 2 }) });
+    const db = new Kysely<any>({ dialect: dialectOf, log });
     cleanups.push(() => db.destroy());
+    return { db, statements };
+  }
+
+  it('writes on the state its own last write left without reading it, on SQLite', async () => {
+    const { db, statements } = await logged('sqlite');
     const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0) });
     await store.check();
     await store.createWorkflow(workflow('w1'));
@@ -218,30 +233,9 @@ describe('KyselyWorkflowStore round trips on SQLite', () => {
     expect(statements).toEqual(['begin immediate', 'update "sagaline_workflows"', 'update "sagaline_steps"', 'insert into', 'commit']);
     expect((await store.getSteps('w2'))[0]).toMatchObject({ status: 'completed', leaseToken: null });
   });
-});
 
-describe('KyselyWorkflowStore round trips on Postgres', () => {
-  const cleanups: (() => Promise<void>)[] = [];
-  afterEach(async () => {
-    while (cleanups.length) await cleanups.pop()!();
-  });
-
-  it('claims in one transaction of two statements and writes a transaction in one statement', async () => {
-    const database = await createPostgresDatabase();
-    cleanups.push(() => database.cleanup());
-    await migrateToLatest(database.db);
-    const statements: string[] = [];
-    const db = new Kysely<any>({
-      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url, max: 2 }) }),
-      log: (event: LogEvent) => {
-        const text = event.query.sql.trim();
-        // The store marks its own statements (for preparedStatements); Kysely's transaction control is not marked.
-        const marked = text.startsWith(STATEMENT_MARKER);
-        if (!marked) expect(text).toMatch(/^(start transaction|commit|rollback)/i);
-        statements.push(text.slice(marked ? STATEMENT_MARKER.length : 0).trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase());
-      },
-    });
-    cleanups.push(() => db.destroy());
+  it('claims in one transaction of two statements and writes a transaction in one statement, on Postgres', async () => {
+    const { db, statements } = await logged('postgres');
     const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0) });
     await store.check();
 
