@@ -8,8 +8,17 @@ import type { HistoryRecord, NewHistoryEntry } from './workflow-store.js';
 
 /** A date field: a copy of a valid `Date`, or null; anything else is a `TypeError` naming `field`. */
 export function checkedDate(value: unknown, field: string): Date | null {
+  const ms = checkedTime(value, field);
+  return ms === null ? null : new Date(ms);
+}
+
+/** {@link checkedDate}'s check, giving the time in epoch ms. */
+export function checkedTime(value: unknown, field: string): number | null {
   if (value === null || value === undefined) return null;
-  if (value instanceof Date && !Number.isNaN(value.getTime())) return new Date(value.getTime());
+  if (value instanceof Date) {
+    const ms = value.getTime();
+    if (!Number.isNaN(ms)) return ms;
+  }
   throw new TypeError(`${field} must be a valid Date or null`);
 }
 

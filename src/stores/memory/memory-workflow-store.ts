@@ -28,7 +28,7 @@ import type {
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
-import { checkedDate, claimHistoryEntry, normalizeHistory } from '../../storage/store-values.js';
+import { checkedDate, checkedTime, claimHistoryEntry, normalizeHistory } from '../../storage/store-values.js';
 
 /** Options of {@link MemoryWorkflowStore}. */
 export interface MemoryWorkflowStoreOptions {
@@ -51,9 +51,32 @@ const CLAIMABLE_STEP_STATUSES: ReadonlySet<StepStatus> = new Set<StepStatus>([
 
 const ACTIVE_WORKFLOW_STATUSES: ReadonlySet<WorkflowStatus> = new Set<WorkflowStatus>(['pending', 'running', 'rolling_back']);
 
+/**
+ * A step row as the store keeps it: times are epoch milliseconds. The store
+ * keeps every row for the life of the process, and a `Date` takes several
+ * times the heap of a number, which the garbage collector then copies; rows
+ * are handed out as copies with `Date`s (see {@link copyStep}).
+ */
+type StoredStep = Omit<StepRecord, TimeField<StepRecord>> & Millis<StepRecord>;
+/** A workflow row as the store keeps it (times in epoch ms). */
+type StoredWorkflow = Omit<WorkflowRecord, TimeField<WorkflowRecord>> & Millis<WorkflowRecord>;
+/** A history row as the store keeps it (its time in epoch ms; the workflow id is its entry's). */
+type StoredHistory = Omit<HistoryRecord, 'at' | 'workflowId'> & { at: number };
+/** The fields of a row type that hold a `Date` (or null). */
+type TimeField<R> = { [K in keyof R]: R[K] extends Date | null ? K : never }[keyof R];
+/** Those fields as epoch ms. */
+type Millis<R> = { [K in TimeField<R>]: null extends R[K] ? number | null : number };
+/** A step patch as buffered: checked, times in ms, JSON values in their stored form. */
+type StoredStepPatch = Partial<Pick<StoredStep, keyof StepPatch>>;
+/** A workflow patch as buffered. */
+type StoredWorkflowPatch = Partial<Pick<StoredWorkflow, keyof WorkflowPatch>>;
+
+/** Above this many steps a workflow keeps a map from step name to slot; below it a scan is cheaper. */
+const SLOT_MAP_MIN_STEPS = 9;
+
 /** A step row plus its position in the due index. */
 interface StepSlot {
-  record: StepRecord;
+  record: StoredStep;
   readonly workflow: WorkflowEntry;
   /** The `dueAt` (ms) under which the slot is in the due index, or null when it is not a claim candidate. */
   indexedDue: number | null;
@@ -62,14 +85,20 @@ interface StepSlot {
 }
 
 interface WorkflowEntry {
-  record: WorkflowRecord;
-  /** `createdAt` in ms, the primary key of the list order (it never changes). */
-  readonly createdMs: number;
+  record: StoredWorkflow;
   /** Steps in definition order. */
   readonly slots: StepSlot[];
-  readonly slotsByName: Map<string, StepSlot>;
-  readonly history: HistoryRecord[];
+  /** Slots by step name, for workflows of {@link SLOT_MAP_MIN_STEPS} steps or more (see {@link slotNamed}). */
+  readonly slotsByName: Map<string, StepSlot> | null;
+  readonly history: StoredHistory[];
   nextSeq: number;
+}
+
+/** The slot of the step called `name`, if the workflow has one. */
+function slotNamed(entry: WorkflowEntry, name: string): StepSlot | undefined {
+  if (entry.slotsByName !== null) return entry.slotsByName.get(name);
+  for (const slot of entry.slots) if (slot.record.name === name) return slot;
+  return undefined;
 }
 
 interface DueEntry {
@@ -210,7 +239,8 @@ export class MemoryWorkflowStore implements WorkflowStore {
     const createdAt = checkedDate(w.createdAt, 'createdAt');
     if (createdAt === null) throw new TypeError(`workflow ${w.id}: createdAt is required`);
 
-    const record: WorkflowRecord = {
+    const createdMs = createdAt.getTime();
+    const record: StoredWorkflow = {
       id: w.id,
       tenantId: w.tenantId,
       type: w.type,
@@ -223,32 +253,35 @@ export class MemoryWorkflowStore implements WorkflowStore {
       idempotencyKey,
       currentStep: null,
       retryCount: 0,
-      createdAt,
-      updatedAt: new Date(createdAt.getTime()),
+      createdAt: createdMs,
+      updatedAt: createdMs,
       completedAt: null,
     };
+    const steps = [...input.steps].sort((a, b) => a.position - b.position);
     const entry: WorkflowEntry = {
       record,
-      createdMs: createdAt.getTime(),
       slots: [],
-      slotsByName: new Map(),
+      slotsByName: steps.length >= SLOT_MAP_MIN_STEPS ? new Map() : null,
       history: [],
       nextSeq: 1,
     };
-    const steps = [...input.steps].sort((a, b) => a.position - b.position);
+    const names = new Set<string>();
     for (const s of steps) {
-      if (entry.slotsByName.has(s.name)) throw new StoreError(`workflow ${w.id}: duplicate step ${s.name}`);
+      if (names.has(s.name)) throw new StoreError(`workflow ${w.id}: duplicate step ${s.name}`);
+      names.add(s.name);
       const slot: StepSlot = {
-        record: newStepRecord(w.id, { ...s, dueAt: checkedDate(s.dueAt, 'dueAt'), ...(s.claim ? { claim: checkClaim(s.claim) } : {}) }, createdAt),
+        record: storedStep(
+          newStepRecord(w.id, { ...s, dueAt: checkedDate(s.dueAt, 'dueAt'), ...(s.claim ? { claim: checkClaim(s.claim) } : {}) }, createdAt),
+        ),
         workflow: entry,
         indexedDue: null,
         version: 0,
       };
       entry.slots.push(slot);
-      entry.slotsByName.set(s.name, slot);
+      entry.slotsByName?.set(s.name, slot);
     }
     const history = input.history.map((e) => normalizeHistory(e, toJson));
-    const now = new Date(this.clock.now());
+    const now = this.clock.now();
 
     // Everything above may throw; nothing below does.
     this.workflows.set(w.id, entry);
@@ -278,7 +311,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
   /** History in `seq` order (empty for an unknown workflow). */
   async getHistory(workflowId: string): Promise<HistoryRecord[]> {
     const entry = this.workflows.get(workflowId);
-    return entry ? entry.history.map(copyHistory) : [];
+    return entry ? entry.history.map((h) => copyHistory(h, workflowId)) : [];
   }
 
   /** Workflows matching the filters, newest first by `(createdAt, id)`, at most `limit`. */
@@ -294,7 +327,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     const out: WorkflowRecord[] = [];
     for (let i = start; i >= 0 && out.length < limit; i--) {
       const entry = rows[i]!;
-      if (entry.createdMs < afterMs) break;
+      if (entry.record.createdAt < afterMs) break;
       const r = entry.record;
       if (query.tenantId !== undefined && r.tenantId !== query.tenantId) continue;
       if (query.status !== undefined && r.status !== query.status) continue;
@@ -332,7 +365,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
         if (top.version !== slot.version) continue;
         setAside.push(top);
         const lease = slot.record.leaseExpiresAt;
-        if ((lease !== null && lease.getTime() > nowMs) || this.locks.has(slot.record.workflowId)) continue;
+        if ((lease !== null && lease > nowMs) || this.locks.has(slot.record.workflowId)) continue;
         const token = request.tokens[claimed.length]!;
         claimed.push({ slot, previousStatus: slot.record.status });
         this.claimOne(slot, request.workerId, request.leaseMs, token, nowMs);
@@ -381,12 +414,14 @@ export class MemoryWorkflowStore implements WorkflowStore {
    * step's lease token. Waits for the workflow's lock like any other write.
    */
   async extendLease(workflowId: string, stepName: string, leaseToken: string, leaseMs: number): Promise<boolean> {
-    if (!this.workflows.get(workflowId)?.slotsByName.has(stepName)) return false;
+    const known = this.workflows.get(workflowId);
+    if (!known || !slotNamed(known, stepName)) return false;
     await this.acquire(workflowId);
     try {
-      const slot = this.workflows.get(workflowId)?.slotsByName.get(stepName);
+      const entry = this.workflows.get(workflowId);
+      const slot = entry && slotNamed(entry, stepName);
       if (!slot || slot.record.leaseToken === null || slot.record.leaseToken !== leaseToken) return false;
-      slot.record = { ...slot.record, leaseExpiresAt: new Date(this.clock.now() + leaseMs) };
+      slot.record = patchedStep(slot.record, { leaseExpiresAt: this.clock.now() + leaseMs });
       return true;
     } finally {
       this.release(workflowId);
@@ -408,15 +443,13 @@ export class MemoryWorkflowStore implements WorkflowStore {
   private claimOne(slot: StepSlot, workerId: string, leaseMs: number, token: ClaimRequest['tokens'][number], nowMs: number): void {
     const entry = slot.workflow;
     const prev = slot.record;
-    const now = new Date(nowMs);
-    const next: StepRecord = {
-      ...prev,
+    const next: StoredStepPatch = {
       leaseOwner: workerId,
       leaseToken: token.leaseToken,
-      leaseExpiresAt: new Date(nowMs + leaseMs),
+      leaseExpiresAt: nowMs + leaseMs,
     };
     const rows: NewHistoryEntry[] = [];
-    const workflow: WorkflowRecord = { ...entry.record, updatedAt: now };
+    const workflow: StoredWorkflow = patchedWorkflow(entry.record, {}, nowMs);
     if (workflow.status === 'pending') {
       workflow.status = 'running';
       rows.push(claimHistoryEntry('workflow', null, 'pending', 'running'));
@@ -425,7 +458,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
       case 'pending':
         next.status = 'running';
         next.attempts = prev.attempts + 1;
-        next.startedAt = now;
+        next.startedAt = nowMs;
         next.callbackTokenHash = token.callbackTokenHash;
         next.callbackResult = null;
         rows.push(claimHistoryEntry('step', prev.name, 'pending', 'running'));
@@ -434,7 +467,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
         next.attempts = prev.attempts + 1;
         next.retryCount = prev.retryCount + 1;
         workflow.retryCount += 1;
-        next.startedAt = now;
+        next.startedAt = nowMs;
         next.callbackTokenHash = token.callbackTokenHash;
         // A callback accepted for the lost attempt stays: the vendor will not call again.
         rows.push({
@@ -450,8 +483,8 @@ export class MemoryWorkflowStore implements WorkflowStore {
         break;
     }
     entry.record = workflow;
-    this.setStepRecord(slot, next);
-    this.appendHistoryRows(entry, rows, now);
+    this.setStepRecord(slot, patchedStep(prev, next));
+    this.appendHistoryRows(entry, rows, nowMs);
   }
 
   // --- transactions ----------------------------------------------------------
@@ -460,14 +493,14 @@ export class MemoryWorkflowStore implements WorkflowStore {
     if (tx.writes.length === 0) return;
     const now = tx.nowMs;
     // Any write touches the workflow's updatedAt, even one that only changes steps or history.
-    let workflow: WorkflowRecord = { ...entry.record, updatedAt: new Date(now) };
-    const steps = new Map<StepSlot, StepRecord>();
+    let workflow = patchedWorkflow(entry.record, {}, now);
+    const steps = new Map<StepSlot, StoredStep>();
     const history: NewHistoryEntry[] = [];
     // Compute the whole result first, so that a stale fence leaves everything untouched.
     for (const write of tx.writes) {
       switch (write.kind) {
         case 'workflow':
-          workflow = { ...workflow, ...write.patch };
+          workflow = patchedWorkflow(workflow, write.patch, now);
           break;
         case 'step': {
           const current = steps.get(write.slot) ?? write.slot.record;
@@ -477,7 +510,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
               { workflowId: current.workflowId, stepName: current.name, status: current.status, attempts: current.attempts },
             );
           }
-          steps.set(write.slot, { ...current, ...write.patch });
+          steps.set(write.slot, patchedStep(current, write.patch));
           break;
         }
         case 'history':
@@ -491,7 +524,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     if (wasActive !== ACTIVE_WORKFLOW_STATUSES.has(workflow.status)) {
       for (const slot of entry.slots) this.reindex(slot);
     }
-    this.appendHistoryRows(entry, history, new Date(now));
+    this.appendHistoryRows(entry, history, now);
   }
 
   private acquire(workflowId: string): Promise<void> {
@@ -514,7 +547,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
   // --- indexes ---------------------------------------------------------------
 
   /** Replaces a step row, keeping the callback-hash and due indexes in step. */
-  private setStepRecord(slot: StepSlot, record: StepRecord): void {
+  private setStepRecord(slot: StepSlot, record: StoredStep): void {
     const oldHash = slot.record.callbackTokenHash;
     const newHash = record.callbackTokenHash;
     if (oldHash !== newHash) {
@@ -529,9 +562,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
   private reindex(slot: StepSlot): void {
     const r = slot.record;
     const want =
-      r.dueAt !== null && CLAIMABLE_STEP_STATUSES.has(r.status) && ACTIVE_WORKFLOW_STATUSES.has(slot.workflow.record.status)
-        ? r.dueAt.getTime()
-        : null;
+      r.dueAt !== null && CLAIMABLE_STEP_STATUSES.has(r.status) && ACTIVE_WORKFLOW_STATUSES.has(slot.workflow.record.status) ? r.dueAt : null;
     if (want === slot.indexedDue) return;
     if (slot.indexedDue !== null) this.indexedCount--;
     slot.version++;
@@ -542,12 +573,12 @@ export class MemoryWorkflowStore implements WorkflowStore {
     if (this.due.size > 2 * this.indexedCount + 1024) this.due.compact();
   }
 
-  private appendHistoryRows(entry: WorkflowEntry, rows: NewHistoryEntry[], now: Date): void {
+  /** Appends normalized entries (see `normalizeHistory`); `nowMs` is the time of those without their own. */
+  private appendHistoryRows(entry: WorkflowEntry, rows: NewHistoryEntry[], nowMs: number): void {
     for (const row of rows) {
       entry.history.push({
         seq: entry.nextSeq++,
-        workflowId: entry.record.id,
-        at: row.at ? new Date(row.at.getTime()) : new Date(now.getTime()),
+        at: row.at ? row.at.getTime() : nowMs,
         kind: row.kind,
         stepName: row.stepName,
         from: row.from,
@@ -563,11 +594,11 @@ export class MemoryWorkflowStore implements WorkflowStore {
   private insertByCreation(entry: WorkflowEntry): void {
     const rows = this.byCreation;
     const last = rows[rows.length - 1];
-    if (last === undefined || compareKey(last.createdMs, last.record.id, entry.createdMs, entry.record.id) < 0) {
+    if (last === undefined || compareKey(last.record.createdAt, last.record.id, entry.record.createdAt, entry.record.id) < 0) {
       rows.push(entry);
       return;
     }
-    rows.splice(this.lowerBound(entry.createdMs, entry.record.id), 0, entry);
+    rows.splice(this.lowerBound(entry.record.createdAt, entry.record.id), 0, entry);
   }
 
   /** Index of the first workflow at or after `(createdMs, id)` in ascending order. */
@@ -578,7 +609,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       const row = rows[mid]!;
-      if (compareKey(row.createdMs, row.record.id, createdMs, id) < 0) lo = mid + 1;
+      if (compareKey(row.record.createdAt, row.record.id, createdMs, id) < 0) lo = mid + 1;
       else hi = mid;
     }
     return lo;
@@ -591,8 +622,8 @@ function compareKey(aMs: number, aId: string, bMs: number, bId: string): number 
 }
 
 type BufferedWrite =
-  | { kind: 'workflow'; patch: WorkflowPatch }
-  | { kind: 'step'; slot: StepSlot; patch: StepPatch; expectLeaseToken: string | null | undefined }
+  | { kind: 'workflow'; patch: StoredWorkflowPatch }
+  | { kind: 'step'; slot: StepSlot; patch: StoredStepPatch; expectLeaseToken: string | null | undefined }
   | { kind: 'history'; entries: NewHistoryEntry[] };
 
 /** A transaction over one workflow: a snapshot taken under the lock and a buffer of writes. */
@@ -628,7 +659,7 @@ class MemoryTransaction implements WorkflowTransaction {
 
   updateStep(name: string, patch: StepPatch, options?: { expectLeaseToken?: string | null }): void {
     this.assertOpen();
-    const slot = this.entry.slotsByName.get(name);
+    const slot = slotNamed(this.entry, name);
     if (!slot) {
       throw new NotFoundError(`step ${name} not found in workflow ${this.entry.record.id}`, {
         workflowId: this.entry.record.id,
@@ -686,24 +717,26 @@ const WORKFLOW_PATCH_FIELDS = {
   retryCount: 'plain',
 } as const satisfies Record<keyof WorkflowPatch, FieldKind>;
 
-function normalizePatch<P extends object>(patch: P, fields: Record<string, FieldKind>): P {
+/** A patch checked and in stored form: times as ms, JSON values as their JSON form. */
+function normalizePatch<P extends object>(patch: object, fields: Record<string, FieldKind>): P {
   const out: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(patch)) {
+  for (const key of Object.keys(patch)) {
+    const value = (patch as Record<string, unknown>)[key];
     // `undefined` means "leave as it is", as with a partial SQL update.
     if (value === undefined) continue;
     const kind = fields[key];
     if (kind === undefined) throw new TypeError(`${key} cannot be updated`);
-    out[key] = kind === 'date' ? checkedDate(value, key) : kind === 'json' ? toJson(value) : value;
+    out[key] = kind === 'date' ? checkedTime(value, key) : kind === 'json' ? toJson(value) : value;
   }
   return out as P;
 }
 
-function normalizeStepPatch(patch: StepPatch): StepPatch {
+function normalizeStepPatch(patch: StepPatch): StoredStepPatch {
   if (patch.status !== undefined && !isStepStatus(patch.status)) throw new TypeError(`unknown step status ${String(patch.status)}`);
   return normalizePatch(patch, STEP_PATCH_FIELDS);
 }
 
-function normalizeWorkflowPatch(patch: WorkflowPatch): WorkflowPatch {
+function normalizeWorkflowPatch(patch: WorkflowPatch): StoredWorkflowPatch {
   if (patch.status !== undefined && !isWorkflowStatus(patch.status)) {
     throw new TypeError(`unknown workflow status ${String(patch.status)}`);
   }
@@ -750,11 +783,117 @@ function cloneJson(value: unknown): unknown {
   return out;
 }
 
-function copyDate(value: Date | null): Date | null {
-  return value === null ? null : new Date(value.getTime());
+function dateOf(ms: number | null): Date | null {
+  return ms === null ? null : new Date(ms);
 }
 
-function copyWorkflow(r: WorkflowRecord): WorkflowRecord {
+/** The step row a store hands out, from the stored one. */
+function copyStep(r: StoredStep): StepRecord {
+  return {
+    workflowId: r.workflowId,
+    name: r.name,
+    position: r.position,
+    dependsOn: [...r.dependsOn],
+    status: r.status,
+    attempts: r.attempts,
+    retryCount: r.retryCount,
+    maxAttempts: r.maxAttempts,
+    startedAt: dateOf(r.startedAt),
+    completedAt: dateOf(r.completedAt),
+    dueAt: dateOf(r.dueAt),
+    leaseOwner: r.leaseOwner,
+    leaseToken: r.leaseToken,
+    leaseExpiresAt: dateOf(r.leaseExpiresAt),
+    callbackTokenHash: r.callbackTokenHash,
+    callbackResult: copyJson(r.callbackResult),
+    pollCount: r.pollCount,
+    pollDeadlineAt: dateOf(r.pollDeadlineAt),
+    output: copyJson(r.output),
+    error: copyJson<StoredError | null>(r.error),
+    completionSeq: r.completionSeq,
+  };
+}
+
+/**
+ * A step row in stored form (times as ms), from a new record (see `newStepRecord`).
+ * Every stored step is built here or by {@link patchedStep}, with the same
+ * fields in the same order, so all share one object shape.
+ */
+function storedStep(r: StepRecord): StoredStep {
+  return {
+    workflowId: r.workflowId,
+    name: r.name,
+    position: r.position,
+    dependsOn: r.dependsOn,
+    status: r.status,
+    attempts: r.attempts,
+    retryCount: r.retryCount,
+    maxAttempts: r.maxAttempts,
+    startedAt: r.startedAt === null ? null : r.startedAt.getTime(),
+    completedAt: r.completedAt === null ? null : r.completedAt.getTime(),
+    dueAt: r.dueAt === null ? null : r.dueAt.getTime(),
+    leaseOwner: r.leaseOwner,
+    leaseToken: r.leaseToken,
+    leaseExpiresAt: r.leaseExpiresAt === null ? null : r.leaseExpiresAt.getTime(),
+    callbackTokenHash: r.callbackTokenHash,
+    callbackResult: r.callbackResult,
+    pollCount: r.pollCount,
+    pollDeadlineAt: r.pollDeadlineAt === null ? null : r.pollDeadlineAt.getTime(),
+    output: r.output,
+    error: r.error,
+    completionSeq: r.completionSeq,
+  };
+}
+
+/** `r` with `p` applied (a field `p` leaves out is kept); stored rows are never changed in place. */
+function patchedStep(r: StoredStep, p: StoredStepPatch): StoredStep {
+  return {
+    workflowId: r.workflowId,
+    name: r.name,
+    position: r.position,
+    dependsOn: r.dependsOn,
+    status: p.status ?? r.status,
+    attempts: p.attempts ?? r.attempts,
+    retryCount: p.retryCount ?? r.retryCount,
+    maxAttempts: r.maxAttempts,
+    startedAt: p.startedAt !== undefined ? p.startedAt : r.startedAt,
+    completedAt: p.completedAt !== undefined ? p.completedAt : r.completedAt,
+    dueAt: p.dueAt !== undefined ? p.dueAt : r.dueAt,
+    leaseOwner: p.leaseOwner !== undefined ? p.leaseOwner : r.leaseOwner,
+    leaseToken: p.leaseToken !== undefined ? p.leaseToken : r.leaseToken,
+    leaseExpiresAt: p.leaseExpiresAt !== undefined ? p.leaseExpiresAt : r.leaseExpiresAt,
+    callbackTokenHash: p.callbackTokenHash !== undefined ? p.callbackTokenHash : r.callbackTokenHash,
+    callbackResult: p.callbackResult !== undefined ? p.callbackResult : r.callbackResult,
+    pollCount: p.pollCount ?? r.pollCount,
+    pollDeadlineAt: p.pollDeadlineAt !== undefined ? p.pollDeadlineAt : r.pollDeadlineAt,
+    output: p.output !== undefined ? p.output : r.output,
+    error: p.error !== undefined ? p.error : r.error,
+    completionSeq: p.completionSeq !== undefined ? p.completionSeq : r.completionSeq,
+  };
+}
+
+/** `r` with `p` applied and `updatedAt` set (every write sets it); same shape for every stored workflow. */
+function patchedWorkflow(r: StoredWorkflow, p: StoredWorkflowPatch, updatedAt: number): StoredWorkflow {
+  return {
+    id: r.id,
+    tenantId: r.tenantId,
+    type: r.type,
+    serviceSlug: r.serviceSlug,
+    status: p.status ?? r.status,
+    definitionVersion: r.definitionVersion,
+    input: r.input,
+    output: p.output !== undefined ? p.output : r.output,
+    error: p.error !== undefined ? p.error : r.error,
+    idempotencyKey: r.idempotencyKey,
+    currentStep: p.currentStep !== undefined ? p.currentStep : r.currentStep,
+    retryCount: p.retryCount ?? r.retryCount,
+    createdAt: r.createdAt,
+    updatedAt,
+    completedAt: p.completedAt !== undefined ? p.completedAt : r.completedAt,
+  };
+}
+
+function copyWorkflow(r: StoredWorkflow): WorkflowRecord {
   return {
     id: r.id,
     tenantId: r.tenantId,
@@ -768,43 +907,17 @@ function copyWorkflow(r: WorkflowRecord): WorkflowRecord {
     idempotencyKey: r.idempotencyKey,
     currentStep: r.currentStep,
     retryCount: r.retryCount,
-    createdAt: new Date(r.createdAt.getTime()),
-    updatedAt: new Date(r.updatedAt.getTime()),
-    completedAt: copyDate(r.completedAt),
+    createdAt: new Date(r.createdAt),
+    updatedAt: new Date(r.updatedAt),
+    completedAt: dateOf(r.completedAt),
   };
 }
 
-function copyStep(r: StepRecord): StepRecord {
-  return {
-    workflowId: r.workflowId,
-    name: r.name,
-    position: r.position,
-    dependsOn: [...r.dependsOn],
-    status: r.status,
-    attempts: r.attempts,
-    retryCount: r.retryCount,
-    maxAttempts: r.maxAttempts,
-    startedAt: copyDate(r.startedAt),
-    completedAt: copyDate(r.completedAt),
-    dueAt: copyDate(r.dueAt),
-    leaseOwner: r.leaseOwner,
-    leaseToken: r.leaseToken,
-    leaseExpiresAt: copyDate(r.leaseExpiresAt),
-    callbackTokenHash: r.callbackTokenHash,
-    callbackResult: copyJson(r.callbackResult),
-    pollCount: r.pollCount,
-    pollDeadlineAt: copyDate(r.pollDeadlineAt),
-    output: copyJson(r.output),
-    error: copyJson<StoredError | null>(r.error),
-    completionSeq: r.completionSeq,
-  };
-}
-
-function copyHistory(r: HistoryRecord): HistoryRecord {
+function copyHistory(r: StoredHistory, workflowId: string): HistoryRecord {
   return {
     seq: r.seq,
-    workflowId: r.workflowId,
-    at: new Date(r.at.getTime()),
+    workflowId,
+    at: new Date(r.at),
     kind: r.kind,
     stepName: r.stepName,
     from: r.from,
