@@ -421,12 +421,65 @@ describe('group commit of creates on SQLite', () => {
     statements.length = 0;
     await store.transact('w1', (tx) => tx.updateStep('a', { pollCount: 1 }), { optimistic: true });
     expect(statements).toEqual(['begin immediate', 'update "sagaline_workflows"', 'update "sagaline_steps"', 'commit']);
-    // With company, the batch reads what it locks.
+    // With company, the batch checks the versions of what it remembers, and reads nothing else.
     await store.createWorkflow(workflow('w2'));
     statements.length = 0;
     await Promise.all(['w1', 'w2'].map((id) => store.transact(id, (tx) => tx.updateStep('a', { pollCount: 2 }), { optimistic: true })));
-    expect(statements.slice(0, 3)).toEqual(['begin immediate', 'select *', 'select *']);
+    expect(statements).toEqual(['begin immediate', 'select id,', 'with v("k_id",', 'with v("k_wf",', 'commit']);
     for (const id of ['w1', 'w2']) expect((await store.getSteps(id))[0]?.pollCount).toBe(2);
+  });
+
+  /** A logged group-commit store, and another store on a second connection to the same file (another process, as far as SQLite can tell). */
+  async function mineAndTheirs() {
+    const made = await groupStore('sqlite', createManualClock(T0));
+    opened.push(made.cleanup);
+    const statements: string[] = [];
+    const mine = made.logged((event) => statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase()));
+    return { mine, theirs: made.store, db: made.db, table: made.table, statements };
+  }
+
+  /** Adds one to step `a`'s poll count, returning the count it saw. */
+  const bump = (tx: WorkflowTransaction): number => {
+    const seen = tx.steps[0]!.pollCount;
+    tx.updateStep('a', { pollCount: seen + 1 });
+    return seen;
+  };
+
+  it('starts a batch from the states it remembers once their versions check out, and reads only what another process changed', async () => {
+    const { mine, theirs, statements } = await mineAndTheirs();
+    for (const id of ['w1', 'w2', 'w3']) await mine.createWorkflow(workflow(id, ['a', 'b']));
+    await theirs.transact('w2', (tx) => tx.updateStep('a', { pollCount: 5 }), { optimistic: true });
+    statements.length = 0;
+    expect(await Promise.all(['w1', 'w2', 'w3'].map((id) => mine.transact(id, bump, { optimistic: true })))).toEqual([0, 5, 0]);
+    // One version check for all three; the workflow and steps of w2 alone are read.
+    expect(statements.slice(0, 4)).toEqual(['begin immediate', 'select id,', 'select *', 'select *']);
+    expect(statements.filter((text) => text.startsWith('select'))).toHaveLength(3);
+    expect(await Promise.all(['w1', 'w2', 'w3'].map(async (id) => (await theirs.getSteps(id))[0]?.pollCount))).toEqual([1, 6, 1]);
+    // What the batch wrote is remembered, the fresh read of w2 included: the next batch reads versions only.
+    statements.length = 0;
+    expect(await Promise.all(['w1', 'w2', 'w3'].map((id) => mine.transact(id, bump, { optimistic: true })))).toEqual([1, 6, 1]);
+    expect(statements.filter((text) => text.startsWith('select'))).toEqual(['select id,']);
+    // A write by the other process after that is seen again.
+    await theirs.transact('w3', (tx) => tx.updateStep('a', { pollCount: 40 }));
+    expect(await Promise.all(['w1', 'w3'].map((id) => mine.transact(id, bump, { optimistic: true })))).toEqual([2, 40]);
+  });
+
+  it('remembers nothing of a batch that fails to commit', async () => {
+    const { mine, theirs, db, table } = await mineAndTheirs();
+    for (const id of ['w1', 'w2']) await mine.createWorkflow(workflow(id, ['a']));
+    await sql`create trigger explode before insert on ${table('history')}
+      when new.action = 'explode' begin select raise(abort, 'exploded'); end`.execute(db);
+    const outcomes = await Promise.allSettled([
+      mine.transact('w1', bump, { optimistic: true }),
+      mine.transact('w2', (tx) => {
+        bump(tx);
+        tx.appendHistory([note('explode')]);
+      }, { optimistic: true }),
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected']);
+    expect(await Promise.all(['w1', 'w2'].map(async (id) => (await theirs.getSteps(id))[0]?.pollCount))).toEqual([0, 0]);
+    // Had the rolled-back writes been remembered, these would start from 1.
+    expect(await Promise.all(['w1', 'w2'].map((id) => mine.transact(id, bump, { optimistic: true })))).toEqual([0, 0]);
   });
 
   it('writes no create of a batch that fails to commit, and fails each of them', async () => {
@@ -507,11 +560,16 @@ describe('group commit on Postgres when the connection dies', () => {
     let running = true;
     const killer = (async () => {
       let kills = 0;
+      let acknowledgedAtKill = -1;
       while (running) {
         await new Promise((r) => setTimeout(r, 7));
+        // Kill again only once a call was acknowledged since the last kill: where a batch takes longer than
+        // the interval (a slow machine), killing on every tick would fail every batch and test nothing.
+        if (acknowledged.size === acknowledgedAtKill) continue;
         const { rows } = await sql<{ n: number }>`
           select count(pg_terminate_backend(pid))::int as n from pg_stat_activity
           where datname = current_database() and application_name = 'group_commit_test' and state <> 'idle'`.execute(admin);
+        if (rows[0]!.n > 0) acknowledgedAtKill = acknowledged.size;
         kills += rows[0]!.n;
       }
       return kills;
@@ -537,13 +595,15 @@ describe('group commit on Postgres when the connection dies', () => {
     expect(kills).toBeGreaterThan(0);
     expect(failed.size).toBeGreaterThan(0);
     expect(acknowledged.size).toBeGreaterThan(0);
+    // Read back through a pool the killer never touched: the store's own pool may still hand out a connection killed last.
+    const reader = new KyselyWorkflowStore({ db: admin, clock: createManualClock(T0) });
     for (const id of ids) {
-      const history = await store.getHistory(id);
+      const history = await reader.getHistory(id);
       const notes = history.filter((h) => h.action === 'inc').map((h) => h.detail as { tag: string; seen: number });
       // Each stored transaction is whole: the counter, the history numbering and the notes agree.
       expect(history.map((h) => h.seq)).toEqual(history.map((_, k) => k + 1));
       expect(notes.map((n) => n.seen)).toEqual(notes.map((_, k) => k + 1));
-      const output: unknown = (await store.getWorkflow(id))?.output;
+      const output: unknown = (await reader.getWorkflow(id))?.output;
       expect(output).toEqual(notes.length === 0 ? null : { n: notes.length });
       for (const n of notes) expect(failed.has(n.tag), `${n.tag} failed but was stored`).toBe(false);
       const stored = new Set(notes.map((n) => n.tag));

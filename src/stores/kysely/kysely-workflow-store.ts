@@ -182,6 +182,8 @@ class SnapshotCache {
 interface LockedWorkflow {
   workflow: WorkflowRecord;
   historySeq: number;
+  /** The row's `version` column. */
+  version: string;
 }
 
 /** One part of a batch's writes, and the bind parameters it takes. */
@@ -1341,8 +1343,15 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private async runBatch(batch: QueuedEntry[]): Promise<void> {
     const creates = batch.filter(isCreate);
     const transacts = batch.filter((e): e is TransactEntry => !isCreate(e));
-    // Its writes change the row versions: what an optimistic write remembered is out of date.
-    for (const entry of transacts) this.written.delete(entry.key);
+    // Taken out: the batch's writes change the row versions. On SQLite, a remembered state is
+    // used once the batch's lock shows it current, and the batch's writes are remembered after its commit.
+    const remembered = new Map<string, Snapshot>();
+    for (const entry of transacts) {
+      const found = this.written.take(entry.key);
+      if (found && !this.pg) remembered.set(entry.key, found);
+    }
+    /** Per call: the state its writes apply to, to remember after the commit (SQLite). */
+    let bases: (Snapshot | undefined)[] = [];
     let created: ({ ok: true; workflow: WorkflowRecord | null } | { ok: false; error: unknown })[] = [];
     let outcomes: BatchOutcome[] = [];
     try {
@@ -1355,15 +1364,29 @@ export class KyselyWorkflowStore implements WorkflowStore {
           for (const entry of creates) created.push(await this.createInBatch(trx, entry));
         }
         if (transacts.length === 0) return;
-        const { locked, now } = await this.lockWorkflows(trx, transacts.map((e) => e.key));
+        const current = await this.currentRemembered(trx, remembered);
+        const { locked, now } = await this.lockWorkflows(
+          trx,
+          transacts.flatMap((e) => (current.has(e.key) ? [] : [e.key])),
+        );
         const steps = await this.readSteps(trx, [...locked.keys()]);
+        bases = [];
         outcomes = await Promise.all(
-          transacts.map(async (entry): Promise<BatchOutcome> => {
-            const found = locked.get(entry.key);
+          transacts.map(async (entry, i): Promise<BatchOutcome> => {
+            let found: LockedWorkflow | undefined = locked.get(entry.key);
+            let stepRecords = steps.get(entry.key) ?? [];
+            const known = current.get(entry.key);
+            if (known) {
+              // The callback gets its own copy: nothing it does reaches the remembered state.
+              const view = structuredClone({ workflow: known.workflow, steps: known.steps });
+              found = { workflow: view.workflow, historySeq: known.historySeq, version: known.version };
+              stepRecords = view.steps;
+              bases[i] = known;
+            } else if (found && !this.pg) {
+              bases[i] = { ...structuredClone({ workflow: found.workflow, steps: stepRecords }), historySeq: found.historySeq, version: found.version };
+            }
             if (!found) return { ok: false, error: new NotFoundError(`workflow ${entry.key} not found`, { workflowId: entry.key }) };
-            const tx = new KyselyTransaction(now, found.workflow, found.historySeq, steps.get(entry.key) ?? [], (kind, value) =>
-              this.encode(kind, value),
-            );
+            const tx = new KyselyTransaction(now, found.workflow, found.historySeq, stepRecords, (kind, value) => this.encode(kind, value));
             try {
               const value = await entry.fn(tx);
               const stale = tx.hasWrites ? tx.staleError() : undefined;
@@ -1399,9 +1422,34 @@ export class KyselyWorkflowStore implements WorkflowStore {
     });
     transacts.forEach((entry, i) => {
       const outcome = outcomes[i]!;
+      const base = bases[i];
+      // Remembered once committed, and only for a store that commits its own transactions.
+      if (outcome.ok && base && !this.db.isTransaction) {
+        const after = outcome.tx.hasWrites ? { ...outcome.tx.afterImage(base), version: String(Number(base.version) + 1) } : base;
+        this.written.put(entry.key, after);
+      }
       if (outcome.ok) entry.resolve(outcome.value);
       else entry.reject(outcome.error);
     });
+  }
+
+  /**
+   * SQLite, inside a batch's `BEGIN IMMEDIATE`: the remembered states that are
+   * still current, checked by reading the workflows' `version` alone. No one
+   * can write before the batch commits, so a matching version means the
+   * remembered workflow and steps are exactly what a read would return.
+   */
+  private async currentRemembered(trx: Db, remembered: Map<string, Snapshot>): Promise<Map<string, Snapshot>> {
+    const current = new Map<string, Snapshot>();
+    if (remembered.size === 0) return current;
+    const ids = [...remembered.keys()];
+    const rows = await this.rows(trx, sql`select id, version from ${this.ref('workflows')} where id in (${sql.join(ids)})`);
+    for (const row of rows) {
+      const id = String(row['id']);
+      const snapshot = remembered.get(id);
+      if (snapshot && String(row['version']) === snapshot.version) current.set(id, snapshot);
+    }
+    return current;
   }
 
   /** A create inside a batch's transaction (SQLite), under a savepoint: one that fails leaves nothing behind, and the batch goes on. */
@@ -1427,7 +1475,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const sorted = [...new Set(ids)].sort();
     let rows: Row[];
     let now: Date;
-    if (this.pg) {
+    if (sorted.length === 0) {
+      rows = [];
+      now = new Date(this.clock ? this.clock.now() : Date.now());
+    } else if (this.pg) {
       // Rows leave the locking subquery one at a time: the last row's clock_timestamp() follows every lock.
       const clockSql = this.clock ? sql`null` : sql`clock_timestamp()`;
       rows = await this.rows(
@@ -1447,7 +1498,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
       now = new Date(this.clock ? this.clock.now() : Date.now());
     }
     const locked = new Map<string, LockedWorkflow>();
-    for (const row of rows) locked.set(String(row['id']), { workflow: this.toWorkflow(row), historySeq: Number(row['last_history_seq'] ?? 0) });
+    for (const row of rows) {
+      locked.set(String(row['id']), { workflow: this.toWorkflow(row), historySeq: Number(row['last_history_seq'] ?? 0), version: String(row['version'] ?? 0) });
+    }
     return { locked, now };
   }
 
