@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { HistoryRecord, NewHistoryEntry } from './workflow-store.js';
+import type { HistoryRecord, NewHistoryEntry, StepRecord, WorkflowRecord } from './workflow-store.js';
 
 /** A date field: a copy of a valid `Date`, or null; anything else is a `TypeError` naming `field`. */
 export function checkedDate(value: unknown, field: string): Date | null {
@@ -45,4 +45,83 @@ export function normalizeHistory(entry: NewHistoryEntry, detail: (value: unknown
 /** A history entry a claim writes itself: no actor, reason, action or detail. */
 export function claimHistoryEntry(kind: HistoryRecord['kind'], stepName: string | null, from: string | null, to: string | null): NewHistoryEntry {
   return { kind, stepName, from, to, actor: null, reason: null, action: null, detail: null };
+}
+
+/**
+ * A deep copy of a stored JSON value (plain objects, arrays and primitives,
+ * as a JSON column returns them): what `structuredClone` would make of it,
+ * several times faster.
+ */
+export function copyJson<T>(value: T): T {
+  return (value !== null && typeof value === 'object' ? cloneJson(value) : value) as T;
+}
+
+function cloneJson(value: unknown): unknown {
+  if (value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return value.map(cloneJson);
+  const out: Record<string, unknown> = {};
+  for (const key of Object.keys(value)) {
+    const item = cloneJson((value as Record<string, unknown>)[key]);
+    // JSON may carry an own "__proto__" key; plain assignment would set the prototype instead.
+    if (key === '__proto__') Object.defineProperty(out, key, { value: item, enumerable: true, writable: true, configurable: true });
+    else out[key] = item;
+  }
+  return out;
+}
+
+function copyDate(value: Date | null): Date | null {
+  return value === null ? null : new Date(value.getTime());
+}
+
+/** A copy of a workflow record that shares nothing mutable with it (its JSON fields must hold plain JSON). */
+export function copyWorkflowRecord(r: WorkflowRecord): WorkflowRecord {
+  return {
+    id: r.id,
+    tenantId: r.tenantId,
+    type: r.type,
+    serviceSlug: r.serviceSlug,
+    status: r.status,
+    definitionVersion: r.definitionVersion,
+    input: copyJson(r.input),
+    output: copyJson(r.output),
+    error: copyJson(r.error),
+    idempotencyKey: r.idempotencyKey,
+    currentStep: r.currentStep,
+    retryCount: r.retryCount,
+    createdAt: new Date(r.createdAt.getTime()),
+    updatedAt: new Date(r.updatedAt.getTime()),
+    completedAt: copyDate(r.completedAt),
+  };
+}
+
+/** A copy of a step record that shares nothing mutable with it (its JSON fields must hold plain JSON). */
+export function copyStepRecord(r: StepRecord): StepRecord {
+  return {
+    workflowId: r.workflowId,
+    name: r.name,
+    position: r.position,
+    dependsOn: [...r.dependsOn],
+    status: r.status,
+    attempts: r.attempts,
+    retryCount: r.retryCount,
+    maxAttempts: r.maxAttempts,
+    startedAt: copyDate(r.startedAt),
+    completedAt: copyDate(r.completedAt),
+    dueAt: copyDate(r.dueAt),
+    leaseOwner: r.leaseOwner,
+    leaseToken: r.leaseToken,
+    leaseExpiresAt: copyDate(r.leaseExpiresAt),
+    callbackTokenHash: r.callbackTokenHash,
+    callbackResult: copyJson(r.callbackResult),
+    pollCount: r.pollCount,
+    pollDeadlineAt: copyDate(r.pollDeadlineAt),
+    output: copyJson(r.output),
+    error: copyJson(r.error),
+    completionSeq: r.completionSeq,
+  };
+}
+
+/** A workflow with its steps, copied (see {@link copyWorkflowRecord}). */
+export function copyRecords(records: { workflow: WorkflowRecord; steps: readonly StepRecord[] }): { workflow: WorkflowRecord; steps: StepRecord[] } {
+  return { workflow: copyWorkflowRecord(records.workflow), steps: records.steps.map(copyStepRecord) };
 }

@@ -21,7 +21,7 @@ import type {
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
-import { checkedDate, claimHistoryEntry, normalizeHistory } from '../../storage/store-values.js';
+import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
 import { CasWriter, jsonText, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
@@ -527,7 +527,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const result = await this.inTransaction(async (trx) => {
       const now = new Date(this.clock ? this.clock.now() : Date.now());
       // The callback gets its own copy: nothing it does reaches the remembered state.
-      const view = structuredClone({ workflow: remembered.workflow, steps: remembered.steps });
+      const view = copyRecords({ workflow: remembered.workflow, steps: remembered.steps });
       const tx = new KyselyTransaction(now, view.workflow, remembered.historySeq, view.steps, (kind, value) => this.encode(kind, value));
       let outcome: { ok: true; value: T } | { ok: false; error: unknown };
       try {
@@ -656,7 +656,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const { workflow, historySeq, now, version } = await this.lockWorkflow(trx, workflowId);
     const steps = (await this.getStepRows(trx, workflowId)).map((r) => this.toStep(r));
     // The callback's records are its own to change: the remembered state starts from a copy.
-    const base = this.pg ? undefined : structuredClone({ workflow, steps });
+    const base = this.pg ? undefined : copyRecords({ workflow, steps });
     const tx = new KyselyTransaction(now, workflow, historySeq, steps, (kind, value) => this.encode(kind, value));
     let value: T;
     try {
@@ -770,7 +770,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   /** What a create inserted, committed: the first optimistic write on it needs no read. */
   private rememberCreated(workflow: WorkflowRecord, input: CreateWorkflowInput, createdAt: Date, historySeq: number, version: string): void {
     const steps = input.steps.map((s) => newStepRecord(workflow.id, { ...s, dependsOn: [...s.dependsOn] }, createdAt)).sort((a, b) => a.position - b.position);
-    this.written.put(workflow.id, { workflow: structuredClone(workflow), historySeq, steps: structuredClone(steps), version });
+    this.written.put(workflow.id, { ...copyRecords({ workflow, steps }), historySeq, version });
   }
 
   private insertWorkflowSql(input: CreateWorkflowInput, createdAt: Date): RawBuilder<unknown> {
@@ -922,7 +922,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         const version = versions[c.workflow.id];
         const historySeq = historySeqs.get(c.workflow.id);
         if (version === undefined || historySeq === undefined) continue;
-        this.written.put(c.workflow.id, { workflow: structuredClone(c.workflow), steps: structuredClone(c.steps), historySeq, version });
+        this.written.put(c.workflow.id, { ...copyRecords(c), historySeq, version });
       }
     }
     return claims;
@@ -1039,8 +1039,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       if (!row || seen.has(c.workflow.id)) continue;
       seen.add(c.workflow.id);
       remember.push({
-        workflow: structuredClone(c.workflow),
-        steps: structuredClone(c.steps),
+        ...copyRecords(c),
         historySeq: Number(row['last_history_seq'] ?? 0),
         version: String(Number(row['version'] ?? 0)),
       });
@@ -1249,7 +1248,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         [...snapshots].map(async ([entry, snapshot]) => {
           // The callback gets its own copy: what it does to the records it is handed (or passes on, such
           // as step outputs) must not reach the state this store remembers.
-          const view = structuredClone({ workflow: snapshot.workflow, steps: snapshot.steps });
+          const view = copyRecords({ workflow: snapshot.workflow, steps: snapshot.steps });
           const tx = new KyselyTransaction(snapshot.now, view.workflow, snapshot.historySeq, view.steps, (kind, value) =>
             this.encode(kind, value),
           );
@@ -1378,12 +1377,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
             const known = current.get(entry.key);
             if (known) {
               // The callback gets its own copy: nothing it does reaches the remembered state.
-              const view = structuredClone({ workflow: known.workflow, steps: known.steps });
+              const view = copyRecords({ workflow: known.workflow, steps: known.steps });
               found = { workflow: view.workflow, historySeq: known.historySeq, version: known.version };
               stepRecords = view.steps;
               bases[i] = known;
             } else if (found && !this.pg) {
-              bases[i] = { ...structuredClone({ workflow: found.workflow, steps: stepRecords }), historySeq: found.historySeq, version: found.version };
+              bases[i] = { ...copyRecords({ workflow: found.workflow, steps: stepRecords }), historySeq: found.historySeq, version: found.version };
             }
             if (!found) return { ok: false, error: new NotFoundError(`workflow ${entry.key} not found`, { workflowId: entry.key }) };
             const tx = new KyselyTransaction(now, found.workflow, found.historySeq, stepRecords, (kind, value) => this.encode(kind, value));

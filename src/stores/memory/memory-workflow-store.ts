@@ -28,7 +28,7 @@ import type {
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
-import { checkedDate, checkedTime, claimHistoryEntry, normalizeHistory } from '../../storage/store-values.js';
+import { checkedDate, checkedTime, claimHistoryEntry, copyJson, normalizeHistory } from '../../storage/store-values.js';
 
 /** Options of {@link MemoryWorkflowStore}. */
 export interface MemoryWorkflowStoreOptions {
@@ -760,27 +760,6 @@ function toJson(value: unknown): unknown {
       return text === undefined ? null : (JSON.parse(text) as unknown);
     }
   }
-}
-
-/**
- * A deep copy of a stored JSON value. Stored values are plain JSON (see
- * {@link toJson}), so a direct walk does what `structuredClone` would, faster.
- */
-function copyJson<T>(value: T): T {
-  return (value !== null && typeof value === 'object' ? cloneJson(value) : value) as T;
-}
-
-function cloneJson(value: unknown): unknown {
-  if (value === null || typeof value !== 'object') return value;
-  if (Array.isArray(value)) return value.map(cloneJson);
-  const out: Record<string, unknown> = {};
-  for (const key of Object.keys(value)) {
-    const item = cloneJson((value as Record<string, unknown>)[key]);
-    // JSON may carry an own "__proto__" key; plain assignment would set the prototype instead.
-    if (key === '__proto__') Object.defineProperty(out, key, { value: item, enumerable: true, writable: true, configurable: true });
-    else out[key] = item;
-  }
-  return out;
 }
 
 function dateOf(ms: number | null): Date | null {
