@@ -142,6 +142,31 @@ describe.each(['postgres', 'sqlite'] as const)('KyselyWorkflowStore remembered s
     expect(await mine.getWorkflow('w1')).toMatchObject({ currentStep: 'd', output: { after: 'd' } });
   });
 
+  it('hands each callback its own copy of the remembered state', async () => {
+    const { mine } = await twoStores();
+    await mine.createWorkflow(workflow('w1'));
+    await mine.transact('w1', (tx) => tx.updateStep('a', { output: { endpoint: { host: 'db-1', ports: [5432] } } }), { optimistic: true });
+    // A callback that changes everything it is handed, and writes nothing of it…
+    await mine.transact(
+      'w1',
+      (tx) => {
+        (tx.workflow.input as { plan: string }).plan = 'changed';
+        tx.workflow.createdAt.setTime(0);
+        (tx.steps[0]!.output as { endpoint: { ports: number[] } }).endpoint.ports.push(1);
+        tx.steps[0]!.dueAt!.setTime(0);
+        tx.steps[1]!.dependsOn.push('x');
+        tx.updateWorkflow({ currentStep: 'a' });
+      },
+      { optimistic: true },
+    );
+    // …leaves the next one (decided on what the store remembers) the stored state.
+    const seen = await mine.transact('w1', (tx) => ({ workflow: tx.workflow, steps: tx.steps.map((s) => ({ ...s })) }), { optimistic: true });
+    expect(seen.workflow).toMatchObject({ input: { plan: 'basic' }, createdAt: new Date(T0), currentStep: 'a' });
+    expect(seen.steps[0]).toMatchObject({ output: { endpoint: { host: 'db-1', ports: [5432] } }, dueAt: new Date(T0) });
+    expect(seen.steps[1]?.dependsOn).toEqual([]);
+    expect(seen).toEqual({ workflow: await mine.getWorkflow('w1'), steps: await mine.getSteps('w1') });
+  });
+
   it('sees the writes of a store with group commit', async () => {
     const { mine, theirs } = await twoStores({ groupCommit: true });
     await mine.createWorkflow(workflow('w1'));

@@ -36,6 +36,13 @@ type Row = Record<string, unknown>;
 type ColumnKind = 'text' | 'int' | 'time' | 'json';
 
 const PG_TYPES = { text: 'text', int: 'integer', time: 'timestamptz', json: 'jsonb' } as const satisfies Record<ColumnKind, string>;
+/** The casts as SQL fragments, made once: a parameter is built on every call. */
+const PG_CASTS = {
+  text: sql.raw('text'),
+  int: sql.raw(PG_TYPES.int),
+  time: sql.raw(PG_TYPES.time),
+  json: sql.raw(PG_TYPES.json),
+} as const satisfies Record<ColumnKind, RawBuilder<unknown>>;
 
 const STEP_COLUMNS = {
   status: ['status', 'text'],
@@ -1742,7 +1749,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   /** A parameter, cast on Postgres so that its type never depends on inference. */
   private param(kind: ColumnKind, value: unknown): RawBuilder<unknown> {
-    return this.pg ? sql`${value}::${sql.raw(PG_TYPES[kind])}` : sql`${value}`;
+    return this.pg ? sql`${value}::${PG_CASTS[kind]}` : sql`${value}`;
   }
 
   /** The store's time in SQL: the injected clock as a parameter, the statement's time on Postgres, else the JS clock. */
