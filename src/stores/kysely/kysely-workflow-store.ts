@@ -255,6 +255,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private readonly written = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
   /** Builds the compare-and-set writes of optimistic transactions (on first use). */
   private casWriter: CasWriter | undefined;
+  /** Texts of the Postgres create statement, by shape (see `createStatement`). */
+  private readonly createTexts = new Map<string, string>();
   /** Database clock minus local clock, as last measured (Postgres without an injected clock). */
   private clockOffsetMs = 0;
   /** Local time of that measurement; never measured yet: -Infinity. */
@@ -707,33 +709,104 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   /** One statement: the workflow insert, and the step and history inserts only when it inserted. */
   private async createPostgres(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
-    const ctes: RawBuilder<unknown>[] = [
-      sql`ins as (${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *, xmin::text as row_version)`,
-    ];
-    if (input.steps.length > 0) {
-      const values = input.steps.map((s) => sql`(${sql.join(this.stepValues(s, createdAt).map(([kind, v]) => this.param(kind, v)))})`);
-      ctes.push(sql`
-        steps as (
-          insert into ${this.ref('steps')} (workflow_id, ${STEP_INSERT_COLUMNS})
-          select ins.id, v.* from ins cross join (values ${sql.join(values)}) as v
-        )`);
-    }
-    if (history.length > 0) {
-      const at = this.nowSql(undefined);
-      const values = history.map((h, i) => sql`(${sql.join([this.param('int', i + 1), ...this.historyCells(h, at)])})`);
-      ctes.push(sql`
-        hist as (
-          insert into ${this.ref('history')} (${HISTORY_COLUMN_LIST})
-          select ins.id, v.* from ins cross join (values ${sql.join(values)}) as v
-        )`);
-    }
-    // The notification goes out only when the row was inserted (and on commit).
-    const rows = await this.rows(this.db, sql`with ${sql.join(ctes)} select *${this.notifySql(true)} from ins`);
-    const row = rows[0];
+    const statement = this.createStatement(input, createdAt, history);
+    const result = await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters));
+    const row = result.rows[0];
     if (!row) return null;
     const workflow = this.toWorkflow(row);
     if (!this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, history.length, String(row['row_version']));
     return workflow;
+  }
+
+  /**
+   * The create statement on Postgres with its parameters. Its text depends
+   * only on the number of steps, which history entries bring their own time,
+   * and whether the clock is injected, so it is built once per such shape and
+   * kept (with `preparedStatements`, planned once per connection); the
+   * parameters are collected without building a query tree.
+   */
+  private createStatement(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): { sql: string; parameters: unknown[] } {
+    const w = input.workflow;
+    const created = this.encodeTime(createdAt);
+    const parameters: unknown[] = [
+      w.id,
+      w.tenantId,
+      w.type,
+      w.serviceSlug ?? null,
+      w.status,
+      w.definitionVersion,
+      jsonText(w.input),
+      w.idempotencyKey ?? null,
+      input.history.length,
+      created,
+    ];
+    for (const s of input.steps) for (const [, value] of this.stepValues(s, createdAt)) parameters.push(value);
+    let ownTimes = '';
+    history.forEach((h, i) => {
+      parameters.push(i + 1);
+      if (h.at) parameters.push(this.encodeTime(h.at));
+      ownTimes += h.at ? 'a' : '-';
+      parameters.push(h.kind, h.stepName, h.from, h.to, h.actor, h.reason, h.action, jsonText(h.detail));
+    });
+    if (this.clock && history.some((h) => !h.at)) parameters.push(this.encodeTime(new Date(this.clock.now())));
+    if (this.notifyChannel !== undefined) parameters.push(this.notifyChannel);
+    const key = `${input.steps.length}:${ownTimes}:${this.clock ? 'clock' : 'db'}`;
+    let text = this.createTexts.get(key);
+    if (text === undefined) {
+      text = this.createText(input.steps.length, history.map((h) => h.at !== undefined && h.at !== null));
+      // Bounded: shapes beyond a workload's few are not expected, and a text is cheap to rebuild.
+      if (this.createTexts.size >= 256) this.createTexts.clear();
+      this.createTexts.set(key, text);
+    }
+    return { sql: text, parameters };
+  }
+
+  /** The text of {@link createStatement}: placeholders in the order its parameters are collected. */
+  private createText(steps: number, ownTime: boolean[]): string {
+    let n = 0;
+    const p = (type?: string) => `$${++n}${type ? `::${type}` : ''}`;
+    const table = (name: 'workflows' | 'steps' | 'history') => sql`${this.ref(name)}`.compile(this.db).sql;
+    const [id, tenant, type, slug, status, version, input, idempotency, historySeq, created] = [
+      p('text'), p('text'), p('text'), p('text'), p('text'), p('text'), p('jsonb'), p('text'), p('integer'), p('timestamptz'),
+    ];
+    const ctes = [
+      `ins as (
+        insert into ${table('workflows')}
+          (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
+           idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
+        values (${id}, ${tenant}, ${type}, ${slug}, ${status}, ${version}, ${input}, null, null, ${idempotency}, null, 0,
+          ${historySeq}, ${created}, ${created}, null)
+        on conflict (tenant_id, idempotency_key) do nothing
+        returning *, xmin::text as row_version
+      )`,
+    ];
+    if (steps > 0) {
+      // The cells of stepValues, in STEP_INSERT_COLUMNS order.
+      const types = ['text', 'integer', 'jsonb', 'text', 'integer', 'timestamptz', 'integer', 'timestamptz', 'text', 'text', 'timestamptz', 'text'];
+      const rows = Array.from({ length: steps }, () => `(${types.map((t) => p(t)).join(', ')})`);
+      ctes.push(`steps as (
+        insert into ${table('steps')} (workflow_id, ${STEP_INSERT_COLUMN_NAMES})
+        select ins.id, v.* from ins cross join (values ${rows.join(', ')}) as v
+      )`);
+    }
+    let defaultAt = 'statement_timestamp()';
+    if (ownTime.length > 0) {
+      const rows = ownTime.map((own) => {
+        const seq = p('integer');
+        const at = own ? p('timestamptz') : null;
+        const cells = ['text', 'text', 'text', 'text', 'text', 'text', 'text', 'jsonb'].map((t) => p(t));
+        return { seq, at, cells };
+      });
+      if (this.clock && ownTime.some((own) => !own)) defaultAt = p('timestamptz');
+      const values = rows.map((r) => `(${[r.seq, r.at ?? defaultAt, ...r.cells].join(', ')})`);
+      ctes.push(`hist as (
+        insert into ${table('history')} (${HISTORY_COLUMNS.join(', ')})
+        select ins.id, v.* from ins cross join (values ${values.join(', ')}) as v
+      )`);
+    }
+    // The notification goes out only when the row was inserted (and on commit).
+    const notify = this.notifyChannel === undefined ? '' : `, pg_notify(${p('text')}, '') as notified`;
+    return `${STATEMENT_MARKER} with ${ctes.join(', ')} select *${notify} from ins`;
   }
 
   /**
@@ -1850,9 +1923,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 }
 
-const STEP_INSERT_COLUMNS = sql.raw(
-  'name, position, depends_on, status, max_attempts, due_at, attempts, started_at, lease_owner, lease_token, lease_expires_at, callback_token_hash',
-);
+const STEP_INSERT_COLUMN_NAMES =
+  'name, position, depends_on, status, max_attempts, due_at, attempts, started_at, lease_owner, lease_token, lease_expires_at, callback_token_hash';
+const STEP_INSERT_COLUMNS = sql.raw(STEP_INSERT_COLUMN_NAMES);
 const HISTORY_COLUMN_LIST = sql.raw(HISTORY_COLUMNS.join(', '));
 
 /**
