@@ -26,6 +26,7 @@ import { CasWriter, jsonText, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
+import { SqliteWriteTexts } from './sqlite-write-texts.js';
 import { resolveTables, type TableNames } from './kysely-tables.js';
 import type { KyselyStoreDialect, KyselyWorkflowStoreConfig } from './kysely-workflow-store-config.js';
 
@@ -111,6 +112,13 @@ interface HistoryRow {
 }
 
 /** The merged writes of one step in a transaction. */
+/** A batch's writes, grouped by the columns they set (each group one `UPDATE … FROM (VALUES …)` per chunk). */
+interface BatchGroups {
+  workflows: Map<string, { columns: string[]; rows: { id: string; cells: Map<string, Cell> }[] }>;
+  steps: Map<string, { columns: string[]; rows: { workflowId: string; name: string; write: StepWrite }[] }>;
+  history: HistoryRow[];
+}
+
 interface StepWrite {
   cells: Map<string, Cell>;
   /** The lease token read under the lock, checked again by the UPDATE when any write was fenced. */
@@ -255,6 +263,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private readonly written = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
   /** Builds the compare-and-set writes of optimistic transactions (on first use). */
   private casWriter: CasWriter | undefined;
+  /** Texts of the SQLite create and batch writes (on first use). */
+  private sqliteTexts: SqliteWriteTexts | undefined;
   /** Texts of the Postgres create statement, by shape (see `createStatement`). */
   private readonly createTexts = new Map<string, string>();
   /** Database clock minus local clock, as last measured (Postgres without an injected clock). */
@@ -829,40 +839,93 @@ export class KyselyWorkflowStore implements WorkflowStore {
   /** The inserts of a create on SQLite, in `trx`: the workflow, or null (and nothing inserted) when its idempotency key is taken. */
   private async insertSqlite(trx: Db, input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
     const w = input.workflow;
-    const rows = await this.rows(
-      trx,
-      sql`${this.insertWorkflowSql(input, createdAt)} on conflict (tenant_id, idempotency_key) do nothing returning *`,
-    );
+    const texts = this.sqliteWrites();
+    const created = createdAt.getTime();
+    const rows = await this.rawRows(trx, texts.createWorkflow(), [
+      w.id,
+      w.tenantId,
+      w.type,
+      w.serviceSlug ?? null,
+      w.status,
+      w.definitionVersion,
+      jsonText(w.input),
+      w.idempotencyKey ?? null,
+      input.history.length,
+      created,
+      created,
+    ]);
     const row = rows[0];
     if (!row) return null;
     if (input.steps.length > 0) {
-      const values = input.steps.map((s) => sql`(${w.id}, ${sql.join(this.stepValues(s, createdAt).map(([kind, v]) => this.param(kind, v)))})`);
-      await sql`insert into ${this.ref('steps')} (workflow_id, ${STEP_INSERT_COLUMNS}) values ${sql.join(values)}`.execute(trx);
+      const parameters: unknown[] = [];
+      for (const s of input.steps) {
+        parameters.push(w.id);
+        for (const [, value] of this.stepValues(s, createdAt)) parameters.push(value);
+      }
+      await this.rawRows(trx, texts.insert('steps', STEP_INSERT_COLUMN_LIST, input.steps.length), parameters);
     }
-    await this.insertHistory(
+    await this.insertHistorySqlite(
       trx,
       history.map((entry, i) => ({ workflowId: w.id, seq: i + 1, entry })),
-      this.nowSql(undefined),
+      this.clock ? this.clock.now() : Date.now(),
     );
     return this.toWorkflow(row);
+  }
+
+  /** SQLite: history rows, at most {@link HISTORY_CHUNK} per statement; `defaultAtMs` is the time of entries without their own. */
+  private async insertHistorySqlite(trx: Db, rows: HistoryRow[], defaultAtMs: number): Promise<void> {
+    const texts = this.sqliteWrites();
+    for (const part of chunk(rows, HISTORY_CHUNK)) {
+      const parameters: unknown[] = [];
+      for (const { workflowId, seq, entry: h } of part) {
+        parameters.push(workflowId, seq, h.at ? h.at.getTime() : defaultAtMs, h.kind, h.stepName, h.from, h.to, h.actor, h.reason, h.action, jsonText(h.detail));
+      }
+      await this.rawRows(trx, texts.insert('history', HISTORY_COLUMNS, part.length), parameters);
+    }
+  }
+
+  /** SQLite: the writes of a group-commit batch (see {@link flushBatch}), one statement per group and chunk. */
+  private async flushBatchSqlite(trx: Db, groups: BatchGroups, now: Date): Promise<void> {
+    const texts = this.sqliteWrites();
+    for (const group of groups.workflows.values()) {
+      for (const rows of chunk(group.rows, Math.floor(MAX_STATEMENT_PARAMS / (group.columns.length + 1)))) {
+        const parameters: unknown[] = [];
+        for (const r of rows) {
+          parameters.push(r.id);
+          for (const c of group.columns) parameters.push(r.cells.get(c)!.value);
+        }
+        await this.rawRows(trx, texts.update('workflows', group.columns, rows.length), parameters);
+      }
+    }
+    for (const group of groups.steps.values()) {
+      for (const rows of chunk(group.rows, Math.floor(MAX_STATEMENT_PARAMS / (group.columns.length + 4)))) {
+        const parameters: unknown[] = [];
+        for (const { workflowId, name, write } of rows) {
+          parameters.push(workflowId, name, write.fence !== null ? 1 : 0, write.fence?.expected ?? null);
+          for (const c of group.columns) parameters.push(write.cells.get(c)!.value);
+        }
+        const result = await trx.executeQuery(CompiledQuery.raw(texts.update('steps', group.columns, rows.length), parameters));
+        // A fenced row whose lease changed is not updated: the batch is stale.
+        if (Number(result.numAffectedRows ?? 0) !== rows.length) throw staleLease(rows[0]!.workflowId, rows[0]!.name);
+      }
+    }
+    await this.insertHistorySqlite(trx, groups.history, now.getTime());
+  }
+
+  private sqliteWrites(): SqliteWriteTexts {
+    const compiled = (table: 'workflows' | 'steps' | 'history') => sql`${this.ref(table)}`.compile(this.db).sql;
+    this.sqliteTexts ??= new SqliteWriteTexts({ workflows: compiled('workflows'), steps: compiled('steps'), history: compiled('history') });
+    return this.sqliteTexts;
+  }
+
+  private async rawRows(db: Db, text: string, parameters: unknown[]): Promise<Row[]> {
+    return (await db.executeQuery<Row>(CompiledQuery.raw(text, parameters))).rows;
   }
 
   /** What a create inserted, committed: the first optimistic write on it needs no read. */
   private rememberCreated(workflow: WorkflowRecord, input: CreateWorkflowInput, createdAt: Date, historySeq: number, version: string): void {
     const steps = input.steps.map((s) => newStepRecord(workflow.id, { ...s, dependsOn: [...s.dependsOn] }, createdAt)).sort((a, b) => a.position - b.position);
     this.written.put(workflow.id, { ...copyRecords({ workflow, steps }), historySeq, version });
-  }
-
-  private insertWorkflowSql(input: CreateWorkflowInput, createdAt: Date): RawBuilder<unknown> {
-    const w = input.workflow;
-    const created = this.param('time', this.encodeTime(createdAt));
-    return sql`
-      insert into ${this.ref('workflows')}
-        (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
-         idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
-      values (${w.id}, ${w.tenantId}, ${w.type}, ${w.serviceSlug ?? null}, ${w.status}, ${w.definitionVersion},
-        ${this.param('json', jsonText(w.input))}, null, null, ${w.idempotencyKey ?? null}, null, 0,
-        ${this.param('int', input.history.length)}, ${created}, ${created}, null)`;
   }
 
   /** A new step's cells, in {@link STEP_INSERT_COLUMNS} order; with `claim`, as a claim at `createdAt` leaves it. */
@@ -1598,13 +1661,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * grouped by the set of columns they change, each group one
    * `UPDATE … FROM (VALUES …)`, and one history insert. On Postgres they are
    * data-modifying CTEs of one statement (more only past the parameter limit)
-   * that also sends the batch's one notification; on SQLite, one statement each.
+   * that also sends the batch's one notification; on SQLite, one statement
+   * each, built as text (see {@link flushBatchSqlite}).
    */
   private async flushBatch(trx: Db, txs: KyselyTransaction[], now: Date): Promise<void> {
     if (txs.length === 0) return;
     const nowCell: Cell = { kind: 'time', value: this.encodeTime(now) };
-    const workflowGroups = new Map<string, { columns: string[]; rows: { id: string; cells: Map<string, Cell> }[] }>();
-    const stepGroups = new Map<string, { columns: string[]; rows: { workflowId: string; name: string; write: StepWrite }[] }>();
+    const workflowGroups: BatchGroups['workflows'] = new Map();
+    const stepGroups: BatchGroups['steps'] = new Map();
     const history: HistoryRow[] = [];
     let wakes = false;
     for (const tx of txs) {
@@ -1620,7 +1684,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
       }
       wakes ||= tx.wakes();
     }
+    if (!this.pg) return this.flushBatchSqlite(trx, { workflows: workflowGroups, steps: stepGroups, history }, now);
 
+    // Postgres: the pieces as data-modifying CTEs.
     const pieces: WritePiece[] = [];
     for (const group of workflowGroups.values()) {
       for (const rows of chunk(group.rows, Math.floor(MAX_STATEMENT_PARAMS / (group.columns.length + 1)))) {
@@ -1636,13 +1702,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
           this.valuesRow([
             sql`${workflowId}`,
             sql`${name}`,
-            this.pg ? sql`${write.fence !== null}::boolean` : sql`${write.fence !== null ? 1 : 0}`,
-            this.pg ? sql`${write.fence?.expected ?? null}::text` : sql`${write.fence?.expected ?? null}`,
+            sql`${write.fence !== null}::boolean`,
+            sql`${write.fence?.expected ?? null}::text`,
             ...group.columns.map((c) => this.cellSql(write.cells.get(c)!)),
           ]),
         );
-        const fence = this.pg ? sql`s.lease_token is not distinct from v.k_expected` : sql`s.lease_token is v.k_expected`;
-        const where = sql`s.workflow_id = v.k_wf and s.name = v.k_name and (not v.k_fenced or ${fence})`;
+        const where = sql`s.workflow_id = v.k_wf and s.name = v.k_name and (not v.k_fenced or s.lease_token is not distinct from v.k_expected)`;
         const piece = this.updateFromValues('steps', group.columns, ['k_wf', 'k_name', 'k_fenced', 'k_expected'], values, where);
         pieces.push({ ...piece, params: rows.length * perRow, stepRows: rows.length, firstStep: [rows[0]!.workflowId, rows[0]!.name] });
       }
@@ -1652,14 +1717,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       pieces.push({ sql: this.historyInsertSql(rows, nowSql), params: rows.length * HISTORY_COLUMNS.length, stepRows: 0, firstStep: null, counted: false });
     }
 
-    if (!this.pg) {
-      for (const piece of pieces) {
-        const result = await piece.sql.execute(trx);
-        if (piece.counted && Number(result.numAffectedRows ?? 0) !== piece.stepRows) throw batchStale(piece);
-      }
-      return;
-    }
-    // Postgres: pack the pieces into as few statements as the parameter limit allows.
+    // Pack the pieces into as few statements as the parameter limit allows.
     const statements: WritePiece[][] = [[]];
     let params = 0;
     for (const piece of pieces) {
@@ -1697,11 +1755,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (sets.length === 0) sets.push(sql`name = ${sql.id(alias)}.name`);
     const target = sql`${this.ref(table)} as ${sql.id(alias)}`;
     const countable = table === 'steps';
-    const query = this.pg
-      ? sql`update ${target} set ${sql.join(sets)} from (values ${sql.join(values)}) as v(${sql.join(names)})
-          where ${where}${countable ? sql` returning 1` : sql``}`
-      : sql`with v(${sql.join(names)}) as (values ${sql.join(values)})
-          update ${target} set ${sql.join(sets)} from v where ${where}`;
+    // (SQLite's batch writes are built as text: see flushBatchSqlite.)
+    const query = sql`update ${target} set ${sql.join(sets)} from (values ${sql.join(values)}) as v(${sql.join(names)})
+          where ${where}${countable ? sql` returning 1` : sql``}`;
     return { sql: query, stepRows: 0, firstStep: null, counted: countable };
   }
 
@@ -1926,6 +1982,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
 const STEP_INSERT_COLUMN_NAMES =
   'name, position, depends_on, status, max_attempts, due_at, attempts, started_at, lease_owner, lease_token, lease_expires_at, callback_token_hash';
 const STEP_INSERT_COLUMNS = sql.raw(STEP_INSERT_COLUMN_NAMES);
+/** The columns of a step insert, the workflow id first. */
+const STEP_INSERT_COLUMN_LIST = ['workflow_id', ...STEP_INSERT_COLUMN_NAMES.split(', ')];
 const HISTORY_COLUMN_LIST = sql.raw(HISTORY_COLUMNS.join(', '));
 
 /**

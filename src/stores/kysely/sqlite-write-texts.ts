@@ -1,0 +1,95 @@
+/**
+ * Statement texts of the Kysely store's hot SQLite writes (creates, and the
+ * writes of a group-commit batch), built as strings with `?` placeholders
+ * instead of Kysely query trees. Building and compiling a tree costs more
+ * than SQLite takes to run a small statement; a text depends only on the
+ * columns and the number of rows, so it is built once and kept, and
+ * `cachedStatements` then prepares it once.
+ *
+ * @module
+ */
+
+/** The tables as SQL (quoted, with the store's prefix). */
+export interface SqliteTables {
+  workflows: string;
+  steps: string;
+  history: string;
+}
+
+/** A statement ready for `CompiledQuery.raw`. */
+export interface SqliteStatement {
+  sql: string;
+  parameters: unknown[];
+}
+
+/** Texts kept at most; a workload repeats a handful, and one is cheap to rebuild. */
+const MAX_TEXTS = 512;
+
+export class SqliteWriteTexts {
+  private readonly texts = new Map<string, string>();
+
+  constructor(private readonly tables: SqliteTables) {}
+
+  /**
+   * A workflow's insert, unless its idempotency key is taken; returns the row.
+   * Parameters: id, tenant id, type, service slug, status, definition version,
+   * input (JSON text), idempotency key, last history seq, created at, updated at.
+   */
+  createWorkflow(): string {
+    return this.text('create', () =>
+      `insert into ${this.tables.workflows}
+        (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
+         idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
+      values (?, ?, ?, ?, ?, ?, ?, null, null, ?, null, 0, ?, ?, ?, null)
+      on conflict (tenant_id, idempotency_key) do nothing returning *`,
+    );
+  }
+
+  /** `insert into <table> (<columns>) values (?, …), …`: `rows` rows of `columns.length` placeholders. */
+  insert(table: keyof SqliteTables, columns: readonly string[], rows: number): string {
+    return this.text(`i|${table}|${columns.join(',')}|${rows}`, () => {
+      const row = `(${columns.map(() => '?').join(', ')})`;
+      return `insert into ${this.tables[table]} (${columns.join(', ')}) values ${Array.from({ length: rows }, () => row).join(', ')}`;
+    });
+  }
+
+  /**
+   * `UPDATE … FROM (VALUES …)` of workflows (by id) or steps (by workflow id
+   * and name, fenced where a row says so), setting `columns` from each row;
+   * a workflow's `version` is raised. Each row is its keys then its values:
+   * workflows `(id, …)`, steps `(workflow_id, name, fenced 0/1, expected lease token, …)`.
+   */
+  update(table: 'workflows' | 'steps', columns: readonly string[], rows: number): string {
+    return this.text(`u|${table}|${columns.join(',')}|${rows}`, () => {
+      const keys = table === 'workflows' ? ['k_id'] : ['k_wf', 'k_name', 'k_fenced', 'k_expected'];
+      const alias = table === 'workflows' ? 'w' : 's';
+      const names = [...keys, ...columns.map((_, i) => `c${i}`)];
+      const row = `(${names.map(() => '?').join(', ')})`;
+      const sets = columns.map((c, i) => `${quote(c)} = v.${quote(`c${i}`)}`);
+      if (table === 'workflows') sets.push('version = version + 1');
+      if (sets.length === 0) sets.push(`name = ${alias}.name`);
+      const where =
+        table === 'workflows'
+          ? 'w.id = v."k_id"'
+          : 's.workflow_id = v."k_wf" and s.name = v."k_name" and (not v."k_fenced" or s.lease_token is v."k_expected")';
+      return (
+        `with v(${names.map(quote).join(', ')}) as (values ${Array.from({ length: rows }, () => row).join(', ')}) ` +
+        `update ${this.tables[table]} as ${alias} set ${sets.join(', ')} from v where ${where}`
+      );
+    });
+  }
+
+  private text(key: string, build: () => string): string {
+    let text = this.texts.get(key);
+    if (text === undefined) {
+      text = build();
+      if (this.texts.size >= MAX_TEXTS) this.texts.clear();
+      this.texts.set(key, text);
+    }
+    return text;
+  }
+}
+
+function quote(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
