@@ -736,20 +736,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * parameters are collected without building a query tree.
    */
   private createStatement(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): { sql: string; parameters: unknown[] } {
-    const w = input.workflow;
-    const created = this.encodeTime(createdAt);
-    const parameters: unknown[] = [
-      w.id,
-      w.tenantId,
-      w.type,
-      w.serviceSlug ?? null,
-      w.status,
-      w.definitionVersion,
-      jsonText(w.input),
-      w.idempotencyKey ?? null,
-      input.history.length,
-      created,
-    ];
+    const parameters = workflowInsertValues(input, this.encodeTime(createdAt));
     for (const s of input.steps) for (const [, value] of this.stepValues(s, createdAt)) parameters.push(value);
     let ownTimes = '';
     history.forEach((h, i) => {
@@ -841,19 +828,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const w = input.workflow;
     const texts = this.sqliteWrites();
     const created = createdAt.getTime();
-    const rows = await this.rawRows(trx, texts.createWorkflow(), [
-      w.id,
-      w.tenantId,
-      w.type,
-      w.serviceSlug ?? null,
-      w.status,
-      w.definitionVersion,
-      jsonText(w.input),
-      w.idempotencyKey ?? null,
-      input.history.length,
-      created,
-      created,
-    ]);
+    // created_at, then updated_at.
+    const rows = await this.rawRows(trx, texts.createWorkflow(), [...workflowInsertValues(input, created), created]);
     const row = rows[0];
     if (!row) return null;
     if (input.steps.length > 0) {
@@ -2153,6 +2129,16 @@ function decodeCell(cell: Cell): unknown {
   if (cell.kind === 'json') return JSON.parse(value as string) as unknown;
   if (cell.kind === 'time') return value instanceof Date ? new Date(value.getTime()) : new Date(Number(value));
   return value;
+}
+
+/**
+ * The values of a workflow insert, in the order both dialects' texts take
+ * them: id, tenant id, type, service slug, status, definition version, input
+ * (JSON text), idempotency key, last history seq, created at (`created`, encoded).
+ */
+function workflowInsertValues(input: CreateWorkflowInput, created: unknown): unknown[] {
+  const w = input.workflow;
+  return [w.id, w.tenantId, w.type, w.serviceSlug ?? null, w.status, w.definitionVersion, jsonText(w.input), w.idempotencyKey ?? null, input.history.length, created];
 }
 
 function addToGroup<R>(groups: Map<string, { columns: string[]; rows: R[] }>, columns: string[], row: R): void {
