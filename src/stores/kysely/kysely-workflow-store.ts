@@ -860,6 +860,40 @@ export class KyselyWorkflowStore implements WorkflowStore {
     }
   }
 
+  /**
+   * SQLite: one transaction's writes (see {@link flush}): the workflow row (only
+   * at `expectVersion`, when given: false when it has another), each step
+   * (fenced ones only while their lease token holds), then the history.
+   */
+  private async flushSqlite(
+    trx: Db,
+    tx: KyselyTransaction,
+    history: HistoryRow[],
+    stepWrites: [string, StepWrite][],
+    expectVersion: string | undefined,
+  ): Promise<boolean> {
+    const texts = this.sqliteWrites();
+    const workflowId = tx.workflow.id;
+    const columns = ['updated_at', ...tx.workflowCells.keys()];
+    const parameters: unknown[] = [tx.now.getTime(), ...[...tx.workflowCells.values()].map((cell) => cell.value)];
+    if (history.length > 0) {
+      columns.push('last_history_seq');
+      parameters.push(tx.historySeq + history.length);
+    }
+    parameters.push(workflowId);
+    if (expectVersion !== undefined) parameters.push(Number(expectVersion));
+    const matched = await trx.executeQuery(CompiledQuery.raw(texts.updateWorkflow(columns, expectVersion !== undefined), parameters));
+    if (expectVersion !== undefined && Number(matched.numAffectedRows ?? 0) !== 1) return false;
+    for (const [name, write] of stepWrites) {
+      const stepParameters = [...[...write.cells.values()].map((cell) => cell.value), workflowId, name];
+      if (write.fence) stepParameters.push(write.fence.expected);
+      const result = await trx.executeQuery(CompiledQuery.raw(texts.updateStep([...write.cells.keys()], write.fence !== null), stepParameters));
+      if (Number(result.numAffectedRows ?? 0) !== 1) throw staleLease(workflowId, name);
+    }
+    await this.insertHistorySqlite(trx, history, tx.now.getTime());
+    return true;
+  }
+
   /** SQLite: the writes of a group-commit batch (see {@link flushBatch}), one statement per group and chunk. */
   private async flushBatchSqlite(trx: Db, groups: BatchGroups, now: Date): Promise<void> {
     const texts = this.sqliteWrites();
@@ -1139,7 +1173,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
           updated_at = ${nowMs}
         where id = ${id}`.execute(trx);
     }
-    await this.insertHistory(trx, history, sql`${nowMs}`);
+    await this.insertHistorySqlite(trx, history, nowMs);
     const workflowRows = await this.rows(trx, sql`select * from ${workflows} where id in (${sql.join(ids)})`);
     const stepRows = await this.rows(
       trx,
@@ -1225,30 +1259,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const workflowId = tx.workflow.id;
     const now = this.param('time', this.encodeTime(tx.now));
     const history: HistoryRow[] = tx.history.map((entry, i) => ({ workflowId, seq: tx.historySeq + i + 1, entry }));
+    // A write with no column (an empty patch) matters only for its fence.
+    const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
+    if (!this.pg) return this.flushSqlite(trx, tx, history, stepWrites, expectVersion);
+
     const workflowSets = [sql`updated_at = ${now}`, sql`version = version + 1`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
     if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
     const workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
-    // A write with no column (an empty patch) matters only for its fence.
-    const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
-
-    if (!this.pg) {
-      if (expectVersion === undefined) await workflowUpdate.execute(trx);
-      else {
-        const matched = await sql`${workflowUpdate} and version = ${Number(expectVersion)}`.execute(trx);
-        if (Number(matched.numAffectedRows ?? 0) !== 1) return false;
-      }
-      for (const [name, write] of stepWrites) {
-        const sets = [...write.cells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`);
-        if (sets.length === 0) sets.push(sql`name = name`);
-        const fence = write.fence ? sql` and lease_token is ${write.fence.expected}` : sql``;
-        const result = await sql`
-          update ${this.ref('steps')} set ${sql.join(sets)}
-          where workflow_id = ${workflowId} and name = ${name}${fence}`.execute(trx);
-        if (Number(result.numAffectedRows ?? 0) !== 1) throw staleLease(workflowId, name);
-      }
-      await this.insertHistory(trx, history, now);
-      return true;
-    }
 
     // Postgres: every write in one statement of data-modifying CTEs. Steps with
     // the same set of changed columns share one UPDATE … FROM (VALUES …).
@@ -1751,12 +1768,6 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 
   // --- history -----------------------------------------------------------------
-
-  private async insertHistory(trx: Db, rows: HistoryRow[], defaultAt: RawBuilder<unknown>): Promise<void> {
-    for (let i = 0; i < rows.length; i += HISTORY_CHUNK) {
-      await this.historyInsertSql(rows.slice(i, i + HISTORY_CHUNK), defaultAt).execute(trx);
-    }
-  }
 
   /** A multi-row history insert. */
   private historyInsertSql(rows: HistoryRow[], defaultAt: RawBuilder<unknown>): RawBuilder<unknown> {

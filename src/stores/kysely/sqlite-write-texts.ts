@@ -1,6 +1,6 @@
 /**
- * Statement texts of the Kysely store's hot SQLite writes (creates, and the
- * writes of a group-commit batch), built as strings with `?` placeholders
+ * Statement texts of the Kysely store's hot SQLite writes (creates, result
+ * writes, claims' history, and the writes of a group-commit batch), built as strings with `?` placeholders
  * instead of Kysely query trees. Building and compiling a tree costs more
  * than SQLite takes to run a small statement; a text depends only on the
  * columns and the number of rows, so it is built once and kept, and
@@ -76,6 +76,28 @@ export class SqliteWriteTexts {
         `with v(${names.map(quote).join(', ')}) as (values ${Array.from({ length: rows }, () => row).join(', ')}) ` +
         `update ${this.tables[table]} as ${alias} set ${sets.join(', ')} from v where ${where}`
       );
+    });
+  }
+
+  /**
+   * One workflow's update: `columns` from the parameters, then its id (and,
+   * with `checkVersion`, the version it must still have); the version is raised.
+   */
+  updateWorkflow(columns: readonly string[], checkVersion: boolean): string {
+    return this.text(`uw|${columns.join(',')}|${checkVersion}`, () => {
+      const sets = [...columns.map((c) => `${quote(c)} = ?`), 'version = version + 1'];
+      return `update ${this.tables.workflows} set ${sets.join(', ')} where id = ?${checkVersion ? ' and version = ?' : ''}`;
+    });
+  }
+
+  /**
+   * One step's update: `columns` from the parameters, then its workflow id and
+   * name (and, when `fenced`, the lease token it must still have).
+   */
+  updateStep(columns: readonly string[], fenced: boolean): string {
+    return this.text(`us|${columns.join(',')}|${fenced}`, () => {
+      const sets = columns.length > 0 ? columns.map((c) => `${quote(c)} = ?`) : ['name = name'];
+      return `update ${this.tables.steps} set ${sets.join(', ')} where workflow_id = ? and name = ?${fenced ? ' and lease_token is ?' : ''}`;
     });
   }
 
