@@ -69,12 +69,23 @@ function cloneJson(value: unknown): unknown {
   return out;
 }
 
-function copyDate(value: Date | null): Date | null {
-  return value === null ? null : new Date(value.getTime());
+/** The fields of a row type that hold a `Date` (or null). */
+export type TimeField<R> = { [K in keyof R]: R[K] extends Date | null ? K : never }[keyof R];
+
+/** A row type with its time fields held as `T` (a store may keep epoch ms where the record has a `Date`). */
+export type WithTimes<R, T> = Omit<R, TimeField<R>> & { [K in TimeField<R>]: null extends R[K] ? T | null : T };
+
+/** A new `Date` from a `Date` or epoch ms, or null. */
+function dateOf(value: Date | number | null): Date | null {
+  return value === null ? null : new Date(value);
 }
 
-/** A copy of a workflow record that shares nothing mutable with it (its JSON fields must hold plain JSON). */
-export function copyWorkflowRecord(r: WorkflowRecord): WorkflowRecord {
+/**
+ * A copy of a workflow record that shares nothing mutable with it (its JSON
+ * fields must hold plain JSON). Its times may be `Date`s or epoch ms (the
+ * memory store's stored form); the copy has `Date`s.
+ */
+export function copyWorkflowRecord(r: WithTimes<WorkflowRecord, Date | number>): WorkflowRecord {
   return {
     id: r.id,
     tenantId: r.tenantId,
@@ -88,14 +99,14 @@ export function copyWorkflowRecord(r: WorkflowRecord): WorkflowRecord {
     idempotencyKey: r.idempotencyKey,
     currentStep: r.currentStep,
     retryCount: r.retryCount,
-    createdAt: new Date(r.createdAt.getTime()),
-    updatedAt: new Date(r.updatedAt.getTime()),
-    completedAt: copyDate(r.completedAt),
+    createdAt: new Date(r.createdAt),
+    updatedAt: new Date(r.updatedAt),
+    completedAt: dateOf(r.completedAt),
   };
 }
 
-/** A copy of a step record that shares nothing mutable with it (its JSON fields must hold plain JSON). */
-export function copyStepRecord(r: StepRecord): StepRecord {
+/** A copy of a step record, as {@link copyWorkflowRecord} copies a workflow. */
+export function copyStepRecord(r: WithTimes<StepRecord, Date | number>): StepRecord {
   return {
     workflowId: r.workflowId,
     name: r.name,
@@ -105,16 +116,16 @@ export function copyStepRecord(r: StepRecord): StepRecord {
     attempts: r.attempts,
     retryCount: r.retryCount,
     maxAttempts: r.maxAttempts,
-    startedAt: copyDate(r.startedAt),
-    completedAt: copyDate(r.completedAt),
-    dueAt: copyDate(r.dueAt),
+    startedAt: dateOf(r.startedAt),
+    completedAt: dateOf(r.completedAt),
+    dueAt: dateOf(r.dueAt),
     leaseOwner: r.leaseOwner,
     leaseToken: r.leaseToken,
-    leaseExpiresAt: copyDate(r.leaseExpiresAt),
+    leaseExpiresAt: dateOf(r.leaseExpiresAt),
     callbackTokenHash: r.callbackTokenHash,
     callbackResult: copyJson(r.callbackResult),
     pollCount: r.pollCount,
-    pollDeadlineAt: copyDate(r.pollDeadlineAt),
+    pollDeadlineAt: dateOf(r.pollDeadlineAt),
     output: copyJson(r.output),
     error: copyJson(r.error),
     completionSeq: r.completionSeq,

@@ -20,7 +20,6 @@ import type {
   NewStepClaim,
   StepPatch,
   StepRecord,
-  StoredError,
   StoreListQuery,
   WorkflowPatch,
   WorkflowRecord,
@@ -28,7 +27,16 @@ import type {
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
-import { checkedDate, checkedTime, claimHistoryEntry, copyJson, normalizeHistory } from '../../storage/store-values.js';
+import {
+  checkedDate,
+  checkedTime,
+  claimHistoryEntry,
+  copyJson,
+  copyStepRecord,
+  copyWorkflowRecord,
+  normalizeHistory,
+  type WithTimes,
+} from '../../storage/store-values.js';
 
 /** Options of {@link MemoryWorkflowStore}. */
 export interface MemoryWorkflowStoreOptions {
@@ -55,17 +63,13 @@ const ACTIVE_WORKFLOW_STATUSES: ReadonlySet<WorkflowStatus> = new Set<WorkflowSt
  * A step row as the store keeps it: times are epoch milliseconds. The store
  * keeps every row for the life of the process, and a `Date` takes several
  * times the heap of a number, which the garbage collector then copies; rows
- * are handed out as copies with `Date`s (see {@link copyStep}).
+ * are handed out as copies with `Date`s (see {@link copyStepRecord}).
  */
-type StoredStep = Omit<StepRecord, TimeField<StepRecord>> & Millis<StepRecord>;
+type StoredStep = WithTimes<StepRecord, number>;
 /** A workflow row as the store keeps it (times in epoch ms). */
-type StoredWorkflow = Omit<WorkflowRecord, TimeField<WorkflowRecord>> & Millis<WorkflowRecord>;
+type StoredWorkflow = WithTimes<WorkflowRecord, number>;
 /** A history row as the store keeps it (its time in epoch ms; the workflow id is its entry's). */
 type StoredHistory = Omit<HistoryRecord, 'at' | 'workflowId'> & { at: number };
-/** The fields of a row type that hold a `Date` (or null). */
-type TimeField<R> = { [K in keyof R]: R[K] extends Date | null ? K : never }[keyof R];
-/** Those fields as epoch ms. */
-type Millis<R> = { [K in TimeField<R>]: null extends R[K] ? number | null : number };
 /** A step patch as buffered: checked, times in ms, JSON values in their stored form. */
 type StoredStepPatch = Partial<Pick<StoredStep, keyof StepPatch>>;
 /** A workflow patch as buffered. */
@@ -232,7 +236,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     if (idemKey !== null) {
       const existingId = this.idempotency.get(idemKey);
       const existing = existingId === undefined ? undefined : this.workflows.get(existingId);
-      if (existing) return { created: false, workflow: copyWorkflow(existing.record) };
+      if (existing) return { created: false, workflow: copyWorkflowRecord(existing.record) };
     }
     if (this.workflows.has(w.id)) throw new ConflictError(`workflow ${w.id} already exists`, { workflowId: w.id });
     if (!isWorkflowStatus(w.status)) throw new TypeError(`workflow ${w.id}: unknown status ${String(w.status)}`);
@@ -293,19 +297,19 @@ export class MemoryWorkflowStore implements WorkflowStore {
       if (slot.record.callbackTokenHash !== null) this.callbackHashes.set(slot.record.callbackTokenHash, slot);
       this.reindex(slot);
     }
-    return { created: true, workflow: copyWorkflow(record) };
+    return { created: true, workflow: copyWorkflowRecord(record) };
   }
 
   /** The workflow, or null when the id is unknown. */
   async getWorkflow(id: string): Promise<WorkflowRecord | null> {
     const entry = this.workflows.get(id);
-    return entry ? copyWorkflow(entry.record) : null;
+    return entry ? copyWorkflowRecord(entry.record) : null;
   }
 
   /** Steps in definition order (empty for an unknown workflow). */
   async getSteps(workflowId: string): Promise<StepRecord[]> {
     const entry = this.workflows.get(workflowId);
-    return entry ? entry.slots.map((s) => copyStep(s.record)) : [];
+    return entry ? entry.slots.map((s) => copyStepRecord(s.record)) : [];
   }
 
   /** History in `seq` order (empty for an unknown workflow). */
@@ -333,7 +337,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
       if (query.status !== undefined && r.status !== query.status) continue;
       if (query.type !== undefined && r.type !== query.type) continue;
       if (query.serviceSlug !== undefined && r.serviceSlug !== query.serviceSlug) continue;
-      out.push(copyWorkflow(r));
+      out.push(copyWorkflowRecord(r));
     }
     return out;
   }
@@ -375,8 +379,8 @@ export class MemoryWorkflowStore implements WorkflowStore {
       for (const entry of setAside) this.due.push(entry);
     }
     return claimed.map(({ slot, previousStatus }) => ({
-      workflow: copyWorkflow(slot.workflow.record),
-      steps: slot.workflow.slots.map((s) => copyStep(s.record)),
+      workflow: copyWorkflowRecord(slot.workflow.record),
+      steps: slot.workflow.slots.map((s) => copyStepRecord(s.record)),
       stepName: slot.record.name,
       previousStatus,
       now: new Date(nowMs),
@@ -643,12 +647,12 @@ class MemoryTransaction implements WorkflowTransaction {
   }
 
   get workflow(): WorkflowRecord {
-    this.workflowCopy ??= copyWorkflow(this.entry.record);
+    this.workflowCopy ??= copyWorkflowRecord(this.entry.record);
     return this.workflowCopy;
   }
 
   get steps(): readonly StepRecord[] {
-    this.stepsCopy ??= this.entry.slots.map((s) => copyStep(s.record));
+    this.stepsCopy ??= this.entry.slots.map((s) => copyStepRecord(s.record));
     return this.stepsCopy;
   }
 
@@ -762,37 +766,6 @@ function toJson(value: unknown): unknown {
   }
 }
 
-function dateOf(ms: number | null): Date | null {
-  return ms === null ? null : new Date(ms);
-}
-
-/** The step row a store hands out, from the stored one. */
-function copyStep(r: StoredStep): StepRecord {
-  return {
-    workflowId: r.workflowId,
-    name: r.name,
-    position: r.position,
-    dependsOn: [...r.dependsOn],
-    status: r.status,
-    attempts: r.attempts,
-    retryCount: r.retryCount,
-    maxAttempts: r.maxAttempts,
-    startedAt: dateOf(r.startedAt),
-    completedAt: dateOf(r.completedAt),
-    dueAt: dateOf(r.dueAt),
-    leaseOwner: r.leaseOwner,
-    leaseToken: r.leaseToken,
-    leaseExpiresAt: dateOf(r.leaseExpiresAt),
-    callbackTokenHash: r.callbackTokenHash,
-    callbackResult: copyJson(r.callbackResult),
-    pollCount: r.pollCount,
-    pollDeadlineAt: dateOf(r.pollDeadlineAt),
-    output: copyJson(r.output),
-    error: copyJson<StoredError | null>(r.error),
-    completionSeq: r.completionSeq,
-  };
-}
-
 /**
  * A step row in stored form (times as ms), from a new record (see `newStepRecord`).
  * Every stored step is built here or by {@link patchedStep}, with the same
@@ -869,26 +842,6 @@ function patchedWorkflow(r: StoredWorkflow, p: StoredWorkflowPatch, updatedAt: n
     createdAt: r.createdAt,
     updatedAt,
     completedAt: p.completedAt !== undefined ? p.completedAt : r.completedAt,
-  };
-}
-
-function copyWorkflow(r: StoredWorkflow): WorkflowRecord {
-  return {
-    id: r.id,
-    tenantId: r.tenantId,
-    type: r.type,
-    serviceSlug: r.serviceSlug,
-    status: r.status,
-    definitionVersion: r.definitionVersion,
-    input: copyJson(r.input),
-    output: copyJson(r.output),
-    error: copyJson<StoredError | null>(r.error),
-    idempotencyKey: r.idempotencyKey,
-    currentStep: r.currentStep,
-    retryCount: r.retryCount,
-    createdAt: new Date(r.createdAt),
-    updatedAt: new Date(r.updatedAt),
-    completedAt: dateOf(r.completedAt),
   };
 }
 
