@@ -65,8 +65,10 @@ interface CasCounts {
   history: number;
 }
 
-const HISTORY_COLUMNS = ['workflow_id', 'seq', 'at', 'kind', 'step_name', 'from_status', 'to_status', 'actor', 'reason', 'action', 'detail'];
-const HISTORY_TYPES: CasColumnType[] = ['text', 'integer', 'timestamptz', 'text', 'text', 'text', 'text', 'text', 'text', 'text', 'jsonb'];
+/** The history table's columns, in the order every history insert of the store writes them. */
+export const HISTORY_COLUMNS = ['workflow_id', 'seq', 'at', 'kind', 'step_name', 'from_status', 'to_status', 'actor', 'reason', 'action', 'detail'];
+/** Their Postgres types. */
+export const HISTORY_TYPES: readonly CasColumnType[] = ['text', 'integer', 'timestamptz', 'text', 'text', 'text', 'text', 'text', 'text', 'text', 'jsonb'];
 
 /**
  * Builds compare-and-set writes for one store's tables. Texts are cached by
@@ -101,7 +103,7 @@ export class CasWriter {
     let n = 0;
     const quote = (name: string) => `"${name}"`;
     /** `(values ($1::t1, …), …) as alias(columns)`, or an empty relation of those columns. */
-    const rows = (alias: string, columns: string[], types: string[], count: number): string => {
+    const rows = (alias: string, columns: readonly string[], types: readonly string[], count: number): string => {
       if (count === 0) {
         const nulls = columns.map((c, i) => `null::${types[i]} as ${c}`).join(', ');
         return `(select ${nulls} where false) as ${alias}`;

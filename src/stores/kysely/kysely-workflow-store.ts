@@ -22,7 +22,7 @@ import type {
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
 import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
-import { CasWriter, jsonText, type CasItem } from './kysely-cas-write.js';
+import { CasWriter, HISTORY_COLUMNS, HISTORY_TYPES, jsonText, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
@@ -73,7 +73,6 @@ const WORKFLOW_COLUMNS = {
   retryCount: ['retry_count', 'int'],
 } as const satisfies Record<keyof WorkflowPatch, readonly [string, ColumnKind]>;
 
-const HISTORY_COLUMNS = ['workflow_id', 'seq', 'at', 'kind', 'step_name', 'from_status', 'to_status', 'actor', 'reason', 'action', 'detail'];
 
 /** Compare-and-set attempts of an optimistic transaction before it takes the lock. */
 const OPTIMISTIC_ATTEMPTS = 5;
@@ -612,11 +611,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * workflows written; the others were left untouched.
    */
   private async casWrite(items: CasItem[]): Promise<Map<string, string>> {
-    const compiled = (table: 'workflows' | 'steps' | 'history') => sql`${this.ref(table)}`.compile(this.db).sql;
     this.casWriter ??= new CasWriter({
-      workflows: compiled('workflows'),
-      steps: compiled('steps'),
-      history: compiled('history'),
+      workflows: this.tableSql('workflows'),
+      steps: this.tableSql('steps'),
+      history: this.tableSql('history'),
       workflowColumns: Object.values(WORKFLOW_COLUMNS).map(([column, kind]) => [column, PG_TYPES[kind]] as const),
       stepColumns: Object.values(STEP_COLUMNS).map(([column, kind]) => [column, PG_TYPES[kind]] as const),
       channel: this.notifyChannel,
@@ -737,7 +735,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
    */
   private createStatement(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): { sql: string; parameters: unknown[] } {
     const parameters = workflowInsertValues(input, this.encodeTime(createdAt));
-    for (const s of input.steps) for (const [, value] of this.stepValues(s, createdAt)) parameters.push(value);
+    let stepKinds: ColumnKind[] = [];
+    for (const s of input.steps) {
+      const cells = this.stepValues(s, createdAt);
+      stepKinds = cells.map(([kind]) => kind);
+      for (const [, value] of cells) parameters.push(value);
+    }
     let ownTimes = '';
     history.forEach((h, i) => {
       parameters.push(i + 1);
@@ -750,7 +753,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const key = `${input.steps.length}:${ownTimes}:${this.clock ? 'clock' : 'db'}`;
     let text = this.createTexts.get(key);
     if (text === undefined) {
-      text = this.createText(input.steps.length, history.map((h) => h.at !== undefined && h.at !== null));
+      text = this.createText(input.steps.length, stepKinds, history.map((h) => h.at !== undefined && h.at !== null));
       // Bounded: shapes beyond a workload's few are not expected, and a text is cheap to rebuild.
       if (this.createTexts.size >= 256) this.createTexts.clear();
       this.createTexts.set(key, text);
@@ -759,16 +762,15 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 
   /** The text of {@link createStatement}: placeholders in the order its parameters are collected. */
-  private createText(steps: number, ownTime: boolean[]): string {
+  private createText(steps: number, stepKinds: readonly ColumnKind[], ownTime: boolean[]): string {
     let n = 0;
     const p = (type?: string) => `$${++n}${type ? `::${type}` : ''}`;
-    const table = (name: 'workflows' | 'steps' | 'history') => sql`${this.ref(name)}`.compile(this.db).sql;
     const [id, tenant, type, slug, status, version, input, idempotency, historySeq, created] = [
       p('text'), p('text'), p('text'), p('text'), p('text'), p('text'), p('jsonb'), p('text'), p('integer'), p('timestamptz'),
     ];
     const ctes = [
       `ins as (
-        insert into ${table('workflows')}
+        insert into ${this.tableSql('workflows')}
           (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
            idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
         values (${id}, ${tenant}, ${type}, ${slug}, ${status}, ${version}, ${input}, null, null, ${idempotency}, null, 0,
@@ -779,25 +781,26 @@ export class KyselyWorkflowStore implements WorkflowStore {
     ];
     if (steps > 0) {
       // The cells of stepValues, in STEP_INSERT_COLUMNS order.
-      const types = ['text', 'integer', 'jsonb', 'text', 'integer', 'timestamptz', 'integer', 'timestamptz', 'text', 'text', 'timestamptz', 'text'];
-      const rows = Array.from({ length: steps }, () => `(${types.map((t) => p(t)).join(', ')})`);
+      const rows = Array.from({ length: steps }, () => `(${stepKinds.map((kind) => p(PG_TYPES[kind])).join(', ')})`);
       ctes.push(`steps as (
-        insert into ${table('steps')} (workflow_id, ${STEP_INSERT_COLUMN_NAMES})
+        insert into ${this.tableSql('steps')} (workflow_id, ${STEP_INSERT_COLUMN_NAMES})
         select ins.id, v.* from ins cross join (values ${rows.join(', ')}) as v
       )`);
     }
     let defaultAt = 'statement_timestamp()';
     if (ownTime.length > 0) {
+      // The history columns after workflow_id: seq, at (the entry's own, or the default), then the rest.
+      const [seqType, atType, ...cellTypes] = HISTORY_TYPES.slice(1);
       const rows = ownTime.map((own) => {
-        const seq = p('integer');
-        const at = own ? p('timestamptz') : null;
-        const cells = ['text', 'text', 'text', 'text', 'text', 'text', 'text', 'jsonb'].map((t) => p(t));
+        const seq = p(seqType);
+        const at = own ? p(atType) : null;
+        const cells = cellTypes.map((t) => p(t));
         return { seq, at, cells };
       });
-      if (this.clock && ownTime.some((own) => !own)) defaultAt = p('timestamptz');
+      if (this.clock && ownTime.some((own) => !own)) defaultAt = p(atType);
       const values = rows.map((r) => `(${[r.seq, r.at ?? defaultAt, ...r.cells].join(', ')})`);
       ctes.push(`hist as (
-        insert into ${table('history')} (${HISTORY_COLUMNS.join(', ')})
+        insert into ${this.tableSql('history')} (${HISTORY_COLUMNS.join(', ')})
         select ins.id, v.* from ins cross join (values ${values.join(', ')}) as v
       )`);
     }
@@ -923,8 +926,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 
   private sqliteWrites(): SqliteWriteTexts {
-    const compiled = (table: 'workflows' | 'steps' | 'history') => sql`${this.ref(table)}`.compile(this.db).sql;
-    this.sqliteTexts ??= new SqliteWriteTexts({ workflows: compiled('workflows'), steps: compiled('steps'), history: compiled('history') });
+    this.sqliteTexts ??= new SqliteWriteTexts({ workflows: this.tableSql('workflows'), steps: this.tableSql('steps'), history: this.tableSql('history') });
     return this.sqliteTexts;
   }
 
@@ -1257,12 +1259,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const stale = tx.staleError();
     if (stale) throw stale;
     const workflowId = tx.workflow.id;
-    const now = this.param('time', this.encodeTime(tx.now));
     const history: HistoryRow[] = tx.history.map((entry, i) => ({ workflowId, seq: tx.historySeq + i + 1, entry }));
     // A write with no column (an empty patch) matters only for its fence.
     const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
     if (!this.pg) return this.flushSqlite(trx, tx, history, stepWrites, expectVersion);
 
+    const now = this.param('time', this.encodeTime(tx.now));
     const workflowSets = [sql`updated_at = ${now}`, sql`version = version + 1`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
     if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
     const workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
@@ -1857,6 +1859,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   private async getStepRows(db: Db, workflowId: string): Promise<Row[]> {
     return this.rows(db, sql`select * from ${this.ref('steps')} where workflow_id = ${workflowId} order by position`);
+  }
+
+  /** A table's name as SQL text (quoted, schema-qualified where the store has a schema), for statements built as text. */
+  private tableSql(table: 'workflows' | 'steps' | 'history'): string {
+    return sql`${this.ref(table)}`.compile(this.db).sql;
   }
 
   private ref(table: 'workflows' | 'steps' | 'history'): RawBuilder<unknown> {
