@@ -338,13 +338,17 @@ describe('group commit of creates on SQLite', () => {
     while (opened.length) await opened.pop()!();
   });
 
+  /**
+   * A logged group-commit store (`store`), and `other`: the first store on a
+   * second connection to the same file (another process, as far as SQLite can tell).
+   */
   async function fresh() {
     const made = await groupStore('sqlite', createManualClock(T0));
     opened.push(made.cleanup);
     const statements: string[] = [];
     const store = made.logged((event) => statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase()));
     await store.check();
-    return { ...made, store, statements };
+    return { ...made, store, other: made.store, statements };
   }
 
   function keyed(id: string, key: string): CreateWorkflowInput {
@@ -429,15 +433,6 @@ describe('group commit of creates on SQLite', () => {
     for (const id of ['w1', 'w2']) expect((await store.getSteps(id))[0]?.pollCount).toBe(2);
   });
 
-  /** A logged group-commit store, and another store on a second connection to the same file (another process, as far as SQLite can tell). */
-  async function mineAndTheirs() {
-    const made = await groupStore('sqlite', createManualClock(T0));
-    opened.push(made.cleanup);
-    const statements: string[] = [];
-    const mine = made.logged((event) => statements.push(event.query.sql.trim().split(/\s+/).slice(0, 2).join(' ').toLowerCase()));
-    return { mine, theirs: made.store, db: made.db, table: made.table, statements };
-  }
-
   /** Adds one to step `a`'s poll count, returning the count it saw. */
   const bump = (tx: WorkflowTransaction): number => {
     const seen = tx.steps[0]!.pollCount;
@@ -446,7 +441,7 @@ describe('group commit of creates on SQLite', () => {
   };
 
   it('starts a batch from the states it remembers once their versions check out, and reads only what another process changed', async () => {
-    const { mine, theirs, statements } = await mineAndTheirs();
+    const { store: mine, other: theirs, statements } = await fresh();
     for (const id of ['w1', 'w2', 'w3']) await mine.createWorkflow(workflow(id, ['a', 'b']));
     await theirs.transact('w2', (tx) => tx.updateStep('a', { pollCount: 5 }), { optimistic: true });
     statements.length = 0;
@@ -465,7 +460,7 @@ describe('group commit of creates on SQLite', () => {
   });
 
   it('remembers nothing of a batch that fails to commit', async () => {
-    const { mine, theirs, db, table } = await mineAndTheirs();
+    const { store: mine, other: theirs, db, table } = await fresh();
     for (const id of ['w1', 'w2']) await mine.createWorkflow(workflow(id, ['a']));
     await sql`create trigger explode before insert on ${table('history')}
       when new.action = 'explode' begin select raise(abort, 'exploded'); end`.execute(db);
