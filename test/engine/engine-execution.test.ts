@@ -254,6 +254,57 @@ describe.each(storeFactories)('engine execution on $name store', (factory) => {
     expect((await engine.get(id)).steps.map((s) => s.status)).toEqual(['completed', 'failed']);
   });
 
+
+  it('hands every handler a context whose signal and logger are own enumerable properties, so a spread copies them', async () => {
+    const keys: Record<string, string[]> = {};
+    const copies: Record<string, { signal: unknown; logger: unknown }> = {};
+    const capture = (kind: string, ctx: object & { signal: AbortSignal; logger: unknown }) => {
+      keys[kind] = Object.keys(ctx).sort();
+      const copy = { ...ctx };
+      copies[kind] = { signal: copy.signal, logger: copy.logger };
+      // The copy holds the attempt's own signal and logger, not getters of its own.
+      expect(Object.getOwnPropertyDescriptor(copy, 'signal')?.value).toBe(ctx.signal);
+      expect(Object.getOwnPropertyDescriptor(copy, 'logger')?.value).toBe(ctx.logger);
+    };
+    const wf = defineWorkflow({
+      name: 'context-shape',
+      input,
+      steps: {
+        polled: step({
+          run: (ctx) => (capture('run', ctx), { n: 1 }),
+          poll: (ctx) => (capture('poll', ctx), { done: true, output: { n: 2 } }),
+          compensate: (ctx) => capture('compensate', ctx),
+          pollIntervalMs: 10,
+        }),
+        fails: step({
+          dependsOn: ['polled'],
+          retry: { maximumAttempts: 1 },
+          run: () => {
+            throw new NonRetryableError('no');
+          },
+        }),
+      },
+    });
+    const { engine, clock } = await setup([wf]);
+    const { id } = await engine.start('context-shape', { tenantId: 't1', input: { plan: 'x' } });
+    await engine.drain();
+    clock.advance(10);
+    await engine.drain();
+    expect((await engine.get(id)).status).toBe('failed');
+    await engine.rollback(id);
+    await engine.drain();
+    expect((await engine.get(id)).status).toBe('rolled_back');
+    const base = ['attempt', 'deps', 'idempotencyKey', 'input', 'logger', 'retryCount', 'signal', 'stepName', 'tenantId', 'workflowId'];
+    expect(keys).toEqual({
+      run: [...base, 'callbackToken', 'waitForCallback'].sort(),
+      poll: [...base, 'pollCount', 'runOutput'].sort(),
+      compensate: ['attempt', 'idempotencyKey', 'input', 'logger', 'output', 'signal', 'stepName', 'tenantId', 'workflowId'],
+    });
+    for (const kind of ['run', 'poll', 'compensate']) {
+      expect(copies[kind]?.signal).toBeInstanceOf(AbortSignal);
+      expect(typeof (copies[kind]?.logger as { info?: unknown }).info).toBe('function');
+    }
+  });
   it('aborts a handler that exceeds timeoutMs and counts it as a failed attempt', async () => {
     let signalAborted = false;
     let calls = 0;
