@@ -865,22 +865,31 @@ export class WorkflowEngine implements WorkflowEngineApi {
     };
     beat();
     timers.push(this.clock.setTimeout(() => attempt.abort(new StepTimeoutError(`step timed out after ${resolved.timeoutMs} ms`)), resolved.timeoutMs));
-    const aborted = new Promise<Outcome>((resolve) => {
+    const handle = new AttemptHandle(attempt, this.logger, c.workflow.id, c.stepName);
+    // Settled by whichever comes first: the handler's result or the attempt's abort.
+    const outcome = new Promise<Outcome>((resolve) => {
       attempt.onAbort((reason) => {
         if (reason instanceof AbortedError) resolve({ ok: false, error: reason, aborted: reason.why });
         else resolve({ ok: false, error: reason });
       });
+      let result: unknown;
+      try {
+        result = call(handle);
+      } catch (error) {
+        resolve({ ok: false, error });
+        return;
+      }
+      if (isThenable(result)) {
+        Promise.resolve(result).then(
+          (value: unknown) => resolve({ ok: true, value }),
+          (error: unknown) => resolve({ ok: false, error }),
+        );
+      } else {
+        resolve({ ok: true, value: result });
+      }
     });
-    const handle = new AttemptHandle(attempt, this.logger, c.workflow.id, c.stepName);
     try {
-      const work = (async (): Promise<Outcome> => {
-        try {
-          return { ok: true, value: await call(handle) };
-        } catch (error) {
-          return { ok: false, error };
-        }
-      })();
-      return await Promise.race([work, aborted]);
+      return await outcome;
     } finally {
       for (const t of timers) t.cancel();
       (heartbeat as ClockTimer | null)?.cancel();
@@ -943,9 +952,10 @@ export class WorkflowEngine implements WorkflowEngineApi {
       callbackResult: null,
     });
     w.setCurrentStep(ready.name);
+    // The writer's rows are this run's own (a store that runs the callback again makes a new writer).
     return {
-      workflow: { ...w.workflow() },
-      steps: w.steps().map((s) => ({ ...s })),
+      workflow: w.workflow(),
+      steps: w.steps(),
       stepName: ready.name,
       previousStatus: 'pending',
       now: w.now,
@@ -1387,6 +1397,10 @@ export function createEngine(options: EngineOptions): WorkflowEngine {
 /** A step that can still move its workflow without an operator: due, running or waiting. */
 function canStillMove(s: StepRecord): boolean {
   return s.status === 'running' || s.status === 'waiting_callback' || s.status === 'waiting_poll' || (s.status === 'pending' && s.dueAt !== null);
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (typeof value === 'object' || typeof value === 'function') && value !== null && typeof (value as { then?: unknown }).then === 'function';
 }
 
 function runKey(workflowId: string, stepName: string): string {
