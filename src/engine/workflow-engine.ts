@@ -1283,17 +1283,19 @@ class TxWriter {
   /** Steps this transaction made due (dependents of a completed step), in definition order. */
   readonly readyNow: string[] = [];
 
+  /** The transaction's time, read once: every write and event of the transaction carries it. */
+  readonly now: Date;
+
   constructor(
     private readonly tx: WorkflowTransaction,
     private readonly events: PendingEvent[],
     private readonly fence?: string,
   ) {
-    this.wf = { ...tx.workflow };
-    this.rows = tx.steps.map((s) => ({ ...s }));
-  }
-
-  get now(): Date {
-    return this.tx.now;
+    // The transaction's own copies (see WorkflowTransaction): each write is applied to them after
+    // the store has been told, so the store sees them as they were before that write.
+    this.wf = tx.workflow;
+    this.rows = tx.steps as StepRecord[];
+    this.now = tx.now;
   }
 
   workflow(): WorkflowRecord {
@@ -1305,7 +1307,7 @@ class TxWriter {
   }
 
   base() {
-    return { workflowId: this.wf.id, tenantId: this.wf.tenantId, type: this.wf.type, at: this.tx.now };
+    return { workflowId: this.wf.id, tenantId: this.wf.tenantId, type: this.wf.type, at: this.now };
   }
 
   emit(event: PendingEvent): void {
@@ -1319,26 +1321,26 @@ class TxWriter {
   setStep(name: string, to: StepStatus, patch: StepPatch): void {
     const row = this.row(name);
     assertStepTransition(row.status, to, { workflowId: this.wf.id, stepName: name });
-    this.tx.appendHistory([{ kind: 'step', stepName: name, from: row.status, to, actor: null, reason: null, action: null, detail: null, at: this.tx.now }]);
+    this.tx.appendHistory([{ kind: 'step', stepName: name, from: row.status, to, actor: null, reason: null, action: null, detail: null, at: this.now }]);
     this.patchStep(name, { ...patch, status: to });
   }
 
   patchStep(name: string, patch: StepPatch): void {
     const row = this.row(name);
     const fenced = this.fence !== undefined && row.leaseToken === this.fence;
-    Object.assign(row, patch);
     this.tx.updateStep(name, patch, fenced ? { expectLeaseToken: this.fence ?? null } : undefined);
+    Object.assign(row, patch);
   }
 
   setWorkflowStatus(to: WorkflowStatus, patch: Omit<Parameters<WorkflowTransaction['updateWorkflow']>[0], 'status'>): void {
     assertWorkflowTransition(this.wf.status, to, { workflowId: this.wf.id });
-    this.tx.appendHistory([{ kind: 'workflow', stepName: null, from: this.wf.status, to, actor: null, reason: null, action: null, detail: null, at: this.tx.now }]);
+    this.tx.appendHistory([{ kind: 'workflow', stepName: null, from: this.wf.status, to, actor: null, reason: null, action: null, detail: null, at: this.now }]);
     this.patchWorkflow({ ...patch, status: to });
   }
 
   patchWorkflow(patch: Parameters<WorkflowTransaction['updateWorkflow']>[0]): void {
-    Object.assign(this.wf, patch);
     this.tx.updateWorkflow(patch);
+    Object.assign(this.wf, patch);
   }
 
   setCurrentStep(name: string | null): void {
@@ -1350,11 +1352,11 @@ class TxWriter {
   }
 
   admin(action: string, who: { actor: string | null; reason: string | null }, stepName: string | null = null): void {
-    this.tx.appendHistory([{ kind: 'admin', stepName, from: this.wf.status, to: null, actor: who.actor, reason: who.reason, action, detail: null, at: this.tx.now }]);
+    this.tx.appendHistory([{ kind: 'admin', stepName, from: this.wf.status, to: null, actor: who.actor, reason: who.reason, action, detail: null, at: this.now }]);
   }
 
   note(action: string, stepName: string | null, detail: unknown): void {
-    this.tx.appendHistory([{ kind: 'note', stepName, from: null, to: null, actor: null, reason: null, action, detail, at: this.tx.now }]);
+    this.tx.appendHistory([{ kind: 'note', stepName, from: null, to: null, actor: null, reason: null, action, detail, at: this.now }]);
   }
 
   /** Every pending, running or waiting step becomes skipped. Returns their names. */

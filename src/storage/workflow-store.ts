@@ -171,6 +171,12 @@ export type StepPatch = Partial<
  * under the lock and nothing else changes the workflow or its steps until the
  * transaction ends. Writes are buffered and applied, in order, when the
  * callback resolves; if it throws, nothing is written.
+ *
+ * `workflow` and `steps` are the callback's own copies, and it may change
+ * them (the engine applies each write it buffers to them): nothing done to
+ * them reaches the store or a later transaction, and a store decides nothing
+ * on them once handed out (fences compare with the store's own state). Only
+ * the update methods write.
  */
 export interface WorkflowTransaction {
   /** The store's time when the lock was taken (the database clock, or the injected one). */

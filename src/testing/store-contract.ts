@@ -33,6 +33,7 @@ import type {
   WorkflowPatch,
   WorkflowRecord,
   WorkflowStore,
+  WorkflowTransaction,
 } from '../storage/workflow-store.js';
 
 /** How the contract gets a store for each case, and how it disposes of it. */
@@ -959,6 +960,55 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
         const seen = await store.transact(id, (tx) => must(tx.steps[0], 'step').output, { optimistic: true });
         expect(seen).toEqual({ list: [1] });
         expect((await stepOf(store, id, 'a')).output).toEqual({ list: [1] });
+      });
+
+      test('the records a callback is handed are its own: only its update calls write', async ({ store }) => {
+        // Everything a record holds, changed to something else.
+        const scramble = (record: Record<string, unknown>): void => {
+          for (const key of Object.keys(record)) {
+            const value = record[key];
+            record[key] =
+              value instanceof Date ? new Date(0) : typeof value === 'number' ? value + 1000 : typeof value === 'string' ? `${value}-changed` : { changed: true };
+          }
+        };
+        for (const optimistic of [false, true]) {
+          const id = await seed(store, ids, { steps: [{ name: 'a', dueAt: new Date(T0) }, { name: 'b' }] });
+          const request = claimRequest('w1', 1);
+          await store.claimSteps(request);
+          const leaseToken = must(request.tokens[0], 'token').leaseToken;
+          const before = await snapshot(store, id);
+          const scrambleAll = (tx: WorkflowTransaction): void => {
+            scramble(tx.workflow as unknown as Record<string, unknown>);
+            for (const s of tx.steps) scramble(s as unknown as Record<string, unknown>);
+          };
+
+          await store.transact(id, scrambleAll, { optimistic });
+          expect(await snapshot(store, id)).toEqual(before);
+
+          await store.transact(
+            id,
+            (tx) => {
+              scrambleAll(tx);
+              // Fenced against the lease token the store holds, not the one the callback wrote into its record.
+              tx.updateStep('a', { status: 'completed', output: { done: true } }, { expectLeaseToken: leaseToken });
+              scrambleAll(tx);
+              tx.updateStep('a', { leaseToken: null, leaseOwner: null, leaseExpiresAt: null }, { expectLeaseToken: leaseToken });
+              tx.updateWorkflow({ currentStep: 'b' });
+              scrambleAll(tx);
+            },
+            { optimistic },
+          );
+          const after = await snapshot(store, id);
+          const [a, b] = after.steps;
+          expect(a).toEqual({ ...before.steps[0], status: 'completed', output: { done: true }, leaseToken: null, leaseOwner: null, leaseExpiresAt: null });
+          expect(b).toEqual(before.steps[1]);
+          const workflow = must(after.workflow, 'workflow');
+          expect(workflow).toEqual({ ...before.workflow, currentStep: 'b', updatedAt: workflow.updatedAt });
+          expect(after.history).toEqual(before.history);
+          // And the next callback is handed the stored state, not what the last one did to its records.
+          const seen = await store.transact(id, (tx) => ({ workflow: { ...tx.workflow }, steps: tx.steps.map((s) => ({ ...s })) }), { optimistic });
+          expect(seen).toEqual({ workflow: after.workflow, steps: after.steps });
+        }
       });
 
       test('transact on an unknown workflow throws not_found', async ({ store }) => {

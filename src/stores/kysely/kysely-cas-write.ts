@@ -23,7 +23,7 @@ export interface CasCell {
 /** What the write needs of one transaction (the store's buffered transaction has these fields). */
 export interface CasTransaction {
   readonly now: Date;
-  readonly workflow: { readonly id: string };
+  readonly workflowId: string;
   readonly historySeq: number;
   readonly workflowCells: ReadonlyMap<string, CasCell>;
   readonly stepWrites: ReadonlyMap<string, { cells: ReadonlyMap<string, CasCell>; fence: { expected: string | null } | null }>;
@@ -175,7 +175,7 @@ export class CasWriter {
     const counts: CasCounts = { workflows: 0, fences: 0, steps: 0, history: 0 };
     const wakeIds: string[] = [];
     for (const { tx, version, wakes } of items) {
-      const id = tx.workflow.id;
+      const id = tx.workflowId;
       if (wakes) wakeIds.push(id);
       const row = maskedRow(shape.workflowColumns, tx.workflowCells);
       workflows.push(id, version, row.mask, tx.now, tx.historySeq + tx.history.length, ...row.values);

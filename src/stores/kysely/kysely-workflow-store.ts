@@ -876,7 +876,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     expectVersion: string | undefined,
   ): Promise<boolean> {
     const texts = this.sqliteWrites();
-    const workflowId = tx.workflow.id;
+    const workflowId = tx.workflowId;
     const columns = ['updated_at', ...tx.workflowCells.keys()];
     const parameters: unknown[] = [tx.now.getTime(), ...[...tx.workflowCells.values()].map((cell) => cell.value)];
     if (history.length > 0) {
@@ -1258,7 +1258,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (!tx.hasWrites) return true;
     const stale = tx.staleError();
     if (stale) throw stale;
-    const workflowId = tx.workflow.id;
+    const workflowId = tx.workflowId;
     const history: HistoryRow[] = tx.history.map((entry, i) => ({ workflowId, seq: tx.historySeq + i + 1, entry }));
     // A write with no column (an empty patch) matters only for its fence.
     const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
@@ -1667,7 +1667,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const history: HistoryRow[] = [];
     let wakes = false;
     for (const tx of txs) {
-      const id = tx.workflow.id;
+      const id = tx.workflowId;
       const cells = new Map<string, Cell>([['updated_at', nowCell], ...tx.workflowCells]);
       if (tx.history.length > 0) cells.set('last_history_seq', { kind: 'int', value: tx.historySeq + tx.history.length });
       tx.history.forEach((entry, i) => history.push({ workflowId: id, seq: tx.historySeq + i + 1, entry }));
@@ -1994,7 +1994,14 @@ class KyselyTransaction implements WorkflowTransaction {
   private stale: StaleLeaseError | undefined;
   /** Each step's lease token as the buffered writes leave it. */
   private readonly leaseTokens: Map<string, string | null>;
-  private readonly stepsByName: Map<string, StepRecord>;
+  /**
+   * What the writes read of each step as the snapshot had it, taken before the
+   * callback runs: the records are the callback's to change (see `WorkflowTransaction`).
+   */
+  private readonly stepsBefore: Map<string, Pick<StepRecord, 'status' | 'attempts' | 'dueAt' | 'leaseToken' | 'leaseExpiresAt'>>;
+  readonly workflowId: string;
+  /** The workflow's status in the snapshot. */
+  private readonly statusBefore: WorkflowStatus;
   /** What decides claimability, as the buffered writes leave each written step. */
   private readonly claimState = new Map<string, Pick<StepRecord, 'status' | 'dueAt' | 'leaseExpiresAt'>>();
   private workflowStatus: WorkflowStatus;
@@ -2011,8 +2018,12 @@ class KyselyTransaction implements WorkflowTransaction {
     readonly steps: readonly StepRecord[],
     private readonly encode: (kind: ColumnKind, value: unknown) => unknown,
   ) {
-    this.stepsByName = new Map(steps.map((s) => [s.name, s]));
+    this.stepsBefore = new Map(
+      steps.map((s) => [s.name, { status: s.status, attempts: s.attempts, dueAt: s.dueAt, leaseToken: s.leaseToken, leaseExpiresAt: s.leaseExpiresAt }]),
+    );
     this.leaseTokens = new Map(steps.map((s) => [s.name, s.leaseToken]));
+    this.workflowId = workflow.id;
+    this.statusBefore = workflow.status;
     this.workflowStatus = workflow.status;
   }
 
@@ -2030,9 +2041,9 @@ class KyselyTransaction implements WorkflowTransaction {
 
   updateStep(name: string, patch: StepPatch, options?: { expectLeaseToken?: string | null }): void {
     this.assertOpen();
-    const step = this.stepsByName.get(name);
+    const step = this.stepsBefore.get(name);
     if (!step) {
-      throw new NotFoundError(`step ${name} not found in workflow ${this.workflow.id}`, { workflowId: this.workflow.id, stepName: name });
+      throw new NotFoundError(`step ${name} not found in workflow ${this.workflowId}`, { workflowId: this.workflowId, stepName: name });
     }
     if (patch.status !== undefined && !isStepStatus(patch.status)) throw new TypeError(`unknown step status ${String(patch.status)}`);
     const cells = toCells(patch, STEP_COLUMNS, this.encode);
@@ -2043,8 +2054,8 @@ class KyselyTransaction implements WorkflowTransaction {
       const current = this.leaseTokens.get(name) ?? null;
       if (current !== expected && !this.stale) {
         this.stale = new StaleLeaseError(
-          `step ${name} of workflow ${this.workflow.id}: lease token ${String(current)} is not the expected ${String(expected)}`,
-          { workflowId: this.workflow.id, stepName: name, status: step.status, attempts: step.attempts },
+          `step ${name} of workflow ${this.workflowId}: lease token ${String(current)} is not the expected ${String(expected)}`,
+          { workflowId: this.workflowId, stepName: name, status: step.status, attempts: step.attempts },
         );
       }
       write.fence ??= { expected: step.leaseToken };
@@ -2073,7 +2084,7 @@ class KyselyTransaction implements WorkflowTransaction {
    */
   wakes(): boolean {
     if (!ACTIVE_WORKFLOW_STATUSES.has(this.workflowStatus)) return false;
-    if (!ACTIVE_WORKFLOW_STATUSES.has(this.workflow.status)) return true;
+    if (!ACTIVE_WORKFLOW_STATUSES.has(this.statusBefore)) return true;
     const now = this.now.getTime();
     for (const s of this.claimState.values()) {
       if (s.dueAt === null || s.dueAt.getTime() > now || !CLAIMABLE_STEP_STATUSES.has(s.status)) continue;
@@ -2116,7 +2127,7 @@ class KyselyTransaction implements WorkflowTransaction {
 
   private assertOpen(): void {
     if (this.closed) {
-      throw new StoreError(`the transaction on workflow ${this.workflow.id} has already ended; writes must happen inside the callback`);
+      throw new StoreError(`the transaction on workflow ${this.workflowId} has already ended; writes must happen inside the callback`);
     }
   }
 }
