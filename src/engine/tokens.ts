@@ -54,24 +54,37 @@ export function hashToken(token: string): string | Promise<string> {
 }
 
 const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+const BASE64URL_CODES = Uint8Array.from(BASE64URL, (c) => c.charCodeAt(0));
+// ASCII bytes decode to the same characters as UTF-8, in one flat string: building the text a
+// character at a time made a chain of partial strings per token, flattened again when hashed.
+const ascii = new TextDecoder();
+const encoded = new Uint8Array(64);
 
 /** base64url without padding. */
 export function toBase64Url(bytes: Uint8Array): string {
-  let out = '';
+  const size = Math.ceil((bytes.length * 4) / 3);
+  const out = size <= encoded.length ? encoded : new Uint8Array(size);
   let i = 0;
+  let j = 0;
   for (; i + 2 < bytes.length; i += 3) {
     const n = (bytes[i]! << 16) | (bytes[i + 1]! << 8) | bytes[i + 2]!;
-    out += BASE64URL[n >> 18]! + BASE64URL[(n >> 12) & 63]! + BASE64URL[(n >> 6) & 63]! + BASE64URL[n & 63]!;
+    out[j++] = BASE64URL_CODES[n >> 18]!;
+    out[j++] = BASE64URL_CODES[(n >> 12) & 63]!;
+    out[j++] = BASE64URL_CODES[(n >> 6) & 63]!;
+    out[j++] = BASE64URL_CODES[n & 63]!;
   }
   const rest = bytes.length - i;
   if (rest === 1) {
     const n = bytes[i]! << 16;
-    out += BASE64URL[n >> 18]! + BASE64URL[(n >> 12) & 63]!;
+    out[j++] = BASE64URL_CODES[n >> 18]!;
+    out[j++] = BASE64URL_CODES[(n >> 12) & 63]!;
   } else if (rest === 2) {
     const n = (bytes[i]! << 16) | (bytes[i + 1]! << 8);
-    out += BASE64URL[n >> 18]! + BASE64URL[(n >> 12) & 63]! + BASE64URL[(n >> 6) & 63]!;
+    out[j++] = BASE64URL_CODES[n >> 18]!;
+    out[j++] = BASE64URL_CODES[(n >> 12) & 63]!;
+    out[j++] = BASE64URL_CODES[(n >> 6) & 63]!;
   }
-  return out;
+  return ascii.decode(out.subarray(0, j));
 }
 
 /** Inverse of {@link toBase64Url}; null for malformed input. */

@@ -1322,7 +1322,9 @@ class TxWriter {
     const row = this.row(name);
     assertStepTransition(row.status, to, { workflowId: this.wf.id, stepName: name });
     this.tx.appendHistory([{ kind: 'step', stepName: name, from: row.status, to, actor: null, reason: null, action: null, detail: null, at: this.now }]);
-    this.patchStep(name, { ...patch, status: to });
+    // Every caller passes a patch of its own making.
+    patch.status = to;
+    this.patchStep(name, patch);
   }
 
   patchStep(name: string, patch: StepPatch): void {

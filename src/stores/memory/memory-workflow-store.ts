@@ -724,7 +724,9 @@ const WORKFLOW_PATCH_FIELDS = {
 /** A patch checked and in stored form: times as ms, JSON values as their JSON form. */
 function normalizePatch<P extends object>(patch: object, fields: Record<string, FieldKind>): P {
   const out: Record<string, unknown> = {};
-  for (const key of Object.keys(patch)) {
+  // `for…in` with an own-property check: the same keys as `Object.keys`, without an array per patch.
+  for (const key in patch) {
+    if (!Object.hasOwn(patch, key)) continue;
     const value = (patch as Record<string, unknown>)[key];
     // `undefined` means "leave as it is", as with a partial SQL update.
     if (value === undefined) continue;
