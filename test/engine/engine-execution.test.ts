@@ -255,6 +255,37 @@ describe.each(storeFactories)('engine execution on $name store', (factory) => {
   });
 
 
+  it('takes a handler result from any thenable, and records a thenable whose then throws as a failed attempt', async () => {
+    const wf = defineWorkflow({
+      name: 'thenables',
+      input,
+      steps: {
+        // Not a Promise: an object with a `then` method, as some client libraries return.
+        custom: step({ run: () => ({ then: (resolve: (v: unknown) => void) => resolve({ from: 'thenable' }) }) as unknown as Promise<{ from: string }> }),
+        broken: step({
+          dependsOn: ['custom'],
+          retry: { maximumAttempts: 1 },
+          run: () =>
+            ({
+              then: () => {
+                throw new Error('then exploded');
+              },
+            }) as unknown as Promise<unknown>,
+        }),
+      },
+    });
+    const { engine } = await setup([wf]);
+    const { id } = await engine.start('thenables', { tenantId: 't1', input: { plan: 'x' } });
+    await engine.drain();
+    const d = await engine.get(id);
+    expect(d.steps.map((s) => [s.name, s.status])).toEqual([
+      ['custom', 'completed'],
+      ['broken', 'failed'],
+    ]);
+    expect(d.steps[0]?.output).toEqual({ from: 'thenable' });
+    expect(d.steps[1]?.error).toMatchObject({ message: 'then exploded' });
+  });
+
   it('hands every handler a context whose signal and logger are own enumerable properties, so a spread copies them', async () => {
     const keys: Record<string, string[]> = {};
     const copies: Record<string, { signal: unknown; logger: unknown }> = {};
