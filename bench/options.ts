@@ -13,6 +13,8 @@ export interface BenchOptions {
   quick: boolean;
   baselineSeconds: number;
   warmupWorkflows: number;
+  /** Workflows the engine runs on a memory store, at each client count, before the first measured run. */
+  engineWarmupWorkflows: number;
   /** Engine `concurrency` (step handlers at once, per process). */
   concurrency: number;
   /** Postgres pool size per process. */
@@ -40,6 +42,8 @@ Options:
   --quick               a short pass to check that everything works (about a minute)
   --baseline-seconds S  duration of each raw baseline (default 5; --quick: 0.5)
   --warmup N            warm-up workflows before each measured run (default N/10, at most 200; --quick: 10)
+  --engine-warmup N     workflows the engine first runs on a memory store, at each client count, before
+                        any measured run, so that it runs compiled as in a long-lived host (default N)
   --concurrency N       engine concurrency per process (default 32)
   --pool N              Postgres pool size per process (default 10)
   --poll-ms N           idle poll interval of the multi-process workers (default 20)
@@ -67,6 +71,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
         quick: { type: 'boolean', default: false },
         'baseline-seconds': { type: 'string' },
         warmup: { type: 'string' },
+        'engine-warmup': { type: 'string' },
         concurrency: { type: 'string' },
         pool: { type: 'string' },
         'poll-ms': { type: 'string' },
@@ -97,6 +102,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
     quick,
     baselineSeconds: numArg('--baseline-seconds', v['baseline-seconds'], quick ? 0.5 : 5, 0.1),
     warmupWorkflows: intArg('--warmup', v.warmup, quick ? 10 : Math.min(200, Math.ceil(workflows / 10)), 0),
+    engineWarmupWorkflows: intArg('--engine-warmup', v['engine-warmup'], workflows, 0),
     concurrency: intArg('--concurrency', v.concurrency, 32, 1),
     poolSize: intArg('--pool', v.pool, 10, 1),
     pollMs: intArg('--poll-ms', v['poll-ms'], 20, 1),

@@ -115,6 +115,8 @@ export interface BenchResults {
     quick: boolean;
     baselineSeconds: number;
     warmupWorkflows: number;
+    /** Absent in results written before it existed. */
+    engineWarmupWorkflows?: number;
     concurrency: number;
     poolSize: number;
     pollMs: number;

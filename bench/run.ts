@@ -18,7 +18,7 @@ import { parseBenchOptions, USAGE, UsageError, type BenchOptions } from './optio
 import { PostgresStartError, startBenchPostgres, type BenchPostgres } from './postgres.js';
 import { codeRevision, describeMachine, formatTable } from './report.js';
 import type { BaselineSet, BenchBaselines, BenchResults, FailedRun, SagalineRun, StoreKind } from './results.js';
-import { applyBaselines, runInProcess, type RunContext } from './runs.js';
+import { applyBaselines, runInProcess, warmUpEngine, type RunContext } from './runs.js';
 import { DATABASES, databaseOf, kindLabel } from './store-kinds.js';
 
 /** The bench was interrupted (a signal, or the overall timeout): cleanup is under way. */
@@ -84,6 +84,10 @@ async function main(options: BenchOptions): Promise<number> {
       failures.push({ label, store, processes, clients, error: message });
     }
   };
+  if (options.engineWarmupWorkflows > 0) {
+    progress(`warming the engine up: ${options.engineWarmupWorkflows} workflows on a memory store per client count…`);
+    await warmUpEngine(ctx);
+  }
   // One database at a time, its baselines around all of its runs (with and without group commit).
   for (const database of DATABASES) {
     const kinds = options.stores.filter((kind) => databaseOf(kind) === database);
@@ -114,6 +118,7 @@ async function main(options: BenchOptions): Promise<number> {
       quick: options.quick,
       baselineSeconds: options.baselineSeconds,
       warmupWorkflows: options.warmupWorkflows,
+      engineWarmupWorkflows: options.engineWarmupWorkflows,
       concurrency: options.concurrency,
       poolSize: options.poolSize,
       pollMs: options.pollMs,

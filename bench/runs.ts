@@ -4,6 +4,7 @@
  * and then the measured pass, each on a store opened for it.
  */
 import { createEngine, type WorkflowStore } from '../src/index.js';
+import { MemoryWorkflowStore } from '../src/memory.js';
 import { onCleanup } from './cleanup.js';
 import { ownCpuMs, processTreeCpuMs } from './cpu.js';
 import { benchLogger } from './logger.js';
@@ -36,6 +37,22 @@ export const IN_PROCESS_IDLE_POLL_MS = 1000;
 
 /** Warm-up workflows are numbered from here, so that they never collide with measured ones. */
 export const WARMUP_FIRST_NUMBER = 10_000_000;
+
+/**
+ * Runs the engine on a memory store, unmeasured, at each client count, before
+ * the first measured run. The first run would otherwise also measure the
+ * engine's code being compiled: at 1 client, after 200 warm-up workflows, the
+ * memory store measured 12,900 and 14,200 steps/s in two runs, against 30,500
+ * and 18,100 after 2,000.
+ */
+export async function warmUpEngine(ctx: RunContext): Promise<void> {
+  const { options } = ctx;
+  if (options.engineWarmupWorkflows <= 0) return;
+  const settings: EngineSettings = { concurrency: options.concurrency, idlePollMs: IN_PROCESS_IDLE_POLL_MS, poolSize: null, groupCommit: false };
+  for (const clients of options.clients) {
+    await driveEngine(new MemoryWorkflowStore(), settings, options.engineWarmupWorkflows, clients, WARMUP_FIRST_NUMBER, options.runTimeoutSeconds * 1000);
+  }
+}
 
 export async function runInProcess(ctx: RunContext, kind: StoreKind, clients: number): Promise<SagalineRun> {
   const { options } = ctx;
