@@ -110,7 +110,6 @@ interface HistoryRow {
   entry: NewHistoryEntry;
 }
 
-/** The merged writes of one step in a transaction. */
 /** A batch's writes, grouped by the columns they set (each group one `UPDATE … FROM (VALUES …)` per chunk). */
 interface BatchGroups {
   workflows: Map<string, { columns: string[]; rows: { id: string; cells: Map<string, Cell> }[] }>;
@@ -118,6 +117,7 @@ interface BatchGroups {
   history: HistoryRow[];
 }
 
+/** The merged writes of one step in a transaction. */
 interface StepWrite {
   cells: Map<string, Cell>;
   /** The lease token read under the lock, checked again by the UPDATE when any write was fenced. */
@@ -735,10 +735,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
    */
   private createStatement(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): { sql: string; parameters: unknown[] } {
     const parameters = workflowInsertValues(input, this.encodeTime(createdAt));
-    let stepKinds: ColumnKind[] = [];
+    let firstStep: [ColumnKind, unknown][] | undefined;
     for (const s of input.steps) {
       const cells = this.stepValues(s, createdAt);
-      stepKinds = cells.map(([kind]) => kind);
+      firstStep ??= cells;
       for (const [, value] of cells) parameters.push(value);
     }
     let ownTimes = '';
@@ -748,12 +748,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
       ownTimes += h.at ? 'a' : '-';
       parameters.push(h.kind, h.stepName, h.from, h.to, h.actor, h.reason, h.action, jsonText(h.detail));
     });
-    if (this.clock && history.some((h) => !h.at)) parameters.push(this.encodeTime(new Date(this.clock.now())));
+    if (this.clock && ownTimes.includes('-')) parameters.push(this.encodeTime(new Date(this.clock.now())));
     if (this.notifyChannel !== undefined) parameters.push(this.notifyChannel);
     const key = `${input.steps.length}:${ownTimes}:${this.clock ? 'clock' : 'db'}`;
     let text = this.createTexts.get(key);
     if (text === undefined) {
-      text = this.createText(input.steps.length, stepKinds, history.map((h) => h.at !== undefined && h.at !== null));
+      // Every step's cells have the same kinds, in STEP_INSERT_COLUMNS order.
+      text = this.createText(input.steps.length, firstStep?.map(([kind]) => kind) ?? [], ownTimes);
       // Bounded: shapes beyond a workload's few are not expected, and a text is cheap to rebuild.
       if (this.createTexts.size >= 256) this.createTexts.clear();
       this.createTexts.set(key, text);
@@ -761,8 +762,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return { sql: text, parameters };
   }
 
-  /** The text of {@link createStatement}: placeholders in the order its parameters are collected. */
-  private createText(steps: number, stepKinds: readonly ColumnKind[], ownTime: boolean[]): string {
+  /**
+   * The text of {@link createStatement}: placeholders in the order its
+   * parameters are collected. `ownTimes` has one mark per history entry: `a`
+   * when the entry brings its own time, `-` when it takes the store's.
+   */
+  private createText(steps: number, stepKinds: readonly ColumnKind[], ownTimes: string): string {
     let n = 0;
     const p = (type?: string) => `$${++n}${type ? `::${type}` : ''}`;
     const [id, tenant, type, slug, status, version, input, idempotency, historySeq, created] = [
@@ -788,16 +793,17 @@ export class KyselyWorkflowStore implements WorkflowStore {
       )`);
     }
     let defaultAt = 'statement_timestamp()';
-    if (ownTime.length > 0) {
+    if (ownTimes.length > 0) {
       // The history columns after workflow_id: seq, at (the entry's own, or the default), then the rest.
       const [seqType, atType, ...cellTypes] = HISTORY_TYPES.slice(1);
-      const rows = ownTime.map((own) => {
+      const rows = [...ownTimes].map((mark) => {
+        const own = mark === 'a';
         const seq = p(seqType);
         const at = own ? p(atType) : null;
         const cells = cellTypes.map((t) => p(t));
         return { seq, at, cells };
       });
-      if (this.clock && ownTime.some((own) => !own)) defaultAt = p(atType);
+      if (this.clock && ownTimes.includes('-')) defaultAt = p(atType);
       const values = rows.map((r) => `(${[r.seq, r.at ?? defaultAt, ...r.cells].join(', ')})`);
       ctes.push(`hist as (
         insert into ${this.tableSql('history')} (${HISTORY_COLUMNS.join(', ')})
@@ -1992,8 +1998,8 @@ class KyselyTransaction implements WorkflowTransaction {
   hasWrites = false;
   private closed = false;
   private stale: StaleLeaseError | undefined;
-  /** Each step's lease token as the buffered writes leave it. */
-  private readonly leaseTokens: Map<string, string | null>;
+  /** The lease tokens the buffered writes set, by step (the others are as in `stepsBefore`). */
+  private readonly leaseTokens = new Map<string, string | null>();
   /**
    * What the writes read of each step as the snapshot had it, taken before the
    * callback runs: the records are the callback's to change (see `WorkflowTransaction`).
@@ -2021,7 +2027,6 @@ class KyselyTransaction implements WorkflowTransaction {
     this.stepsBefore = new Map(
       steps.map((s) => [s.name, { status: s.status, attempts: s.attempts, dueAt: s.dueAt, leaseToken: s.leaseToken, leaseExpiresAt: s.leaseExpiresAt }]),
     );
-    this.leaseTokens = new Map(steps.map((s) => [s.name, s.leaseToken]));
     this.workflowId = workflow.id;
     this.statusBefore = workflow.status;
     this.workflowStatus = workflow.status;
@@ -2051,7 +2056,7 @@ class KyselyTransaction implements WorkflowTransaction {
     if (!write) this.stepWrites.set(name, (write = { cells: new Map(), fence: null }));
     const expected = options?.expectLeaseToken;
     if (expected !== undefined) {
-      const current = this.leaseTokens.get(name) ?? null;
+      const current = this.leaseTokens.has(name) ? (this.leaseTokens.get(name) ?? null) : step.leaseToken;
       if (current !== expected && !this.stale) {
         this.stale = new StaleLeaseError(
           `step ${name} of workflow ${this.workflowId}: lease token ${String(current)} is not the expected ${String(expected)}`,
