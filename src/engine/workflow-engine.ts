@@ -83,17 +83,29 @@ class AbortedError extends Error {
 const ATTEMPT_OVER = new AbortedError('finished');
 
 /**
- * The abort side of one handler attempt. The `AbortController` (and its
- * signal) is made only when the handler reads `ctx.signal`: most handlers never
- * do, and a controller, its signal and its event dispatch cost more than a
- * trivial step. Aborting before that is remembered and given to the signal
- * when it is made.
+ * One handler attempt: its abort side, and what the handler context's
+ * `signal` and `logger` read (see {@link withAttempt}). The `AbortController`
+ * (and its signal) is made only when the handler reads `ctx.signal`: most
+ * handlers never do, and a controller, its signal and its event dispatch cost
+ * more than a trivial step. Aborting before that is remembered and given to
+ * the signal when it is made. The logger is made on first read too.
  */
 class Attempt {
   private controller: AbortController | null = null;
   private reason: unknown = undefined;
   private listener: ((reason: unknown) => void) | null = null;
+  private log: Logger | null = null;
   aborted = false;
+
+  constructor(
+    private readonly parentLogger: Logger,
+    private readonly workflowId: string,
+    private readonly stepName: string,
+  ) {}
+
+  get logger(): Logger {
+    return (this.log ??= childLogger(this.parentLogger, { workflowId: this.workflowId, stepName: this.stepName }));
+  }
 
   get signal(): AbortSignal {
     if (!this.controller) {
@@ -124,29 +136,9 @@ class Attempt {
   }
 }
 
-/** What a handler context's `signal` and `logger` read; both are made on first use. */
-class AttemptHandle {
-  private log: Logger | null = null;
+const ATTEMPT = Symbol('sagaline.attempt');
 
-  constructor(
-    private readonly attempt: Attempt,
-    private readonly parent: Logger,
-    private readonly workflowId: string,
-    private readonly stepName: string,
-  ) {}
-
-  get signal(): AbortSignal {
-    return this.attempt.signal;
-  }
-
-  get logger(): Logger {
-    return (this.log ??= childLogger(this.parent, { workflowId: this.workflowId, stepName: this.stepName }));
-  }
-}
-
-const ATTEMPT_HANDLE = Symbol('sagaline.attempt');
-
-type WithAttemptHandle = { readonly [ATTEMPT_HANDLE]: AttemptHandle };
+type WithAttempt = { readonly [ATTEMPT]: Attempt };
 
 /**
  * A handler context's `signal` and `logger`: own enumerable getters, as an
@@ -158,15 +150,15 @@ type WithAttemptHandle = { readonly [ATTEMPT_HANDLE]: AttemptHandle };
  */
 const ATTEMPT_ACCESSORS: PropertyDescriptorMap = {
   signal: {
-    get(this: WithAttemptHandle) {
-      return this[ATTEMPT_HANDLE].signal;
+    get(this: WithAttempt) {
+      return this[ATTEMPT].signal;
     },
     enumerable: true,
     configurable: true,
   },
   logger: {
-    get(this: WithAttemptHandle) {
-      return this[ATTEMPT_HANDLE].logger;
+    get(this: WithAttempt) {
+      return this[ATTEMPT].logger;
     },
     enumerable: true,
     configurable: true,
@@ -174,8 +166,8 @@ const ATTEMPT_ACCESSORS: PropertyDescriptorMap = {
 };
 
 /** `fields` with the attempt's `signal` and `logger` (see {@link ATTEMPT_ACCESSORS}). */
-function withAttempt<T extends object>(handle: AttemptHandle, fields: T): T & { readonly signal: AbortSignal; readonly logger: Logger } {
-  Object.defineProperty(fields, ATTEMPT_HANDLE, { value: handle });
+function withAttempt<T extends object>(attempt: Attempt, fields: T): T & { readonly signal: AbortSignal; readonly logger: Logger } {
+  Object.defineProperty(fields, ATTEMPT, { value: attempt });
   return Object.defineProperties(fields, ATTEMPT_ACCESSORS) as T & { readonly signal: AbortSignal; readonly logger: Logger };
 }
 
@@ -755,8 +747,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
           payload: { ...eventBase(c.workflow, c.now), stepName: step.name, attempt: step.attempts, reclaimed: c.previousStatus === 'running' },
         });
       }
-      const outcome = await this.runHandler(c, resolved, (h) =>
-        resolved.definition.run(withAttempt(h, {
+      const outcome = await this.runHandler(c, resolved, (attempt) =>
+        resolved.definition.run(withAttempt(attempt, {
           workflowId: c.workflow.id,
           tenantId: c.workflow.tenantId,
           stepName: step.name,
@@ -791,8 +783,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
       if (!poll) {
         return await this.failForDefinition(c, step);
       }
-      const outcome = await this.runHandler(c, resolved, (h) =>
-        poll(withAttempt(h, {
+      const outcome = await this.runHandler(c, resolved, (attempt) =>
+        poll(withAttempt(attempt, {
           workflowId: c.workflow.id,
           tenantId: c.workflow.tenantId,
           stepName: step.name,
@@ -817,8 +809,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
           this.scheduleNextCompensation(w);
         });
       }
-      const outcome = await this.runHandler(c, resolved, (h) =>
-        compensate(withAttempt(h, {
+      const outcome = await this.runHandler(c, resolved, (attempt) =>
+        compensate(withAttempt(attempt, {
           workflowId: c.workflow.id,
           tenantId: c.workflow.tenantId,
           stepName: step.name,
@@ -836,16 +828,16 @@ export class WorkflowEngine implements WorkflowEngineApi {
 
   /**
    * Runs a handler with a timeout, a heartbeat that extends the lease, and an
-   * abort signal. `call` gets the handle that the handler context's `signal`
-   * and `logger` read (see {@link withAttempt}): both are made on first use.
+   * abort signal. `call` gets the attempt, whose `signal` and `logger` the
+   * handler context reads (see {@link withAttempt}).
    */
   private async runHandler(
     c: ClaimedStep & { leaseToken: string },
     resolved: ResolvedStep,
-    call: (handle: AttemptHandle) => unknown,
+    call: (attempt: Attempt) => unknown,
   ): Promise<Outcome> {
     const key = runKey(c.workflow.id, c.stepName);
-    const attempt = new Attempt();
+    const attempt = new Attempt(this.logger, c.workflow.id, c.stepName);
     this.running.set(key, { attempt, leaseToken: c.leaseToken });
     const timers: ClockTimer[] = [];
     let heartbeat: ClockTimer | null = null;
@@ -865,7 +857,6 @@ export class WorkflowEngine implements WorkflowEngineApi {
     };
     beat();
     timers.push(this.clock.setTimeout(() => attempt.abort(new StepTimeoutError(`step timed out after ${resolved.timeoutMs} ms`)), resolved.timeoutMs));
-    const handle = new AttemptHandle(attempt, this.logger, c.workflow.id, c.stepName);
     // Settled by whichever comes first: the handler's result or the attempt's abort.
     const outcome = new Promise<Outcome>((resolve) => {
       attempt.onAbort((reason) => {
@@ -874,7 +865,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       });
       let result: unknown;
       try {
-        result = call(handle);
+        result = call(attempt);
       } catch (error) {
         resolve({ ok: false, error });
         return;
