@@ -133,13 +133,15 @@ export class CasWriter {
       shape.channel === undefined
         ? ''
         : `, (select pg_notify($${++n}::text, '') where exists (select 1 from wf where wf.id = any($${++n}::text[]))) as notified`;
+    // The workflows whose fence fails: an uncorrelated subquery, run once for the statement (correlated
+    // with each workflow row, as `not exists`, a plan could scan the step table once per row).
     const fenced =
       counts.fences === 0
         ? ''
         : `
-      and not exists (
-        select 1 from ${shape.steps} s join ${fv} on s.workflow_id = fv.workflow_id and s.name = fv.name
-        where fv.workflow_id = w.id and s.lease_token is distinct from fv.expected)`;
+      and w.id not in (
+        select fv.workflow_id from ${fv} join ${shape.steps} s on s.workflow_id = fv.workflow_id and s.name = fv.name
+        where s.lease_token is distinct from fv.expected)`;
     const parts = [
       `wf as (
     update ${shape.workflows} w set ${wfSets.join(', ')}
