@@ -139,7 +139,7 @@ export class CasWriter {
       counts.fences === 0
         ? ''
         : `
-      and w.id not in (
+      and wv.id not in (
         select fv.workflow_id from ${fv} join ${shape.steps} s on s.workflow_id = fv.workflow_id and s.name = fv.name
         where s.lease_token is distinct from fv.expected)`;
     const parts = [
