@@ -32,6 +32,7 @@ import type {
   WorkflowSummary,
 } from './engine-types.js';
 import { newStepRecord } from '../storage/step-records.js';
+import { newWorkflowId } from './ids.js';
 import { fromBase64Url, hashToken, randomToken, toBase64Url } from './tokens.js';
 
 /** A lease token, a callback token and the callback token's hash, minted together for one claim. */
@@ -258,7 +259,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       throw new ValidationError('workflow input must be JSON-serializable', [{ path: ['input'], message: 'not JSON-serializable', code: 'invalid_type' }]);
     }
     const now = await this.store.now();
-    const id = `wf_${crypto.randomUUID().replace(/-/g, '')}`;
+    const id = newWorkflowId(now.getTime());
     // A running worker with free slots runs the first steps itself: they are created claimed by it.
     const roots = def.steps.filter((s) => s.dependsOn.length === 0).length;
     const local = this.workerLoop && !this.stopping ? Math.min(roots, Math.max(0, this.concurrency - this.inFlight)) : 0;
