@@ -1998,8 +1998,6 @@ class KyselyTransaction implements WorkflowTransaction {
   hasWrites = false;
   private closed = false;
   private stale: StaleLeaseError | undefined;
-  /** The lease tokens the buffered writes set, by step (the others are as in `stepsBefore`). */
-  private readonly leaseTokens = new Map<string, string | null>();
   /**
    * What the writes read of each step as the snapshot had it, taken before the
    * callback runs: the records are the callback's to change (see `WorkflowTransaction`).
@@ -2008,13 +2006,13 @@ class KyselyTransaction implements WorkflowTransaction {
   readonly workflowId: string;
   /** The workflow's status in the snapshot. */
   private readonly statusBefore: WorkflowStatus;
-  /** What decides claimability, as the buffered writes leave each written step. */
-  private readonly claimState = new Map<string, Pick<StepRecord, 'status' | 'dueAt' | 'leaseExpiresAt'>>();
-  private workflowStatus: WorkflowStatus;
   /** The workflow fields written, decoded as a read would return them. */
   private readonly workflowAfter: Record<string, unknown> = {};
-  /** The step fields written, per step, decoded as a read would return them. */
-  private readonly stepsAfter = new Map<string, Record<string, unknown>>();
+  /**
+   * The step fields written, per step, decoded as a read would return them;
+   * with `stepsBefore`, what the writes leave of each step's lease and claimability.
+   */
+  private readonly stepsAfter = new Map<string, Partial<StepRecord>>();
 
   constructor(
     readonly now: Date,
@@ -2029,7 +2027,6 @@ class KyselyTransaction implements WorkflowTransaction {
     );
     this.workflowId = workflow.id;
     this.statusBefore = workflow.status;
-    this.workflowStatus = workflow.status;
   }
 
   updateWorkflow(patch: WorkflowPatch): void {
@@ -2040,7 +2037,6 @@ class KyselyTransaction implements WorkflowTransaction {
       this.workflowCells.set(column, cell);
       this.workflowAfter[field] = decodeCell(cell);
     }
-    if (patch.status !== undefined) this.workflowStatus = patch.status;
     this.hasWrites = true;
   }
 
@@ -2056,7 +2052,8 @@ class KyselyTransaction implements WorkflowTransaction {
     if (!write) this.stepWrites.set(name, (write = { cells: new Map(), fence: null }));
     const expected = options?.expectLeaseToken;
     if (expected !== undefined) {
-      const current = this.leaseTokens.has(name) ? (this.leaseTokens.get(name) ?? null) : step.leaseToken;
+      const written = this.stepsAfter.get(name);
+      const current = written?.leaseToken !== undefined ? written.leaseToken : step.leaseToken;
       if (current !== expected && !this.stale) {
         this.stale = new StaleLeaseError(
           `step ${name} of workflow ${this.workflowId}: lease token ${String(current)} is not the expected ${String(expected)}`,
@@ -2069,15 +2066,8 @@ class KyselyTransaction implements WorkflowTransaction {
     if (!after) this.stepsAfter.set(name, (after = {}));
     for (const [column, cell, field] of cells) {
       write.cells.set(column, cell);
-      after[field] = decodeCell(cell);
+      (after as Record<string, unknown>)[field] = decodeCell(cell);
     }
-    if (patch.leaseToken !== undefined) this.leaseTokens.set(name, patch.leaseToken);
-    const state = this.claimState.get(name) ?? { status: step.status, dueAt: step.dueAt, leaseExpiresAt: step.leaseExpiresAt };
-    this.claimState.set(name, {
-      status: patch.status ?? state.status,
-      dueAt: patch.dueAt !== undefined ? patch.dueAt : state.dueAt,
-      leaseExpiresAt: patch.leaseExpiresAt !== undefined ? patch.leaseExpiresAt : state.leaseExpiresAt,
-    });
     this.hasWrites = true;
   }
 
@@ -2088,12 +2078,17 @@ class KyselyTransaction implements WorkflowTransaction {
    * transaction (a chained claim) is nobody else's work.
    */
   wakes(): boolean {
-    if (!ACTIVE_WORKFLOW_STATUSES.has(this.workflowStatus)) return false;
+    const status = (this.workflowAfter['status'] as WorkflowStatus | undefined) ?? this.statusBefore;
+    if (!ACTIVE_WORKFLOW_STATUSES.has(status)) return false;
     if (!ACTIVE_WORKFLOW_STATUSES.has(this.statusBefore)) return true;
     const now = this.now.getTime();
-    for (const s of this.claimState.values()) {
-      if (s.dueAt === null || s.dueAt.getTime() > now || !CLAIMABLE_STEP_STATUSES.has(s.status)) continue;
-      if (s.leaseExpiresAt !== null && s.leaseExpiresAt.getTime() > now) continue;
+    for (const [name, after] of this.stepsAfter) {
+      const before = this.stepsBefore.get(name)!;
+      const stepStatus = after.status ?? before.status;
+      const dueAt = after.dueAt !== undefined ? after.dueAt : before.dueAt;
+      const leaseExpiresAt = after.leaseExpiresAt !== undefined ? after.leaseExpiresAt : before.leaseExpiresAt;
+      if (dueAt === null || dueAt.getTime() > now || !CLAIMABLE_STEP_STATUSES.has(stepStatus)) continue;
+      if (leaseExpiresAt !== null && leaseExpiresAt.getTime() > now) continue;
       return true;
     }
     return false;
