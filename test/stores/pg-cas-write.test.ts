@@ -120,3 +120,127 @@ describe('CasWriter on Postgres', () => {
     expect(tuplesRead['sagaline_workflows'] ?? 0).toBeLessThanOrEqual(WORKFLOWS);
   });
 });
+
+describe('CasWriter on Postgres: one workflow', () => {
+  const wide = new CasWriter({
+    workflows: '"sagaline_workflows"',
+    steps: '"sagaline_steps"',
+    history: '"sagaline_history"',
+    workflowColumns: [
+      ['current_step', 'text'],
+      ['retry_count', 'integer'],
+    ],
+    stepColumns: [
+      ['status', 'text'],
+      ['attempts', 'integer'],
+      ['output', 'jsonb'],
+    ],
+    channel: 'sagaline_cas_test',
+    prefix: '/* sagaline */',
+  });
+
+  /** Workflow `n`'s write: step `a` completes (fenced by `expected`), `b` gets `bCells`, two history entries. */
+  function single(n: number, version: string, expected: string | null, bCells: Record<string, unknown>, wakes = false): CasItem {
+    const tx: CasTransaction = {
+      now: new Date('2026-01-02T03:04:05.000Z'),
+      workflowId: `wf_${n}`,
+      historySeq: 10,
+      workflowCells: new Map([['current_step', { value: 'b' }]]),
+      stepWrites: new Map([
+        ['a', { cells: new Map<string, { value: unknown }>([['status', { value: 'completed' }], ['output', { value: '{"ok":true}' }]]), fence: { expected } }],
+        ['b', { cells: new Map(Object.entries(bCells).map(([k, v]) => [k, { value: v }])), fence: null }],
+      ]),
+      history: [
+        { kind: 'step', stepName: 'a', from: 'running', to: 'completed', actor: null, reason: null, action: null, detail: null },
+        { kind: 'note', stepName: 'b', from: null, to: null, actor: 'op', reason: 'why', action: 'a note', detail: { x: 1 }, at: new Date('2026-01-01T00:00:00.000Z') },
+      ],
+    };
+    return { tx, version, wakes };
+  }
+
+  /** Runs `item` in a transaction that is rolled back; returns what it returned and the rows it left. */
+  async function runSingle(item: CasItem) {
+    const statement = wide.statement([item]);
+    const id = item.tx.workflowId;
+    await client.query('begin');
+    try {
+      const result = await client.query<{ id: string; version: string }>(statement.sql, statement.parameters);
+      const workflow = (await client.query(`select current_step, retry_count, last_history_seq, updated_at from sagaline_workflows where id = $1`, [id])).rows[0];
+      const steps = (await client.query(`select name, status, attempts, output, lease_token from sagaline_steps where workflow_id = $1 order by name`, [id])).rows;
+      const history = (await client.query(`select seq, at, kind, step_name, actor, reason, action, detail from sagaline_history where workflow_id = $1 order by seq`, [id])).rows;
+      return { returned: result.rows, workflow, steps, history, statement };
+    } finally {
+      await client.query('rollback');
+    }
+  }
+
+  it('writes the columns each row sets, and only those, when the version and the fence hold', async () => {
+    const version = (await versions([101])).get(101)!;
+    const { returned, workflow, steps, history } = await runSingle(single(101, version, 'lease-101-a', { attempts: 7 }));
+    expect(returned).toHaveLength(1);
+    expect(returned[0]!.id).toBe('wf_101');
+    expect(returned[0]!.version).not.toBe(version);
+    expect(workflow).toMatchObject({ current_step: 'b', retry_count: 0, last_history_seq: 12 });
+    expect((workflow!.updated_at as Date).toISOString()).toBe('2026-01-02T03:04:05.000Z');
+    // `a` keeps its lease (not set by the write); `b` keeps its status and output.
+    expect(steps).toEqual([
+      { name: 'a', status: 'completed', attempts: 0, output: { ok: true }, lease_token: 'lease-101-a' },
+      { name: 'b', status: 'running', attempts: 7, output: null, lease_token: 'lease-101-b' },
+    ]);
+    expect(history.map((h) => [h.seq, h.kind, h.step_name, h.actor, h.reason, h.action, h.detail, (h.at as Date).toISOString()])).toEqual([
+      [11, 'step', 'a', null, null, null, null, '2026-01-02T03:04:05.000Z'],
+      [12, 'note', 'b', 'op', 'why', 'a note', { x: 1 }, '2026-01-01T00:00:00.000Z'],
+    ]);
+  });
+
+  it('writes nothing when the fence fails or the version is not the one read', async () => {
+    const version = (await versions([102])).get(102)!;
+    for (const item of [single(102, version, 'someone-else', { attempts: 7 }), single(102, String(Number(version) + 1), 'lease-102-a', { attempts: 7 })]) {
+      const { returned, workflow, steps, history } = await runSingle(item);
+      expect(returned).toEqual([]);
+      expect(workflow).toMatchObject({ current_step: null, last_history_seq: 0 });
+      expect(steps.map((s) => [s.name, s.status, s.attempts])).toEqual([
+        ['a', 'running', 0],
+        ['b', 'running', 0],
+      ]);
+      expect(history).toEqual([]);
+    }
+  });
+
+  it('fences on "no lease" with a null expectation', async () => {
+    await client.query('begin');
+    try {
+      await client.query(`update sagaline_steps set lease_token = null where workflow_id = 'wf_103' and name = 'a'`);
+      const version = (await client.query<{ v: string }>(`select xmin::text as v from sagaline_workflows where id = 'wf_103'`)).rows[0]!.v;
+      const held = wide.statement([single(103, version, null, {})]);
+      expect((await client.query(held.sql, held.parameters)).rows).toHaveLength(1);
+    } finally {
+      await client.query('rollback');
+    }
+  });
+
+  it('shares a text between writes that set the same columns, and notifies only when the write wakes a worker', async () => {
+    const version = (await versions([104])).get(104)!;
+    const one = wide.statement([single(104, version, 'x', { attempts: 1 })]);
+    const same = wide.statement([single(105, version, 'y', { attempts: 2 })]);
+    const other = wide.statement([single(104, version, 'x', { status: 'pending' })]);
+    expect(same.sql).toBe(one.sql);
+    expect(other.sql).not.toBe(one.sql);
+    expect(one.sql).not.toContain('pg_notify');
+
+    const listener = new pg.Client({ connectionString: database.url });
+    await listener.connect();
+    try {
+      const heard = new Promise<string>((resolve) => listener.once('notification', (m) => resolve(m.channel)));
+      await listener.query('listen sagaline_cas_test');
+      const waking = wide.statement([single(104, version, 'lease-104-a', { attempts: 1 }, true)]);
+      expect(waking.sql).toContain('pg_notify');
+      // Autocommit: the notification is sent when the statement commits.
+      const result = await client.query(waking.sql, waking.parameters);
+      expect(result.rows).toHaveLength(1);
+      expect(await heard).toBe('sagaline_cas_test');
+    } finally {
+      await listener.end();
+    }
+  });
+});

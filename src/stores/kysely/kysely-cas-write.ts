@@ -85,6 +85,7 @@ export class CasWriter {
 
   /** The statement writing `items`. */
   statement(items: readonly CasItem[]): CasStatement {
+    if (items.length === 1) return this.single(items[0]!);
     const { parameters, counts } = this.parameters(items);
     const key = `${counts.workflows},${counts.fences},${counts.steps},${counts.history}`;
     // (Row counts are rounded up to powers of two by padding, so a workload needs few texts.)
@@ -96,6 +97,126 @@ export class CasWriter {
       this.texts.set(key, sql);
     }
     return { sql, parameters };
+  }
+
+  /**
+   * One workflow's write: each row by its key, setting only the columns the
+   * write sets, with no rows of values to join. On Postgres this costs about
+   * a fifth less server time than the batch form with one row (which joins
+   * the values, and sets every column through a mask), and sends fewer
+   * parameters. Its text depends on which columns each row sets, the number
+   * of fences and history entries, and whether it notifies: a workload
+   * repeats a few such sets, so texts are cached by them.
+   */
+  private single({ tx, version, wakes }: CasItem): CasStatement {
+    const shape = this.shape;
+    const parameters: unknown[] = [tx.workflowId, version, tx.now, tx.historySeq + tx.history.length];
+    let key = 's';
+    shape.workflowColumns.forEach(([column], i) => {
+      const cell = tx.workflowCells.get(column);
+      if (cell === undefined) return;
+      key += `,${i}`;
+      parameters.push(cell.value);
+    });
+    const fences: unknown[] = [];
+    const steps: unknown[] = [];
+    for (const [name, write] of tx.stepWrites) {
+      if (write.fence) {
+        fences.push(name, write.fence.expected);
+        key += ':f';
+      }
+      // A write with no column matters only for its fence.
+      if (write.cells.size === 0) continue;
+      steps.push(name);
+      key += ':s';
+      shape.stepColumns.forEach(([column], i) => {
+        const cell = write.cells.get(column);
+        if (cell === undefined) return;
+        key += `,${i}`;
+        steps.push(cell.value);
+      });
+    }
+    parameters.push(...fences, ...steps);
+    tx.history.forEach((h, i) => {
+      parameters.push(
+        tx.historySeq + i + 1,
+        h.at ?? tx.now,
+        h.kind,
+        h.stepName ?? null,
+        h.from ?? null,
+        h.to ?? null,
+        h.actor ?? null,
+        h.reason ?? null,
+        h.action ?? null,
+        jsonText(h.detail),
+      );
+    });
+    const notify = wakes && shape.channel !== undefined;
+    if (notify) parameters.push(shape.channel);
+    key += `:h${tx.history.length}${notify ? ':n' : ''}`;
+    let sql = this.texts.get(key);
+    if (sql === undefined) {
+      sql = this.singleText(key);
+      if (this.texts.size >= 1024) this.texts.clear();
+      this.texts.set(key, sql);
+    }
+    return { sql, parameters };
+  }
+
+  /** The text of {@link single} for a key it made: placeholders in the order its parameters are collected. */
+  private singleText(key: string): string {
+    const shape = this.shape;
+    let n = 4;
+    const p = (type: string) => `$${++n}::${type}`;
+    const quote = (name: string) => `"${name}"`;
+    const [workflowPart, ...rest] = key.split(':');
+    const wfSets = ['version = w.version + 1', 'updated_at = $3::timestamptz', 'last_history_seq = $4::integer'];
+    for (const i of columnIndexes(workflowPart!)) {
+      const [column, type] = shape.workflowColumns[i]!;
+      wfSets.push(`${quote(column)} = ${p(type)}`);
+    }
+    const fenced: string[] = [];
+    const stepParts: string[] = [];
+    let history = 0;
+    let notify = false;
+    for (const part of rest) {
+      if (part === 'f') {
+        fenced.push(`
+      and not exists (select 1 from ${shape.steps} s where s.workflow_id = $1::text and s.name = ${p('text')} and s.lease_token is distinct from ${p('text')})`);
+      } else if (part === 'n') notify = true;
+      else if (part.startsWith('h')) history = Number(part.slice(1));
+    }
+    // Step rows after the fences, as their parameters are collected.
+    for (const part of rest) {
+      if (part !== 's' && !part.startsWith('s,')) continue;
+      const name = p('text');
+      const sets = columnIndexes(part).map((i) => {
+        const [column, type] = shape.stepColumns[i]!;
+        return `${quote(column)} = ${p(type)}`;
+      });
+      stepParts.push(`st${stepParts.length} as (
+    update ${shape.steps} s set ${sets.join(', ')}
+    where s.workflow_id = $1::text and s.name = ${name} and exists (select 1 from wf)
+  )`);
+    }
+    const parts = [
+      `wf as (
+    update ${shape.workflows} w set ${wfSets.join(', ')}
+    where w.id = $1::text and w.xmin = $2::text::xid${fenced.join('')}
+    returning w.id, w.xmin::text as version
+  )`,
+      ...stepParts,
+    ];
+    if (history > 0) {
+      const rows: string[] = [];
+      for (let r = 0; r < history; r++) rows.push(`(${HISTORY_TYPES.slice(1).map((t) => p(t)).join(', ')})`);
+      parts.push(`hist as (
+    insert into ${shape.history} (${HISTORY_COLUMNS.join(', ')})
+    select $1::text, hv.* from (values ${rows.join(', ')}) as hv(${HISTORY_COLUMNS.slice(1).join(', ')}) where exists (select 1 from wf)
+  )`);
+    }
+    const notified = notify ? `, (select pg_notify(${p('text')}, '') where exists (select 1 from wf)) as notified` : '';
+    return `${shape.prefix} with ${parts.join(',\n  ')}\nselect wf.id, wf.version${notified} from wf`;
   }
 
   private text(counts: CasCounts): string {
@@ -224,6 +345,11 @@ export class CasWriter {
     if (shape.channel !== undefined) parameters.push(shape.channel, wakeIds);
     return { parameters, counts };
   }
+}
+
+/** The column indexes of a key part such as `s,0,3` (none for `s`). */
+function columnIndexes(part: string): number[] {
+  return part.split(',').slice(1).map(Number);
 }
 
 /** A row's value for every column (null where it sets none) and the mask of the columns it sets. */
