@@ -6,7 +6,7 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: { run: 'bench/run.ts', 'pg-worker': 'bench/pg-worker.ts' },
+  entry: { run: 'bench/run.ts', 'pg-worker': 'bench/pg-worker.ts', compare: 'bench/compare.ts' },
   outDir: '.bench-dist',
   format: ['esm'],
   target: 'node20',
