@@ -137,20 +137,7 @@ export class CasWriter {
       });
     }
     parameters.push(...fences, ...steps);
-    tx.history.forEach((h, i) => {
-      parameters.push(
-        tx.historySeq + i + 1,
-        h.at ?? tx.now,
-        h.kind,
-        h.stepName ?? null,
-        h.from ?? null,
-        h.to ?? null,
-        h.actor ?? null,
-        h.reason ?? null,
-        h.action ?? null,
-        jsonText(h.detail),
-      );
-    });
+    tx.history.forEach((h, i) => pushHistoryValues(parameters, tx, h, i));
     const notify = wakes && shape.channel !== undefined;
     if (notify) parameters.push(shape.channel);
     key += `:h${tx.history.length}${notify ? ':n' : ''}`;
@@ -315,19 +302,8 @@ export class CasWriter {
         counts.steps++;
       }
       tx.history.forEach((h, i) => {
-        history.push(
-          id,
-          tx.historySeq + i + 1,
-          h.at ?? tx.now,
-          h.kind,
-          h.stepName ?? null,
-          h.from ?? null,
-          h.to ?? null,
-          h.actor ?? null,
-          h.reason ?? null,
-          h.action ?? null,
-          jsonText(h.detail),
-        );
+        history.push(id);
+        pushHistoryValues(history, tx, h, i);
         counts.history++;
       });
     }
@@ -345,6 +321,22 @@ export class CasWriter {
     if (shape.channel !== undefined) parameters.push(shape.channel, wakeIds);
     return { parameters, counts };
   }
+}
+
+/** The values of history entry `i` of `tx`, in {@link HISTORY_COLUMNS} order after `workflow_id`. */
+function pushHistoryValues(out: unknown[], tx: CasTransaction, h: NewHistoryEntry, i: number): void {
+  out.push(
+    tx.historySeq + i + 1,
+    h.at ?? tx.now,
+    h.kind,
+    h.stepName ?? null,
+    h.from ?? null,
+    h.to ?? null,
+    h.actor ?? null,
+    h.reason ?? null,
+    h.action ?? null,
+    jsonText(h.detail),
+  );
 }
 
 /** The column indexes of a key part such as `s,0,3` (none for `s`). */
