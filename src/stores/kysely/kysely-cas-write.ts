@@ -87,16 +87,21 @@ export class CasWriter {
   statement(items: readonly CasItem[]): CasStatement {
     if (items.length === 1) return this.single(items[0]!);
     const { parameters, counts } = this.parameters(items);
-    const key = `${counts.workflows},${counts.fences},${counts.steps},${counts.history}`;
     // (Row counts are rounded up to powers of two by padding, so a workload needs few texts.)
+    const key = `${counts.workflows},${counts.fences},${counts.steps},${counts.history}`;
+    return { sql: this.cachedText(key, () => this.text(counts)), parameters };
+  }
+
+  /** The text for `key`, built once. */
+  private cachedText(key: string, build: () => string): string {
     let sql = this.texts.get(key);
     if (sql === undefined) {
-      sql = this.text(counts);
-      // Bounded: row counts beyond a batch's are not expected, but a text is cheap to rebuild.
+      sql = build();
+      // Bounded: keys beyond a workload's few are not expected, but a text is cheap to rebuild.
       if (this.texts.size >= 1024) this.texts.clear();
       this.texts.set(key, sql);
     }
-    return { sql, parameters };
+    return sql;
   }
 
   /**
@@ -141,13 +146,7 @@ export class CasWriter {
     const notify = wakes && shape.channel !== undefined;
     if (notify) parameters.push(shape.channel);
     key += `:h${tx.history.length}${notify ? ':n' : ''}`;
-    let sql = this.texts.get(key);
-    if (sql === undefined) {
-      sql = this.singleText(key);
-      if (this.texts.size >= 1024) this.texts.clear();
-      this.texts.set(key, sql);
-    }
-    return { sql, parameters };
+    return { sql: this.cachedText(key, () => this.singleText(key)), parameters };
   }
 
   /** The text of {@link single} for a key it made: placeholders in the order its parameters are collected. */
