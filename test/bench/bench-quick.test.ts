@@ -1,0 +1,85 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { BenchResults } from '../../bench/results.js';
+
+/**
+ * A short pass of `npm run bench` (built as the script builds it): every
+ * store and kind of run completes and is counted, and the one goal that is a
+ * count rather than a rate holds: at most 7 write transactions per 5-step
+ * workflow at 1 client. Rates are not checked here (see the README's
+ * Performance section): the machines are shared.
+ */
+const run = promisify(execFile);
+const root = join(import.meta.dirname, '..', '..');
+const dir = mkdtempSync(join(tmpdir(), 'sagaline-bench-test-'));
+
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe('npm run bench, a short pass', () => {
+  it('runs every store and prints and writes every run, with at most 7 write transactions per workflow at 1 client', async () => {
+    await run('npx', ['tsup', '--config', 'bench/tsup.bench.ts', '--silent'], { cwd: root });
+    const json = join(dir, 'results.json');
+    const stores = ['memory', 'sqlite', 'sqlite-group', 'postgres', 'postgres-group'];
+    const { stdout } = await run(
+      process.execPath,
+      [
+        '.bench-dist/run.js',
+        '--quick',
+        '--stores',
+        stores.join(','),
+        '--clients',
+        '1,4',
+        '--processes',
+        '2',
+        '--workflows',
+        '30',
+        '--warmup',
+        '5',
+        '--engine-warmup',
+        '10',
+        '--baseline-seconds',
+        '0.2',
+        '--json',
+        json,
+      ],
+      { cwd: root, maxBuffer: 16 * 1024 * 1024 },
+    );
+    const results = JSON.parse(readFileSync(json, 'utf8')) as BenchResults;
+    expect(results.failures).toEqual([]);
+
+    // One run per store and client count in one process, and the two multi-process Postgres runs.
+    const expected = [
+      ...stores.flatMap((store) => [1, 4].map((clients) => `${store}/1/${clients}`)),
+      'postgres/2/4',
+      'postgres-group/2/4',
+    ];
+    expect(results.runs.map((r) => `${r.store}/${r.processes}/${r.clients}`).sort()).toEqual(expected.sort());
+    for (const r of results.runs) {
+      expect(r.workflows).toBe(30);
+      expect(r.workflowsPerSec).toBeGreaterThan(0);
+      expect(r.latency.count).toBe(30);
+      expect(stdout).toContain(`| sagaline: ${r.label} `);
+    }
+
+    // Every raw baseline was measured, before and after.
+    for (const set of [results.baselines, results.baselines.atEnd]) {
+      expect(set?.sqlite?.commitsPerSec).toBeGreaterThan(0);
+      expect(set?.postgres1?.commitsPerSec).toBeGreaterThan(0);
+      expect(set?.postgres8?.commitsPerSec).toBeGreaterThan(0);
+    }
+
+    // Each step's result is committed on its own at 1 client (at least 5 write transactions), and the
+    // start with its first step claimed takes one more: within the goal of 7.
+    const sqlOneClient = results.runs.filter((r) => r.store !== 'memory' && r.processes === 1 && r.clients === 1);
+    expect(sqlOneClient).toHaveLength(4);
+    for (const r of sqlOneClient) {
+      expect(r.transactions, r.label).not.toBeNull();
+      expect(r.transactions!.writePerWorkflow, r.label).toBeGreaterThanOrEqual(5);
+      expect(r.transactions!.writePerWorkflow, r.label).toBeLessThanOrEqual(7);
+    }
+  }, 240_000);
+});
