@@ -2002,7 +2002,7 @@ class KyselyTransaction implements WorkflowTransaction {
    * What the writes read of each step as the snapshot had it, taken before the
    * callback runs: the records are the callback's to change (see `WorkflowTransaction`).
    */
-  private readonly stepsBefore: Map<string, Pick<StepRecord, 'status' | 'attempts' | 'dueAt' | 'leaseToken' | 'leaseExpiresAt'>>;
+  private readonly stepsBefore: Map<string, Pick<StepRecord, SnapshotStepField>>;
   readonly workflowId: string;
   /** The workflow's status in the snapshot. */
   private readonly statusBefore: WorkflowStatus;
@@ -2052,8 +2052,7 @@ class KyselyTransaction implements WorkflowTransaction {
     if (!write) this.stepWrites.set(name, (write = { cells: new Map(), fence: null }));
     const expected = options?.expectLeaseToken;
     if (expected !== undefined) {
-      const written = this.stepsAfter.get(name);
-      const current = written?.leaseToken !== undefined ? written.leaseToken : step.leaseToken;
+      const current = this.stepAfter(name, 'leaseToken');
       if (current !== expected && !this.stale) {
         this.stale = new StaleLeaseError(
           `step ${name} of workflow ${this.workflowId}: lease token ${String(current)} is not the expected ${String(expected)}`,
@@ -2082,16 +2081,20 @@ class KyselyTransaction implements WorkflowTransaction {
     if (!ACTIVE_WORKFLOW_STATUSES.has(status)) return false;
     if (!ACTIVE_WORKFLOW_STATUSES.has(this.statusBefore)) return true;
     const now = this.now.getTime();
-    for (const [name, after] of this.stepsAfter) {
-      const before = this.stepsBefore.get(name)!;
-      const stepStatus = after.status ?? before.status;
-      const dueAt = after.dueAt !== undefined ? after.dueAt : before.dueAt;
-      const leaseExpiresAt = after.leaseExpiresAt !== undefined ? after.leaseExpiresAt : before.leaseExpiresAt;
-      if (dueAt === null || dueAt.getTime() > now || !CLAIMABLE_STEP_STATUSES.has(stepStatus)) continue;
+    for (const name of this.stepsAfter.keys()) {
+      const dueAt = this.stepAfter(name, 'dueAt');
+      const leaseExpiresAt = this.stepAfter(name, 'leaseExpiresAt');
+      if (dueAt === null || dueAt.getTime() > now || !CLAIMABLE_STEP_STATUSES.has(this.stepAfter(name, 'status'))) continue;
       if (leaseExpiresAt !== null && leaseExpiresAt.getTime() > now) continue;
       return true;
     }
     return false;
+  }
+
+  /** Field `field` of step `name` (a step of the snapshot) as the writes leave it: the value written, else the snapshot's. */
+  private stepAfter<K extends SnapshotStepField>(name: string, field: K): StepRecord[K] {
+    const written = this.stepsAfter.get(name)?.[field];
+    return written !== undefined ? (written as StepRecord[K]) : (this.stepsBefore.get(name)![field] as StepRecord[K]);
   }
 
   appendHistory(entries: NewHistoryEntry[]): void {
@@ -2131,6 +2134,9 @@ class KyselyTransaction implements WorkflowTransaction {
     }
   }
 }
+
+/** The step fields a transaction keeps from its snapshot, for its fences and `wakes()`. */
+type SnapshotStepField = 'status' | 'attempts' | 'dueAt' | 'leaseToken' | 'leaseExpiresAt';
 
 /** A patch's columns with their encoded values, and the record field each came from. */
 function toCells(
