@@ -10,15 +10,20 @@
  * and writes fewer pages. The random part keeps ids unguessable and unique.
  */
 
+import { randomBytes } from './tokens.js';
+
 const TIME_DIGITS = 12;
+/** 80 random bits: 20 hex digits. */
+const RANDOM_BYTES = 10;
+const HEX = '0123456789abcdef';
 /** 16^12 ms: the time part wraps after about 8,900 years. */
 const TIME_RANGE = 16 ** TIME_DIGITS;
 
 /** A new workflow id for a workflow created at `createdAtMs` (epoch ms). */
 export function newWorkflowId(createdAtMs: number): string {
   const ms = Number.isFinite(createdAtMs) && createdAtMs > 0 ? Math.floor(createdAtMs) % TIME_RANGE : 0;
-  // randomUUID (Web Crypto, a global in Node and edge runtimes) draws from a buffered CSPRNG; its
-  // hex digits 12 (the version) and 16 (the variant) are not random and are left out.
-  const hex = crypto.randomUUID().replace(/-/g, '');
-  return `wf_${ms.toString(16).padStart(TIME_DIGITS, '0')}${hex.slice(0, 12)}${hex.slice(13, 16)}${hex.slice(17, 22)}`;
+  let id = `wf_${ms.toString(16).padStart(TIME_DIGITS, '0')}`;
+  // From the same pooled CSPRNG as the engine's tokens.
+  for (const b of randomBytes(RANDOM_BYTES)) id += HEX[b >> 4]! + HEX[b & 15]!;
+  return id;
 }

@@ -11,12 +11,15 @@ const POOL_SIZE = 4096;
 const pool = new Uint8Array(POOL_SIZE);
 let poolOffset = POOL_SIZE;
 
-/** `bytes` random bytes as base64url (32 bytes = 256 bits). */
-export function randomToken(bytes: number): string {
+/**
+ * `bytes` random bytes, each drawn once. The view may share the pool's memory:
+ * read it before drawing again.
+ */
+export function randomBytes(bytes: number): Uint8Array {
   if (bytes > POOL_SIZE) {
     const buf = new Uint8Array(bytes);
     crypto.getRandomValues(buf);
-    return toBase64Url(buf);
+    return buf;
   }
   if (poolOffset + bytes > POOL_SIZE) {
     crypto.getRandomValues(pool);
@@ -24,7 +27,12 @@ export function randomToken(bytes: number): string {
   }
   const slice = pool.subarray(poolOffset, poolOffset + bytes);
   poolOffset += bytes;
-  return toBase64Url(slice);
+  return slice;
+}
+
+/** `bytes` random bytes as base64url (32 bytes = 256 bits). */
+export function randomToken(bytes: number): string {
+  return toBase64Url(randomBytes(bytes));
 }
 
 /** Node's one-shot `hash` (Node 20.12+) or else `createHash`, reached without an import so the core entry stays free of Node modules. */
