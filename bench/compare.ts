@@ -20,18 +20,17 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
-import pg from 'pg';
-import { z } from 'zod';
+import { Kysely, SqliteDialect } from 'kysely';
 import * as current from '../src/index.js';
 import * as currentKysely from '../src/kysely.js';
 import * as currentMemory from '../src/memory.js';
 import { installCleanupHandlers, onCleanup, removeTempDir, runCleanups, trackTempDir } from './cleanup.js';
 import { ownCpuMs, processTreeCpuMs } from './cpu.js';
-import { startBenchPostgres, type BenchPostgres } from './postgres.js';
+import { intArg } from './options.js';
+import { openPostgres, startBenchPostgres, type BenchPostgres } from './postgres.js';
 import { openSqliteFile } from './sqlite.js';
 import { IN_PROCESS_IDLE_POLL_MS } from './runs.js';
-import { BENCH_WORKFLOW, benchStartOptions, CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW } from './workload.js';
+import { BENCH_WORKFLOW, benchStartOptions, CompletionTracker, defineBenchWorkflow, runClosedLoop, STEPS_PER_WORKFLOW } from './workload.js';
 import type { StoreKind } from './results.js';
 import { databaseOf, isStoreKind, kindLabel, STORE_KINDS, usesGroupCommit } from './store-kinds.js';
 
@@ -110,22 +109,6 @@ async function buildRevision(revision: string, tempDir: string): Promise<Library
   return { ...index, ...kysely, ...memory } as Library;
 }
 
-/** The bench's 5-step workflow, defined with `lib`'s own `defineWorkflow`. */
-function benchWorkflowOf(lib: Library) {
-  return lib.defineWorkflow({
-    name: BENCH_WORKFLOW,
-    version: 1,
-    input: z.object({ n: z.number().int() }),
-    steps: {
-      first: lib.step({ run: (ctx) => ({ step: 1, n: (ctx.input as { n: number }).n }) }),
-      second: lib.step({ run: () => ({ step: 2, ok: true }) }),
-      third: lib.step({ run: () => ({ step: 3, ok: true }) }),
-      fourth: lib.step({ run: () => ({ step: 4, ok: true }) }),
-      fifth: lib.step({ run: () => ({ step: 5, ok: true }) }),
-    },
-  });
-}
-
 async function openSide(
   name: 'old' | 'new',
   lib: Library,
@@ -136,23 +119,22 @@ async function openSide(
   const database = databaseOf(kind);
   const label = `cmp_${name}_${kind.replace('-', '_')}_${clients}c`;
   let db: Kysely<any> | null = null;
+  let destroy = async (): Promise<void> => {};
   if (database === 'postgres') {
     const server = context.postgres!;
     await server.createDatabase(label);
-    const pool = new pg.Pool({ connectionString: server.url(label), max: 10 });
-    pool.on('error', () => undefined);
-    pool.on('connect', (client) => client.on('error', () => undefined));
-    db = new Kysely<any>({ dialect: new PostgresDialect({ pool: lib.preparedStatements ? lib.preparedStatements(pool) : pool }) });
+    ({ db, close: destroy } = openPostgres(server.url(label), 10, undefined, (pool) => (lib.preparedStatements ? lib.preparedStatements(pool) : pool)));
   } else if (database === 'sqlite') {
     const file = openSqliteFile(join(context.tempDir, `${label}.db`));
-    db = new Kysely<any>({ dialect: new SqliteDialect({ database: lib.cachedStatements ? lib.cachedStatements(file) : file }) });
+    const sqlite = new Kysely<any>({ dialect: new SqliteDialect({ database: lib.cachedStatements ? lib.cachedStatements(file) : file }) });
+    db = sqlite;
+    destroy = onCleanup(`${name} database`, () => sqlite.destroy());
   }
-  const destroy = db ? onCleanup(`${name} database`, () => db!.destroy()) : async () => {};
   if (db) await lib.migrateToLatest(db);
   const store = db ? new lib.KyselyWorkflowStore({ db, groupCommit: usesGroupCommit(kind) }) : new lib.MemoryWorkflowStore();
   const engine = lib.createEngine({
     store,
-    workflows: [benchWorkflowOf(lib)],
+    workflows: [defineBenchWorkflow(lib.defineWorkflow, lib.step)],
     concurrency: 32,
     idlePollMs: IN_PROCESS_IDLE_POLL_MS,
     shutdownTimeoutMs: 5_000,
@@ -245,16 +227,11 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return values.help ? 0 : 2;
   }
-  const int = (name: string, value: string | undefined, fallback: number, min: number): number => {
-    const n = value === undefined ? fallback : Number(value);
-    if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}, got "${value}"`);
-    return n;
-  };
   const stores = (values.stores ?? 'postgres,postgres-group').split(',').map((s) => s.trim());
   for (const s of stores) if (!isStoreKind(s)) throw new Error(`--stores: unknown store "${s}" (any of ${STORE_KINDS.join(',')})`);
-  const clientCounts = (values.clients ?? '1,32').split(',').map((c) => int('--clients', c.trim(), 0, 1));
-  const rounds = int('--rounds', values.rounds, 8, 1);
-  const warmup = int('--warmup', values.warmup, 300, 0);
+  const clientCounts = (values.clients ?? '1,32').split(',').map((c) => intArg('--clients', c.trim(), 0, 1));
+  const rounds = intArg('--rounds', values.rounds, 8, 1);
+  const warmup = intArg('--warmup', values.warmup, 300, 0);
 
   const tempDir = mkdtempSync(join(tmpdir(), 'sagaline-compare-'));
   trackTempDir(tempDir);
@@ -266,7 +243,7 @@ async function main(argv: string[]): Promise<number> {
   const summaries: string[] = [];
   for (const kind of stores as StoreKind[]) {
     for (const clients of clientCounts) {
-      const workflows = int('--workflows', values.workflows, clients === 1 ? 200 : 1000, 1);
+      const workflows = intArg('--workflows', values.workflows, clients === 1 ? 200 : 1000, 1);
       const sides = [
         await openSide('old', old, kind, clients, { tempDir, postgres }),
         await openSide('new', { ...current, ...currentKysely, ...currentMemory }, kind, clients, { tempDir, postgres }),

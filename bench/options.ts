@@ -111,7 +111,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
   };
 }
 
-function intArg(name: string, value: string | undefined, fallback: number, min: number): number {
+export function intArg(name: string, value: string | undefined, fallback: number, min: number): number {
   if (value === undefined) return fallback;
   const n = Number(value);
   if (!Number.isInteger(n) || n < min) throw new UsageError(`${name} must be an integer >= ${min}, got "${value}"`);

@@ -7,7 +7,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { Kysely, PostgresDialect, type LogConfig } from 'kysely';
+import { Kysely, PostgresDialect, type LogConfig, type PostgresDialectConfig } from 'kysely';
 import pg from 'pg';
 import { preparedStatements } from '../src/kysely.js';
 import { startPostgres, type PostgresServer } from '../test/support/postgres-global-setup.js';
@@ -132,13 +132,22 @@ export async function startBenchPostgres(): Promise<BenchPostgres> {
   };
 }
 
-/** A Kysely instance with its own pool; the pool is ended by `db.destroy()` (also registered as a cleanup). */
-export function openPostgres(url: string, poolSize: number, log?: LogConfig): { db: Kysely<any>; close: () => Promise<void> } {
+/**
+ * A Kysely instance with its own pool; the pool is ended by `db.destroy()`
+ * (also registered as a cleanup). `wrap` is this checkout's
+ * `preparedStatements` unless given (`bench:compare` passes an older build's).
+ */
+export function openPostgres(
+  url: string,
+  poolSize: number,
+  log?: LogConfig,
+  wrap: (pool: pg.Pool) => PostgresDialectConfig['pool'] = preparedStatements,
+): { db: Kysely<any>; close: () => Promise<void> } {
   const pool = new pg.Pool({ connectionString: url, max: poolSize });
   // A connection lost while idle or in use (the server stopping on Ctrl-C) fails its query; it must not crash the bench.
   pool.on('error', () => undefined);
   pool.on('connect', (client) => client.on('error', () => undefined));
-  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: preparedStatements(pool) }), ...(log ? { log } : {}) });
+  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: wrap(pool) }), ...(log ? { log } : {}) });
   const close = onCleanup(`postgres pool ${url}`, () => db.destroy());
   return { db, close };
 }

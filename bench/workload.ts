@@ -13,18 +13,27 @@ import { Latencies, type LatencySummary } from './stats.js';
 export const BENCH_WORKFLOW = 'bench_five_steps';
 export const STEPS_PER_WORKFLOW = 5;
 
-export const benchWorkflow = defineWorkflow({
-  name: BENCH_WORKFLOW,
-  version: 1,
-  input: z.object({ n: z.number().int() }),
-  steps: {
-    first: step({ run: (ctx) => ({ step: 1, n: ctx.input.n }) }),
-    second: step({ run: () => ({ step: 2, ok: true }) }),
-    third: step({ run: () => ({ step: 3, ok: true }) }),
-    fourth: step({ run: () => ({ step: 4, ok: true }) }),
-    fifth: step({ run: () => ({ step: 5, ok: true }) }),
-  },
-});
+/**
+ * The workflow, defined with a build's own `defineWorkflow` and `step` (the
+ * bench's are this checkout's; `bench:compare` also defines it with an older
+ * build's).
+ */
+export function defineBenchWorkflow(define: typeof defineWorkflow, makeStep: typeof step) {
+  return define({
+    name: BENCH_WORKFLOW,
+    version: 1,
+    input: z.object({ n: z.number().int() }),
+    steps: {
+      first: makeStep({ run: (ctx) => ({ step: 1, n: ctx.input.n }) }),
+      second: makeStep({ run: () => ({ step: 2, ok: true }) }),
+      third: makeStep({ run: () => ({ step: 3, ok: true }) }),
+      fourth: makeStep({ run: () => ({ step: 4, ok: true }) }),
+      fifth: makeStep({ run: () => ({ step: 5, ok: true }) }),
+    },
+  });
+}
+
+export const benchWorkflow = defineBenchWorkflow(defineWorkflow, step);
 
 /** Start options of the n-th bench workflow. */
 export function benchStartOptions(n: number): { tenantId: string; input: { n: number } } {
