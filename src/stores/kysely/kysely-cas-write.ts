@@ -112,6 +112,13 @@ export class CasWriter {
    * parameters. Its text depends on which columns each row sets, the number
    * of fences and history entries, and whether it notifies: a workload
    * repeats a few such sets, so texts are cached by them.
+   *
+   * The key is also the text's description, read back by {@link singleText}:
+   * `s` and the indexes of the workflow columns set (`s,0,3`); then for each
+   * step write in order, `:f` if it is fenced and `:s` with the indexes of its
+   * columns set, if it sets any; then `:h` and the number of history entries;
+   * then `:n` if it notifies. Parameters follow the same order, fences before
+   * step rows.
    */
   private single({ tx, version, wakes }: CasItem): CasStatement {
     const shape = this.shape;
