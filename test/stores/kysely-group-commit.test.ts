@@ -102,6 +102,12 @@ function workflow(id: string, steps = ['a']): CreateWorkflowInput {
   };
 }
 
+/** A two-step workflow with an idempotency key. */
+function keyed(id: string, key: string): CreateWorkflowInput {
+  const w = workflow(id, ['a', 'b']);
+  return { ...w, workflow: { ...w.workflow, idempotencyKey: key } };
+}
+
 function note(action: string, detail: unknown = null): NewHistoryEntry {
   return { kind: 'note', stepName: null, from: null, to: null, actor: null, reason: null, action, detail };
 }
@@ -351,11 +357,6 @@ describe('group commit of creates on SQLite', () => {
     return { ...made, store, other: made.store, statements };
   }
 
-  function keyed(id: string, key: string): CreateWorkflowInput {
-    const w = workflow(id, ['a', 'b']);
-    return { ...w, workflow: { ...w.workflow, idempotencyKey: key } };
-  }
-
   it('creates concurrent workflows and writes concurrent results in one transaction, with one commit', async () => {
     const { store, statements } = await fresh();
     await store.createWorkflow(workflow('w0'));
@@ -378,45 +379,6 @@ describe('group commit of creates on SQLite', () => {
       expect((await store.getHistory(id)).map((h) => [h.seq, h.action])).toEqual([[1, 'start']]);
     }
     expect((await store.getWorkflow('w0'))?.output).toEqual({ n: 1 });
-  });
-
-  it('settles idempotency keys taken earlier or earlier in the same batch, and fails only a duplicate id', async () => {
-    const { store } = await fresh();
-    await store.createWorkflow(keyed('old', 'k-old'));
-    const outcomes = await Promise.allSettled([
-      store.createWorkflow(keyed('n1', 'k-new')),
-      store.createWorkflow(keyed('n2', 'k-new')),
-      store.createWorkflow(keyed('n3', 'k-old')),
-      store.createWorkflow(keyed('old', 'k-dup')),
-      store.createWorkflow(keyed('n4', 'k-other')),
-    ]);
-    expect(outcomes.map((o) => (o.status === 'fulfilled' ? [o.value.created, o.value.workflow.id] : (o.reason as { code?: string }).code))).toEqual([
-      [true, 'n1'],
-      [false, 'n1'],
-      [false, 'old'],
-      'conflict',
-      [true, 'n4'],
-    ]);
-    for (const id of ['n2', 'n3']) {
-      expect(await store.getWorkflow(id)).toBeNull();
-      expect(await store.getSteps(id)).toEqual([]);
-      expect(await store.getHistory(id)).toEqual([]);
-    }
-    // The duplicate left the first 'old' as it was.
-    expect(await store.getWorkflow('old')).toMatchObject({ idempotencyKey: 'k-old' });
-    expect(await store.getHistory('old')).toHaveLength(1);
-    for (const id of ['n1', 'n4']) expect((await store.getSteps(id)).map((s) => s.name)).toEqual(['a', 'b']);
-  });
-
-  it('undoes all of a create whose step insert fails in a batch, and only it', async () => {
-    const { store, db, table } = await fresh();
-    await sql`create trigger explode before insert on ${table('steps')}
-      when new.workflow_id = 'bad' begin select raise(abort, 'exploded'); end`.execute(db);
-    const outcomes = await Promise.allSettled(['ok1', 'bad', 'ok2'].map((id) => store.createWorkflow(workflow(id))));
-    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
-    expect(await store.getWorkflow('bad')).toBeNull();
-    expect(await store.getHistory('bad')).toEqual([]);
-    for (const id of ['ok1', 'ok2']) expect(await store.getSteps(id)).toHaveLength(1);
   });
 
   it('writes a result alone in its batch as without group commit, from the state the create left', async () => {
@@ -491,6 +453,179 @@ describe('group commit of creates on SQLite', () => {
     expect(outcomes.map((o) => o.status)).toEqual(['rejected', 'rejected', 'rejected']);
     for (const id of ['c1', 'c2']) expect(await store.getWorkflow(id)).toBeNull();
     expect((await store.createWorkflow(workflow('c1'))).created).toBe(true);
+  });
+});
+
+describe.each(['sqlite', 'postgres'] as const)('group commit of creates on %s', (dialect) => {
+  const opened: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!();
+  });
+
+  async function fresh() {
+    const made = await groupStore(dialect, createManualClock(T0));
+    opened.push(made.cleanup);
+    return made;
+  }
+
+  /** Makes every insert into `table` of a row whose workflow id is 'bad' fail. */
+  async function explodeOn(db: Kysely<any>, table: RawBuilder<unknown>): Promise<void> {
+    if (dialect === 'sqlite') {
+      await sql`create trigger explode before insert on ${table} when new.workflow_id = 'bad' begin select raise(abort, 'exploded'); end`.execute(db);
+      return;
+    }
+    await sql`create or replace function explode_bad_workflow() returns trigger language plpgsql as $$
+      begin if new.workflow_id = 'bad' then raise exception 'exploded'; end if; return new; end $$`.execute(db);
+    await sql`create trigger explode before insert on ${table} for each row execute function explode_bad_workflow()`.execute(db);
+  }
+
+  it('settles idempotency keys taken earlier or earlier in the same batch, and fails only a duplicate id', async () => {
+    const { store } = await fresh();
+    await store.createWorkflow(keyed('old', 'k-old'));
+    const outcomes = await Promise.allSettled([
+      store.createWorkflow(keyed('n1', 'k-new')),
+      store.createWorkflow(keyed('n2', 'k-new')),
+      store.createWorkflow(keyed('n3', 'k-old')),
+      store.createWorkflow(keyed('old', 'k-dup')),
+      store.createWorkflow(keyed('n4', 'k-other')),
+    ]);
+    expect(outcomes.map((o) => (o.status === 'fulfilled' ? [o.value.created, o.value.workflow.id] : (o.reason as { code?: string }).code))).toEqual([
+      [true, 'n1'],
+      [false, 'n1'],
+      [false, 'old'],
+      'conflict',
+      [true, 'n4'],
+    ]);
+    for (const id of ['n2', 'n3']) {
+      expect(await store.getWorkflow(id)).toBeNull();
+      expect(await store.getSteps(id)).toEqual([]);
+      expect(await store.getHistory(id)).toEqual([]);
+    }
+    // The duplicate left the first 'old' as it was.
+    expect(await store.getWorkflow('old')).toMatchObject({ idempotencyKey: 'k-old' });
+    expect(await store.getHistory('old')).toHaveLength(1);
+    for (const id of ['n1', 'n4']) expect((await store.getSteps(id)).map((s) => s.name)).toEqual(['a', 'b']);
+  });
+
+  it('undoes all of a create whose step insert fails in a batch, and only it', async () => {
+    const { store, db, table } = await fresh();
+    await explodeOn(db, table('steps'));
+    const outcomes = await Promise.allSettled(['ok1', 'bad', 'ok2'].map((id) => store.createWorkflow(workflow(id))));
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect(await store.getWorkflow('bad')).toBeNull();
+    expect(await store.getHistory('bad')).toEqual([]);
+    for (const id of ['ok1', 'ok2']) expect(await store.getSteps(id)).toHaveLength(1);
+  });
+
+});
+
+describe('group commit of creates on Postgres', () => {
+  const opened: (() => Promise<void>)[] = [];
+  afterEach(async () => {
+    while (opened.length) await opened.pop()!();
+  });
+
+  /** Creates of every shape a create statement has: steps (none, one, several, one claimed) and history (own time, store time, none). */
+  function shapes(prefix: string): CreateWorkflowInput[] {
+    const plain = workflow(`${prefix}-plain`, ['a', 'b', 'c']);
+    const claimed = workflow(`${prefix}-claimed`, ['first', 'second']);
+    claimed.steps[1] = { ...claimed.steps[1]!, dependsOn: ['first'], dueAt: null };
+    claimed.steps[0] = {
+      ...claimed.steps[0]!,
+      claim: { workerId: 'worker-1', leaseToken: `${prefix}-lease`, leaseExpiresAt: new Date(T0 + 30_000), callbackTokenHash: `${prefix}-hash` },
+    };
+    claimed.history = [
+      { ...note('start', { own: true }), at: new Date(T0 - 5_000) },
+      { kind: 'step', stepName: 'first', from: 'pending', to: 'running', actor: 'worker-1', reason: null, action: null, detail: null },
+    ];
+    const bare = { ...workflow(`${prefix}-bare`, []), history: [] };
+    const keyedOne = keyed(`${prefix}-keyed`, `${prefix}-key`);
+    return [plain, claimed, bare, keyedOne];
+  }
+
+  /** What a workflow holds, with its id taken out (to compare workflows created under different ids). */
+  async function contents(store: WorkflowStore, id: string): Promise<unknown> {
+    const all = JSON.stringify(await snapshot(store, id));
+    return JSON.parse(all.split(id).join('<id>').replace(/"(a|b)-(key|lease|hash)"/g, '"<$2>"'));
+  }
+
+  it('writes the creates of a batch in one statement, each as a create alone writes it', async () => {
+    const clock = createManualClock(T0);
+    const made = await groupStore('postgres', clock);
+    opened.push(made.cleanup);
+    const statements: string[] = [];
+    const batched = made.logged((event) => statements.push(event.query.sql.replace(STATEMENT_MARKER, '').trim().split(/\s+/).slice(0, 3).join(' ')));
+    const alone = new KyselyWorkflowStore({ db: made.db, schema: (made.store as unknown as { tables: { schema: string } }).tables.schema, clock });
+    await batched.check();
+    statements.length = 0;
+    const inputs = shapes('a');
+    const results = await Promise.all(inputs.map((input) => batched.createWorkflow(input)));
+    expect(statements).toEqual(['with w as']);
+    expect(results.map((r) => [r.created, r.workflow.id])).toEqual(inputs.map((i) => [true, i.workflow.id]));
+    for (const input of shapes('b')) expect((await alone.createWorkflow(input)).created).toBe(true);
+    for (const [i, input] of inputs.entries()) {
+      const twin = shapes('b')[i]!.workflow.id;
+      expect(await contents(made.store, input.workflow.id)).toEqual(await contents(made.store, twin));
+    }
+    // What the create returned is what a read returns.
+    for (const result of results) expect(result.workflow).toEqual(await made.store.getWorkflow(result.workflow.id));
+    // The claimed step is leased as created, and the next write starts from the state the create left.
+    expect((await made.store.getSteps('a-claimed')).map((s) => [s.name, s.status, s.leaseToken])).toEqual([
+      ['first', 'running', 'a-lease'],
+      ['second', 'pending', null],
+    ]);
+    statements.length = 0;
+    await batched.transact('a-claimed', (tx) => tx.updateStep('first', { status: 'completed', leaseToken: null }, { expectLeaseToken: 'a-lease' }), {
+      optimistic: true,
+    });
+    expect(statements).toEqual(['with wf as']);
+  });
+
+  it('writes nothing of a create in a batch whose idempotency key is taken, earlier or by an earlier create of the batch', async () => {
+    const made = await groupStore('postgres', createManualClock(T0));
+    opened.push(made.cleanup);
+    const statements: string[] = [];
+    const store = made.logged((event) => statements.push(event.query.sql.replace(STATEMENT_MARKER, '').trim().split(/\s+/).slice(0, 3).join(' ')));
+    await store.createWorkflow(keyed('old', 'k-old'));
+    statements.length = 0;
+    const results = await Promise.all([keyed('n1', 'k-new'), keyed('n2', 'k-new'), keyed('n3', 'k-old'), keyed('n4', 'k-other')].map((i) => store.createWorkflow(i)));
+    expect(results.map((r) => [r.created, r.workflow.id])).toEqual([
+      [true, 'n1'],
+      [false, 'n1'],
+      [false, 'old'],
+      [true, 'n4'],
+    ]);
+    // One statement for the batch; the two creates that found their key taken then read the workflow that has it.
+    expect(statements).toEqual(['with w as', 'select * from', 'select * from']);
+    for (const id of ['n2', 'n3']) {
+      expect(await store.getWorkflow(id)).toBeNull();
+      expect(await store.getSteps(id)).toEqual([]);
+      expect(await store.getHistory(id)).toEqual([]);
+    }
+    for (const id of ['n1', 'n4']) expect((await store.getSteps(id)).map((s) => s.name)).toEqual(['a', 'b']);
+  });
+
+  it('writes no create of a batch whose statement fails, then each alone: only the one at fault fails', async () => {
+    const made = await groupStore('postgres', createManualClock(T0));
+    opened.push(made.cleanup);
+    const statements: string[] = [];
+    const store = made.logged((event) => statements.push(event.query.sql.replace(STATEMENT_MARKER, '').trim().split(/\s+/).slice(0, 3).join(' ')));
+    await sql`create or replace function explode_bad_history() returns trigger language plpgsql as $$
+      begin if new.workflow_id = 'bad' then raise exception 'exploded'; end if; return new; end $$`.execute(made.db);
+    await sql`create trigger explode before insert on ${made.table('history')} for each row execute function explode_bad_history()`.execute(made.db);
+    await store.check();
+    statements.length = 0;
+    const outcomes = await Promise.allSettled(['ok1', 'bad', 'ok2'].map((id) => store.createWorkflow(workflow(id))));
+    expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect((outcomes[1] as PromiseRejectedResult).reason).toMatchObject({ code: 'store', message: expect.stringMatching(/exploded/) });
+    // The batch statement, then one statement per create (and the duplicate-id check of the one that failed).
+    expect(statements.slice(0, 4)).toEqual(['with w as', 'with ins as', 'with ins as', 'with ins as']);
+    expect(await store.getWorkflow('bad')).toBeNull();
+    expect(await store.getSteps('bad')).toEqual([]);
+    for (const id of ['ok1', 'ok2']) {
+      expect(await store.getSteps(id)).toHaveLength(1);
+      expect(await store.getHistory(id)).toHaveLength(1);
+    }
   });
 });
 

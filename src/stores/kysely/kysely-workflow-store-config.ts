@@ -64,8 +64,9 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    * as possible and commits once. On Postgres, calls made with
    * `{ optimistic: true }` (the engine's result writes) skip the lock and the
    * read: their batch is one compare-and-set statement (see
-   * {@link KyselyWorkflowStore.transact}). On SQLite, `createWorkflow` calls
-   * join the batch too, each under its own savepoint. Every caller resolves
+   * {@link KyselyWorkflowStore.transact}). `createWorkflow` calls join the
+   * batch too: on SQLite each under its own savepoint, on Postgres all of a
+   * batch's creates in one statement. Every caller resolves
    * only after that commit, so a result is durable before anything depends on it.
    *
    * A callback that throws (or whose fence is stale) fails only its own
@@ -93,6 +94,25 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    * @default false (no notifications are sent; `subscribe` is undefined)
    */
   notifications?: KyselyNotificationOptions | false;
+  /**
+   * Postgres: keeps the planner's statistics of the store's tables current
+   * while they are young. After this store's 1,000th create, and again each
+   * time its creates have doubled (2,000, 4,000, …), it runs `ANALYZE` on its
+   * three tables in the background, on a connection of the pool; a failure
+   * (a role that does not own the tables gets a warning, not an error) is
+   * ignored until the next doubling.
+   *
+   * Postgres keeps one plan per prepared statement and makes a new one only
+   * when a table's statistics change. Autovacuum refreshes them at most once
+   * per `autovacuum_naptime` (a minute by default), so in a young database
+   * the plans made while the tables held a few hundred rows (hash joins over
+   * a full scan of the step table, cheap at that size) are kept while the
+   * tables grow tenfold. In a database in service autovacuum does the same
+   * work, and the doublings become rare. Off with a host `Transaction`.
+   *
+   * @default true on Postgres; ignored on SQLite
+   */
+  analyze?: boolean;
 }
 
 /** Options of {@link KyselyWorkflowStoreConfig.groupCommit}. */

@@ -22,9 +22,10 @@ import type {
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
 import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
-import { CasWriter, HISTORY_COLUMNS, HISTORY_TYPES, jsonText, type CasItem } from './kysely-cas-write.js';
+import { CasWriter, HISTORY_COLUMNS, jsonText, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
+import { PgCreateWriter, type PgCreateExtras, type PgCreateValues } from './pg-create-write.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
 import { SqliteWriteTexts } from './sqlite-write-texts.js';
 import { resolveTables, type TableNames } from './kysely-tables.js';
@@ -137,15 +138,18 @@ interface TransactEntry extends BatchEntry {
 }
 
 /**
- * A `createWorkflow` call waiting for its group-commit batch (SQLite): it
- * joins the batch's transaction, and is settled after its commit with the new
- * workflow, or null when the idempotency key was taken.
+ * A `createWorkflow` call waiting for its group-commit batch: on SQLite it
+ * joins the batch's transaction, on Postgres the batch's create statement. It
+ * is settled after the commit with the new workflow, or null when the
+ * idempotency key was taken.
  */
 interface CreateEntry extends BatchEntry {
   readonly kind: 'create';
   readonly input: CreateWorkflowInput;
   readonly createdAt: Date;
   readonly history: NewHistoryEntry[];
+  /** Postgres: the create's values, collected before it was queued. */
+  readonly values?: PgCreateValues;
 }
 
 type QueuedEntry = TransactEntry | CreateEntry;
@@ -264,8 +268,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private casWriter: CasWriter | undefined;
   /** Texts of the SQLite create and batch writes (on first use). */
   private sqliteTexts: SqliteWriteTexts | undefined;
-  /** Texts of the Postgres create statement, by shape (see `createStatement`). */
-  private readonly createTexts = new Map<string, string>();
+  /** Builds the Postgres create statements (on first use). */
+  private createWriter: PgCreateWriter | undefined;
+  /** Postgres with `analyze`: creates this store has made, the count at which it next analyzes its tables, and the run in progress. */
+  private readonly growth: { creates: number; next: number; running: Promise<void> | undefined } | undefined;
   /** Database clock minus local clock, as last measured (Postgres without an injected clock). */
   private clockOffsetMs = 0;
   /** Local time of that measurement; never measured yet: -Infinity. */
@@ -301,6 +307,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         this.subscribe = (listener) => wakeups.subscribe(listener);
       }
     }
+    if (this.pg && !this.db.isTransaction && config.analyze !== false) this.growth = { creates: 0, next: FIRST_ANALYZE_AT, running: undefined };
     const group = config.groupCommit;
     if (group) {
       if (this.db.isTransaction) throw new TypeError('groupCommit needs a Kysely instance, not a Transaction: the store must own its commits');
@@ -715,104 +722,126 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   // --- create ------------------------------------------------------------------
 
-  /** One statement: the workflow insert, and the step and history inserts only when it inserted. */
+  /**
+   * One statement: the workflow insert, and the step and history inserts only
+   * when it inserted. With group commit, the create joins the next batch,
+   * whose creates go out in one statement (see {@link runCreateBatch}).
+   */
   private async createPostgres(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): Promise<WorkflowRecord | null> {
-    const statement = this.createStatement(input, createdAt, history);
+    // Collected (and the input checked) before queueing: bad input fails its own call, never a batch.
+    const values = this.pgCreateValues(input, createdAt, history);
+    const batches = this.batches;
+    if (batches) {
+      return new Promise<WorkflowRecord | null>((resolve, reject) =>
+        batches.push({ kind: 'create', key: input.workflow.id, input, createdAt, history, values, resolve: resolve as (value: unknown) => void, reject }),
+      );
+    }
+    return this.createAlone(input, createdAt, values);
+  }
+
+  /** One create in its own statement; null when its idempotency key is taken. */
+  private async createAlone(input: CreateWorkflowInput, createdAt: Date, values: PgCreateValues): Promise<WorkflowRecord | null> {
+    const statement = this.pgCreates().single(values, this.pgCreateExtras());
     const result = await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters));
     const row = result.rows[0];
-    if (!row) return null;
+    return row ? this.createdFromRow(row, input, createdAt) : null;
+  }
+
+  /** The workflow a create's statement returned, remembered for the next write (see {@link transactOptimistic}). */
+  private createdFromRow(row: Row, input: CreateWorkflowInput, createdAt: Date): WorkflowRecord {
     const workflow = this.toWorkflow(row);
-    if (!this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, history.length, String(row['row_version']));
+    if (!this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, input.history.length, String(row['row_version']));
+    this.grew();
     return workflow;
   }
 
   /**
-   * The create statement on Postgres with its parameters. Its text depends
-   * only on the number of steps, which history entries bring their own time,
-   * and whether the clock is injected, so it is built once per such shape and
-   * kept (with `preparedStatements`, planned once per connection); the
-   * parameters are collected without building a query tree.
+   * Counts a create; at the next threshold (1,000, then each doubling) starts
+   * `ANALYZE` of the store's tables in the background, so that the
+   * statements' plans are made again for the tables' size (see
+   * {@link KyselyWorkflowStoreConfig.analyze}).
    */
-  private createStatement(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): { sql: string; parameters: unknown[] } {
-    const parameters = workflowInsertValues(input, this.encodeTime(createdAt));
-    let firstStep: [ColumnKind, unknown][] | undefined;
-    for (const s of input.steps) {
-      const cells = this.stepValues(s, createdAt);
-      firstStep ??= cells;
-      for (const [, value] of cells) parameters.push(value);
-    }
-    let ownTimes = '';
-    history.forEach((h, i) => {
-      parameters.push(i + 1);
-      if (h.at) parameters.push(this.encodeTime(h.at));
-      ownTimes += h.at ? 'a' : '-';
-      parameters.push(h.kind, h.stepName, h.from, h.to, h.actor, h.reason, h.action, jsonText(h.detail));
-    });
-    if (this.clock && ownTimes.includes('-')) parameters.push(this.encodeTime(new Date(this.clock.now())));
-    if (this.notifyChannel !== undefined) parameters.push(this.notifyChannel);
-    const key = `${input.steps.length}:${ownTimes}:${this.clock ? 'clock' : 'db'}`;
-    let text = this.createTexts.get(key);
-    if (text === undefined) {
-      // Every step's cells have the same kinds, in STEP_INSERT_COLUMNS order.
-      text = this.createText(input.steps.length, firstStep?.map(([kind]) => kind) ?? [], ownTimes);
-      // Bounded: shapes beyond a workload's few are not expected, and a text is cheap to rebuild.
-      if (this.createTexts.size >= 256) this.createTexts.clear();
-      this.createTexts.set(key, text);
-    }
-    return { sql: text, parameters };
+  private grew(): void {
+    const growth = this.growth;
+    if (!growth || ++growth.creates < growth.next || growth.running) return;
+    growth.next = growth.creates * 2;
+    const tables = sql.join([this.ref('workflows'), this.ref('steps'), this.ref('history')]);
+    growth.running = sql`analyze ${tables}`
+      .execute(this.db)
+      .then(
+        () => undefined,
+        // Best effort: the next doubling tries again.
+        () => undefined,
+      )
+      .finally(() => {
+        growth.running = undefined;
+      });
+  }
+
+  /** Waits for a background `ANALYZE` (see {@link KyselyWorkflowStoreConfig.analyze}) to end. The store owns no connection. */
+  async close(): Promise<void> {
+    await this.growth?.running;
   }
 
   /**
-   * The text of {@link createStatement}: placeholders in the order its
-   * parameters are collected. `ownTimes` has one mark per history entry: `a`
-   * when the entry brings its own time, `-` when it takes the store's.
+   * Postgres, group commit: the creates of a batch in one statement, one
+   * commit. A create whose idempotency key is taken settles with null (the
+   * caller then reads the workflow that has it). When the statement fails
+   * on the server it wrote nothing, and each create runs again alone, so that
+   * only the one at fault (a duplicate id, say) fails; any other failure (the
+   * connection lost) fails them all, as it would a create alone.
    */
-  private createText(steps: number, stepKinds: readonly ColumnKind[], ownTimes: string): string {
-    let n = 0;
-    const p = (type?: string) => `$${++n}${type ? `::${type}` : ''}`;
-    const [id, tenant, type, slug, status, version, input, idempotency, historySeq, created] = [
-      p('text'), p('text'), p('text'), p('text'), p('text'), p('text'), p('jsonb'), p('text'), p('integer'), p('timestamptz'),
-    ];
-    const ctes = [
-      `ins as (
-        insert into ${this.tableSql('workflows')}
-          (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
-           idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
-        values (${id}, ${tenant}, ${type}, ${slug}, ${status}, ${version}, ${input}, null, null, ${idempotency}, null, 0,
-          ${historySeq}, ${created}, ${created}, null)
-        on conflict (tenant_id, idempotency_key) do nothing
-        returning *, xmin::text as row_version
-      )`,
-    ];
-    if (steps > 0) {
-      // The cells of stepValues, in STEP_INSERT_COLUMNS order.
-      const rows = Array.from({ length: steps }, () => `(${stepKinds.map((kind) => p(PG_TYPES[kind])).join(', ')})`);
-      ctes.push(`steps as (
-        insert into ${this.tableSql('steps')} (workflow_id, ${STEP_INSERT_COLUMN_NAMES})
-        select ins.id, v.* from ins cross join (values ${rows.join(', ')}) as v
-      )`);
+  private async runCreateBatch(entries: CreateEntry[]): Promise<void> {
+    const alone = (entry: CreateEntry) => this.createAlone(entry.input, entry.createdAt, entry.values!).then(entry.resolve, entry.reject);
+    if (entries.length === 1) return alone(entries[0]!);
+    const statement = this.pgCreates().batch(
+      entries.map((e) => e.values!),
+      this.pgCreateExtras(),
+    );
+    let rows: Row[];
+    try {
+      rows = (await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters))).rows;
+    } catch (err) {
+      if (!isServerError(err)) throw err;
+      await Promise.all(entries.map(alone));
+      return;
     }
-    let defaultAt = 'statement_timestamp()';
-    if (ownTimes.length > 0) {
-      // The history columns after workflow_id: seq, at (the entry's own, or the default), then the rest.
-      const [seqType, atType, ...cellTypes] = HISTORY_TYPES.slice(1);
-      const rows = [...ownTimes].map((mark) => {
-        const own = mark === 'a';
-        const seq = p(seqType);
-        const at = own ? p(atType) : null;
-        const cells = cellTypes.map((t) => p(t));
-        return { seq, at, cells };
-      });
-      if (this.clock && ownTimes.includes('-')) defaultAt = p(atType);
-      const values = rows.map((r) => `(${[r.seq, r.at ?? defaultAt, ...r.cells].join(', ')})`);
-      ctes.push(`hist as (
-        insert into ${this.tableSql('history')} (${HISTORY_COLUMNS.join(', ')})
-        select ins.id, v.* from ins cross join (values ${values.join(', ')}) as v
-      )`);
+    const byId = new Map(rows.map((r) => [String(r['id']), r]));
+    for (const entry of entries) {
+      const row = byId.get(entry.input.workflow.id);
+      entry.resolve(row ? this.createdFromRow(row, entry.input, entry.createdAt) : null);
     }
-    // The notification goes out only when the row was inserted (and on commit).
-    const notify = this.notifyChannel === undefined ? '' : `, pg_notify(${p('text')}, '') as notified`;
-    return `${STATEMENT_MARKER} with ${ctes.join(', ')} select *${notify} from ins`;
+  }
+
+  /** A create's values for {@link PgCreateWriter}, its input checked. */
+  private pgCreateValues(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): PgCreateValues {
+    return {
+      workflow: workflowInsertValues(input, this.encodeTime(createdAt)),
+      steps: input.steps.map((s) => this.stepValues(s, createdAt)),
+      history: history.map((h, i) => ({
+        seq: i + 1,
+        at: h.at ? this.encodeTime(h.at) : null,
+        cells: [h.kind, h.stepName, h.from, h.to, h.actor, h.reason, h.action, jsonText(h.detail)],
+      })),
+    };
+  }
+
+  private pgCreateExtras(): PgCreateExtras {
+    return { now: this.clock ? this.encodeTime(new Date(this.clock.now())) : undefined, channel: this.notifyChannel };
+  }
+
+  /** The create statements' builder (on first use). */
+  private pgCreates(): PgCreateWriter {
+    this.createWriter ??= new PgCreateWriter({
+      workflows: this.tableSql('workflows'),
+      steps: this.tableSql('steps'),
+      history: this.tableSql('history'),
+      stepColumns: STEP_INSERT_COLUMN_NAMES.split(', ').map((column, i) => [column, PG_TYPES[STEP_INSERT_KINDS[i]!]] as const),
+      clock: this.clock !== undefined,
+      notify: this.notifyChannel !== undefined,
+      prefix: STATEMENT_MARKER,
+    });
+    return this.createWriter;
   }
 
   /**
@@ -845,7 +874,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       const parameters: unknown[] = [];
       for (const s of input.steps) {
         parameters.push(w.id);
-        for (const [, value] of this.stepValues(s, createdAt)) parameters.push(value);
+        for (const value of this.stepValues(s, createdAt)) parameters.push(value);
       }
       await this.rawRows(trx, texts.insert('steps', STEP_INSERT_COLUMN_LIST, input.steps.length), parameters);
     }
@@ -946,8 +975,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
     this.written.put(workflow.id, { ...copyRecords({ workflow, steps }), historySeq, version });
   }
 
-  /** A new step's cells, in {@link STEP_INSERT_COLUMNS} order; with `claim`, as a claim at `createdAt` leaves it. */
-  private stepValues(s: CreateWorkflowInput['steps'][number], createdAt: Date): [ColumnKind, unknown][] {
+  /** A new step's values, in {@link STEP_INSERT_COLUMNS} order (of kinds {@link STEP_INSERT_KINDS}); with `claim`, as a claim at `createdAt` leaves it. */
+  private stepValues(s: CreateWorkflowInput['steps'][number], createdAt: Date): unknown[] {
     const claim = s.claim;
     if (claim) {
       for (const field of ['workerId', 'leaseToken', 'callbackTokenHash'] as const) {
@@ -956,18 +985,18 @@ export class KyselyWorkflowStore implements WorkflowStore {
       if (checkedDate(claim.leaseExpiresAt, 'leaseExpiresAt') === null) throw new TypeError('claim.leaseExpiresAt is required');
     }
     return [
-      ['text', s.name],
-      ['int', s.position],
-      ['json', JSON.stringify([...s.dependsOn])],
-      ['text', claim ? 'running' : 'pending'],
-      ['int', s.maxAttempts],
-      ['time', this.encode('time', checkedDate(s.dueAt, 'dueAt'))],
-      ['int', claim ? 1 : 0],
-      ['time', claim ? this.encodeTime(createdAt) : null],
-      ['text', claim?.workerId ?? null],
-      ['text', claim?.leaseToken ?? null],
-      ['time', claim ? this.encodeTime(claim.leaseExpiresAt) : null],
-      ['text', claim?.callbackTokenHash ?? null],
+      s.name,
+      s.position,
+      JSON.stringify([...s.dependsOn]),
+      claim ? 'running' : 'pending',
+      s.maxAttempts,
+      this.encode('time', checkedDate(s.dueAt, 'dueAt')),
+      claim ? 1 : 0,
+      claim ? this.encodeTime(createdAt) : null,
+      claim?.workerId ?? null,
+      claim?.leaseToken ?? null,
+      claim ? this.encodeTime(claim.leaseExpiresAt) : null,
+      claim?.callbackTokenHash ?? null,
     ];
   }
 
@@ -1326,28 +1355,35 @@ export class KyselyWorkflowStore implements WorkflowStore {
   // --- group commit ------------------------------------------------------------------
 
   /**
-   * A group-commit batch: on Postgres, the optimistic calls write by
-   * compare-and-set (one statement, no lock held) and the others in one locked
-   * transaction, side by side (they are on different workflows); elsewhere all
-   * in one locked transaction.
+   * A group-commit batch: on Postgres, the creates in one statement, the
+   * optimistic calls by compare-and-set (one statement, no lock held) and the
+   * others in one locked transaction, side by side (they are on different
+   * workflows); elsewhere all in one locked transaction.
    */
   private async runBatches(batch: QueuedEntry[]): Promise<void> {
     if (!this.pg) {
       // A result write alone in its batch (low load) is written as without group commit: from the remembered state.
       const only = batch.length === 1 ? batch[0]! : undefined;
       if (only && !isCreate(only) && only.optimistic) return this.transactRemembered(only.key, only.fn).then(only.resolve, only.reject);
-      // Creates are queued on SQLite only, whose batches lock (one transaction).
+      // Everything else, creates included, in one locked transaction.
       return this.runBatch(batch);
     }
-    const transacts = batch.filter((e): e is TransactEntry => !isCreate(e));
-    const optimistic = transacts.filter((e) => e.optimistic);
-    if (optimistic.length === 0) return this.runBatch(transacts);
-    const locked = transacts.filter((e) => !e.optimistic);
-    const groups = locked.length > 0 ? [optimistic, locked] : [optimistic];
-    const outcomes = await Promise.allSettled(groups.map((group) => (group === optimistic ? this.runOptimisticBatch(group) : this.runBatch(group))));
+    // Side by side, each on its own connection: they are on different workflows.
+    const creates: CreateEntry[] = [];
+    const optimistic: TransactEntry[] = [];
+    const locked: TransactEntry[] = [];
+    for (const entry of batch) {
+      if (isCreate(entry)) creates.push(entry);
+      else (entry.optimistic ? optimistic : locked).push(entry);
+    }
+    const groups: [QueuedEntry[], () => Promise<void>][] = [];
+    if (creates.length > 0) groups.push([creates, () => this.runCreateBatch(creates)]);
+    if (optimistic.length > 0) groups.push([optimistic, () => this.runOptimisticBatch(optimistic)]);
+    if (locked.length > 0) groups.push([locked, () => this.runBatch(locked)]);
+    const outcomes = await Promise.allSettled(groups.map(([, run]) => run()));
     // A group that failed fails only its own unsettled calls (settling twice is ignored).
     outcomes.forEach((outcome, i) => {
-      if (outcome.status === 'rejected') for (const entry of groups[i]!) entry.reject(outcome.reason);
+      if (outcome.status === 'rejected') for (const entry of groups[i]![0]) entry.reject(outcome.reason);
     });
   }
 
@@ -1979,9 +2015,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 }
 
+/** The creates after which a Postgres store first analyzes its tables (see {@link KyselyWorkflowStoreConfig.analyze}). */
+const FIRST_ANALYZE_AT = 1000;
+
 const STEP_INSERT_COLUMN_NAMES =
   'name, position, depends_on, status, max_attempts, due_at, attempts, started_at, lease_owner, lease_token, lease_expires_at, callback_token_hash';
 const STEP_INSERT_COLUMNS = sql.raw(STEP_INSERT_COLUMN_NAMES);
+/** The kinds of {@link STEP_INSERT_COLUMN_NAMES}' values, in order. */
+const STEP_INSERT_KINDS: readonly ColumnKind[] = ['text', 'int', 'json', 'text', 'int', 'time', 'int', 'time', 'text', 'text', 'time', 'text'];
 /** The columns of a step insert, the workflow id first. */
 const STEP_INSERT_COLUMN_LIST = ['workflow_id', ...STEP_INSERT_COLUMN_NAMES.split(', ')];
 const HISTORY_COLUMN_LIST = sql.raw(HISTORY_COLUMNS.join(', '));
@@ -2194,6 +2235,16 @@ function chunk<T>(items: T[], size: number): T[][] {
 function batchStale(piece: WritePiece): StaleLeaseError {
   const [workflowId, stepName] = piece.firstStep ?? ['', ''];
   return staleLease(workflowId, stepName);
+}
+
+/**
+ * An error the server sent for a statement (a `pg` error with a SQLSTATE and
+ * a severity): the statement failed and wrote nothing. Anything else (a lost
+ * connection) leaves unknown whether it committed.
+ */
+function isServerError(err: unknown): boolean {
+  const e = err as { code?: unknown; severity?: unknown } | null;
+  return typeof e?.code === 'string' && /^[0-9A-Z]{5}$/.test(e.code) && typeof e.severity === 'string';
 }
 
 function staleLease(workflowId: string, stepName: string): StaleLeaseError {
