@@ -1,8 +1,9 @@
 /**
- * The Postgres store's `analyze` option: after its 1,000th create and at each
- * doubling it analyzes its tables in the background, so that the plans of its
- * prepared statements are made again for the tables' size; off with
- * `analyze: false`. Counted from the server's own statistics
+ * The Postgres store's `analyze` option: each time the workflow table has
+ * doubled since the last analysis (from the planner's estimate, then counting
+ * its own creates), the store analyzes its tables in the background, so that
+ * the plans of its prepared statements are made again for the tables' size;
+ * off with `analyze: false`. Counted from the server's own statistics
  * (`pg_stat_user_tables.analyze_count`, manual runs only).
  */
 import { sql } from 'kysely';
@@ -39,10 +40,16 @@ describe('analyze (Postgres)', () => {
     while (opened.length) await opened.pop()!();
   });
 
-  async function fresh(analyze?: boolean) {
+  async function fresh(analyze?: boolean, existing = 0) {
     const database = await createPostgresSchema();
     opened.push(() => database.cleanup());
     await migrateToLatest(database.db, { schema: database.schema });
+    if (existing > 0) {
+      // Workflows written before this store was opened, and statistics that count them.
+      const before = new KyselyWorkflowStore({ db: database.db, schema: database.schema, clock: createManualClock(T0), groupCommit: true, analyze: false });
+      await Promise.all(Array.from({ length: existing }, (_, n) => before.createWorkflow(workflow(-1 - n))));
+      await sql`analyze ${sql.id(database.schema, 'sagaline_workflows')}`.execute(database.db);
+    }
     const store = new KyselyWorkflowStore({
       db: database.db,
       schema: database.schema,
@@ -58,43 +65,58 @@ describe('analyze (Postgres)', () => {
       for (let i = 0; i < numbers.length; i += 200) await Promise.all(numbers.slice(i, i + 200).map((n) => store.createWorkflow(workflow(n))));
       await store.close();
     };
-    /** Manual ANALYZE runs per table of the store, as the server counts them. */
+    /** Manual ANALYZE runs per table of the store, as the server counts them (the setup's own run taken off). */
+    const setup = existing > 0 ? { sagaline_workflows: 1 } : {};
     const analyzed = async () => {
       const { rows } = await sql<{ relname: string; analyze_count: string }>`
         select relname, analyze_count from pg_stat_user_tables where schemaname = ${database.schema} order by relname`.execute(database.db);
-      return Object.fromEntries(rows.filter((r) => /_(workflows|steps|history)$/.test(r.relname)).map((r) => [r.relname, Number(r.analyze_count)]));
+      const runs = rows.filter((r) => /_(workflows|steps|history)$/.test(r.relname));
+      return Object.fromEntries(runs.map((r) => [r.relname, Number(r.analyze_count) - ((setup as Record<string, number>)[r.relname] ?? 0)]));
     };
     const counts = (n: number) => ({ sagaline_history: n, sagaline_steps: n, sagaline_workflows: n });
     return { store, createUpTo, analyzed, counts };
   }
 
-  it('analyzes its three tables after its 1,000th create and again once its creates have doubled', async () => {
+  it('analyzes its three tables of an empty database after its 100th create and again at each doubling', async () => {
     const { createUpTo, analyzed, counts } = await fresh();
-    await createUpTo(999);
+    await createUpTo(99);
     expect(await analyzed()).toEqual(counts(0));
-    await createUpTo(1000);
+    await createUpTo(100);
     expect(await analyzed()).toEqual(counts(1));
-    await createUpTo(1999);
+    await createUpTo(199);
     expect(await analyzed()).toEqual(counts(1));
-    await createUpTo(2000);
+    await createUpTo(200);
     expect(await analyzed()).toEqual(counts(2));
+    await createUpTo(799);
+    expect(await analyzed()).toEqual(counts(3));
+    await createUpTo(800);
+    expect(await analyzed()).toEqual(counts(4));
+  });
+
+  it('counts the workflows the table held when the store was opened, from the planner\'s estimate', async () => {
+    // 600 workflows before: the first doubling is at 1,200, i.e. after 600 creates of this store.
+    const { createUpTo, analyzed, counts } = await fresh(undefined, 600);
+    await createUpTo(599);
+    expect(await analyzed()).toEqual(counts(0));
+    await createUpTo(600);
+    expect(await analyzed()).toEqual(counts(1));
   });
 
   it('counts only creates that inserted a workflow', async () => {
     const { store, createUpTo, analyzed, counts } = await fresh();
-    await createUpTo(990);
+    await createUpTo(90);
     // Twenty creates of ids that exist fail; they are not growth.
     const again = await Promise.allSettled(Array.from({ length: 20 }, (_, n) => store.createWorkflow(workflow(n))));
     expect(again.every((o) => o.status === 'rejected')).toBe(true);
     await store.close();
     expect(await analyzed()).toEqual(counts(0));
-    await createUpTo(1000);
+    await createUpTo(100);
     expect(await analyzed()).toEqual(counts(1));
   });
 
   it('does not analyze with analyze: false', async () => {
     const { createUpTo, analyzed, counts } = await fresh(false);
-    await createUpTo(1000);
+    await createUpTo(400);
     expect(await analyzed()).toEqual(counts(0));
   });
 });

@@ -96,18 +96,22 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
   notifications?: KyselyNotificationOptions | false;
   /**
    * Postgres: keeps the planner's statistics of the store's tables current
-   * while they are young. After this store's 1,000th create, and again each
-   * time its creates have doubled (2,000, 4,000, …), it runs `ANALYZE` on its
-   * three tables in the background, on a connection of the pool; a failure
-   * (a role that does not own the tables gets a warning, not an error) is
-   * ignored until the next doubling.
+   * while they grow. Each time the workflow table has doubled since the last
+   * analysis, as far as the store knows, it runs `ANALYZE` on its three
+   * tables in the background, on a connection of the pool. The size starts
+   * from the planner's estimate (`pg_class.reltuples`, read once) and grows
+   * by one per create of this store; an empty or never-analyzed table is
+   * first analyzed after 100 creates (then at 200, 400, …), and a store
+   * opened on a table of a million workflows analyzes once it alone has
+   * created a million more. A failure (a role that does not own the tables
+   * gets a warning, not an error) is ignored until the next doubling.
    *
-   * Postgres keeps one plan per prepared statement and makes a new one only
+   * Postgres keeps one plan per prepared statement and makes it again only
    * when a table's statistics change. Autovacuum refreshes them at most once
    * per `autovacuum_naptime` (a minute by default), so in a young database
    * the plans made while the tables held a few hundred rows (hash joins over
-   * a full scan of the step table, cheap at that size) are kept while the
-   * tables grow tenfold. In a database in service autovacuum does the same
+   * a full scan of the step table, cheap at that size) were kept while the
+   * tables grew tenfold. In a database in service autovacuum does the same
    * work, and the doublings become rare. Off with a host `Transaction`.
    *
    * @default true on Postgres; ignored on SQLite

@@ -27,6 +27,7 @@ import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, ty
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { PgCreateWriter, type PgCreateExtras, type PgCreateValues } from './pg-create-write.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
+import { TableGrowth } from './pg-table-growth.js';
 import { SqliteWriteTexts } from './sqlite-write-texts.js';
 import { resolveTables, type TableNames } from './kysely-tables.js';
 import type { KyselyStoreDialect, KyselyWorkflowStoreConfig } from './kysely-workflow-store-config.js';
@@ -270,8 +271,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private sqliteTexts: SqliteWriteTexts | undefined;
   /** Builds the Postgres create statements (on first use). */
   private createWriter: PgCreateWriter | undefined;
-  /** Postgres with `analyze`: creates this store has made, the count at which it next analyzes its tables, and the run in progress. */
-  private readonly growth: { creates: number; next: number; running: Promise<void> | undefined } | undefined;
+  /** Postgres with `analyze`: when to analyze the tables (see {@link KyselyWorkflowStoreConfig.analyze}). */
+  private readonly growth: TableGrowth | undefined;
   /** Database clock minus local clock, as last measured (Postgres without an injected clock). */
   private clockOffsetMs = 0;
   /** Local time of that measurement; never measured yet: -Infinity. */
@@ -307,7 +308,17 @@ export class KyselyWorkflowStore implements WorkflowStore {
         this.subscribe = (listener) => wakeups.subscribe(listener);
       }
     }
-    if (this.pg && !this.db.isTransaction && config.analyze !== false) this.growth = { creates: 0, next: FIRST_ANALYZE_AT, running: undefined };
+    if (this.pg && !this.db.isTransaction && config.analyze !== false) {
+      this.growth = new TableGrowth({
+        estimate: async () => {
+          const rows = await this.rows(this.db, sql`select reltuples::float8 as rows from pg_class where oid = to_regclass(${this.tableSql('workflows')})`);
+          return Number(rows[0]?.['rows'] ?? 0);
+        },
+        analyze: async () => {
+          await sql`analyze ${sql.join([this.ref('workflows'), this.ref('steps'), this.ref('history')])}`.execute(this.db);
+        },
+      });
+    }
     const group = config.groupCommit;
     if (group) {
       if (this.db.isTransaction) throw new TypeError('groupCommit needs a Kysely instance, not a Transaction: the store must own its commits');
@@ -751,36 +762,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private createdFromRow(row: Row, input: CreateWorkflowInput, createdAt: Date): WorkflowRecord {
     const workflow = this.toWorkflow(row);
     if (!this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, input.history.length, String(row['row_version']));
-    this.grew();
+    this.growth?.created();
     return workflow;
-  }
-
-  /**
-   * Counts a create; at the next threshold (1,000, then each doubling) starts
-   * `ANALYZE` of the store's tables in the background, so that the
-   * statements' plans are made again for the tables' size (see
-   * {@link KyselyWorkflowStoreConfig.analyze}).
-   */
-  private grew(): void {
-    const growth = this.growth;
-    if (!growth || ++growth.creates < growth.next || growth.running) return;
-    growth.next = growth.creates * 2;
-    const tables = sql.join([this.ref('workflows'), this.ref('steps'), this.ref('history')]);
-    growth.running = sql`analyze ${tables}`
-      .execute(this.db)
-      .then(
-        () => undefined,
-        // Best effort: the next doubling tries again.
-        () => undefined,
-      )
-      .finally(() => {
-        growth.running = undefined;
-      });
   }
 
   /** Waits for a background `ANALYZE` (see {@link KyselyWorkflowStoreConfig.analyze}) to end. The store owns no connection. */
   async close(): Promise<void> {
-    await this.growth?.running;
+    await this.growth?.idle();
   }
 
   /**
@@ -2014,9 +2002,6 @@ export class KyselyWorkflowStore implements WorkflowStore {
     };
   }
 }
-
-/** The creates after which a Postgres store first analyzes its tables (see {@link KyselyWorkflowStoreConfig.analyze}). */
-const FIRST_ANALYZE_AT = 1000;
 
 const STEP_INSERT_COLUMN_NAMES =
   'name, position, depends_on, status, max_attempts, due_at, attempts, started_at, lease_owner, lease_token, lease_expires_at, callback_token_hash';
