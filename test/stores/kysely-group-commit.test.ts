@@ -71,7 +71,8 @@ async function groupStore(dialect: Dialect, clock: ManualClock, options: Partial
     logged(log) {
       const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: database.url, max: 2 }) }), log });
       extra.push(() => db.destroy());
-      return new KyselyWorkflowStore({ db, schema: database.schema, clock, groupCommit: true, ...options });
+      // Only the operations' statements are logged: no background ANALYZE bookkeeping (tested on its own).
+      return new KyselyWorkflowStore({ db, schema: database.schema, clock, groupCommit: true, analyze: false, ...options });
     },
     cleanup: async () => {
       await closeExtra();
@@ -618,8 +619,8 @@ describe('group commit of creates on Postgres', () => {
     const outcomes = await Promise.allSettled(['ok1', 'bad', 'ok2'].map((id) => store.createWorkflow(workflow(id))));
     expect(outcomes.map((o) => o.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
     expect((outcomes[1] as PromiseRejectedResult).reason).toMatchObject({ code: 'store', message: expect.stringMatching(/exploded/) });
-    // The batch statement, then one statement per create (and the duplicate-id check of the one that failed).
-    expect(statements.slice(0, 4)).toEqual(['with w as', 'with ins as', 'with ins as', 'with ins as']);
+    // The batch statement, then one statement per create (besides the duplicate-id check of the one that failed).
+    expect(statements.filter((text) => text.startsWith('with'))).toEqual(['with w as', 'with ins as', 'with ins as', 'with ins as']);
     expect(await store.getWorkflow('bad')).toBeNull();
     expect(await store.getSteps('bad')).toEqual([]);
     for (const id of ['ok1', 'ok2']) {

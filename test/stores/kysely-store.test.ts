@@ -261,7 +261,8 @@ describe('KyselyWorkflowStore round trips', () => {
 
   it('claims in one transaction of two statements and writes a transaction in one statement, on Postgres', async () => {
     const { db, statements } = await logged('postgres');
-    const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0) });
+    // Without the background ANALYZE bookkeeping (tested on its own), whose first read follows the first create.
+    const store = new KyselyWorkflowStore({ db, clock: createManualClock(T0), analyze: false });
     await store.check();
 
     statements.length = 0;

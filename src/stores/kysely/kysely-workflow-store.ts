@@ -775,8 +775,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * Postgres, group commit: the creates of a batch in one statement, one
    * commit. A create whose idempotency key is taken settles with null (the
    * caller then reads the workflow that has it). When the statement fails
-   * on the server it wrote nothing, and each create runs again alone, so that
-   * only the one at fault (a duplicate id, say) fails; any other failure (the
+   * on the server it wrote nothing, and each create runs again alone, in
+   * order, so that only the one at fault (a duplicate id, say) fails; any other failure (the
    * connection lost) fails them all, as it would a create alone.
    */
   private async runCreateBatch(entries: CreateEntry[]): Promise<void> {
@@ -791,7 +791,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
       rows = (await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters))).rows;
     } catch (err) {
       if (!isServerError(err)) throw err;
-      await Promise.all(entries.map(alone));
+      // In arrival order, as the batch would have inserted them: of two creates with one idempotency key, the first wins.
+      for (const entry of entries) await alone(entry);
       return;
     }
     const byId = new Map(rows.map((r) => [String(r['id']), r]));
