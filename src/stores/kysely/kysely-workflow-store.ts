@@ -776,16 +776,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * commit. A create whose idempotency key is taken settles with null (the
    * caller then reads the workflow that has it). When the statement fails
    * on the server it wrote nothing, and each create runs again alone, in
-   * order, so that only the one at fault (a duplicate id, say) fails; any other failure (the
-   * connection lost) fails them all, as it would a create alone.
+   * order, so that only the one at fault (a duplicate id, say) fails; any
+   * other failure (the connection lost) fails them all, as it would a
+   * create alone.
    */
   private async runCreateBatch(entries: CreateEntry[]): Promise<void> {
     const alone = (entry: CreateEntry) => this.createAlone(entry.input, entry.createdAt, entry.values!).then(entry.resolve, entry.reject);
     if (entries.length === 1) return alone(entries[0]!);
-    const statement = this.pgCreates().batch(
-      entries.map((e) => e.values!),
-      this.pgCreateExtras(),
-    );
+    const statement = this.pgCreates().batch(entries.map((e) => e.values!), this.pgCreateExtras());
     let rows: Row[];
     try {
       rows = (await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters))).rows;
