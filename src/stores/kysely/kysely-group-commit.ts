@@ -25,6 +25,14 @@ export const DEFAULT_MAX_CONCURRENT_BATCHES = 4;
  * calls on other keys overtake it. The batch runner settles every entry
  * itself; if it throws, the entries it left unsettled get that error
  * (`resolve` and `reject` are a promise's, so a second settle is ignored).
+ *
+ * With no batch running, a call starts one at once. While batches run,
+ * another starts beside them only once half a batch (`maxBatch / 2` calls)
+ * waits; fewer wait until no batch runs, and then go in one batch.
+ * Small batches side by side each pay a commit, and once the callers fall
+ * out of step they stay small: in the bench, 32 clients on Postgres settled
+ * into batches of about two workflows, against sixteen when every waiting
+ * call joined the next batch.
  */
 export class GroupCommitQueue<E extends BatchEntry> {
   private readonly queue: E[] = [];
@@ -32,6 +40,8 @@ export class GroupCommitQueue<E extends BatchEntry> {
   private readonly busy = new Set<string>();
   private running = 0;
   private scheduled = false;
+  /** Calls that must wait before a batch starts beside running ones. */
+  private readonly besideRunning: number;
 
   constructor(
     private readonly maxBatch: number,
@@ -42,6 +52,7 @@ export class GroupCommitQueue<E extends BatchEntry> {
     if (!Number.isInteger(maxConcurrent) || maxConcurrent < 1) {
       throw new TypeError(`groupCommit.maxConcurrentBatches must be a positive integer, got ${String(maxConcurrent)}`);
     }
+    this.besideRunning = Math.ceil(maxBatch / 2);
   }
 
   /** Queues `entry`; a batch starts when fewer than `maxConcurrent` run. */
@@ -61,9 +72,10 @@ export class GroupCommitQueue<E extends BatchEntry> {
     return this.queue.length;
   }
 
-  /** Starts batches while there is room and work whose keys are free. */
+  /** Starts batches while there is room and work whose keys are free (beside running ones, only for half a batch). */
   private start(): void {
     while (this.running < this.maxConcurrent && this.queue.length > 0) {
+      if (this.running > 0 && this.queue.length < this.besideRunning) return;
       const batch = this.take();
       if (batch.length === 0) return;
       this.running++;

@@ -130,7 +130,9 @@ export interface KyselyGroupCommitOptions {
   /**
    * Batches committing at once, each on its own connection and on different
    * workflows. More overlap the round trips and fsyncs of several batches;
-   * one makes every batch wait for the previous commit.
+   * one makes every batch wait for the previous commit. A batch starts beside
+   * running ones only once half of `maxBatch` calls wait; fewer wait until no
+   * batch runs, so that batches stay large under load.
    *
    * @default 4 on Postgres, 1 on SQLite (one connection)
    */
