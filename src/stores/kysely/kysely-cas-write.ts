@@ -11,6 +11,7 @@
  * @module
  */
 import type { NewHistoryEntry } from '../../storage/workflow-store.js';
+import { TextCache } from './text-cache.js';
 
 /** How a column is stored: its Postgres type. */
 export type CasColumnType = 'text' | 'integer' | 'timestamptz' | 'jsonb';
@@ -79,7 +80,7 @@ export const HISTORY_TYPES: readonly CasColumnType[] = ['text', 'integer', 'time
  * each array).
  */
 export class CasWriter {
-  private readonly texts = new Map<string, string>();
+  private readonly texts = new TextCache(1024);
 
   constructor(private readonly shape: CasShape) {}
 
@@ -89,19 +90,7 @@ export class CasWriter {
     const { parameters, counts } = this.parameters(items);
     // (Row counts are rounded up to powers of two by padding, so a workload needs few texts.)
     const key = `${counts.workflows},${counts.fences},${counts.steps},${counts.history}`;
-    return { sql: this.cachedText(key, () => this.text(counts)), parameters };
-  }
-
-  /** The text for `key`, built once. */
-  private cachedText(key: string, build: () => string): string {
-    let sql = this.texts.get(key);
-    if (sql === undefined) {
-      sql = build();
-      // Bounded: keys beyond a workload's few are not expected, but a text is cheap to rebuild.
-      if (this.texts.size >= 1024) this.texts.clear();
-      this.texts.set(key, sql);
-    }
-    return sql;
+    return { sql: this.texts.get(key, () => this.text(counts)), parameters };
   }
 
   /**
@@ -153,7 +142,7 @@ export class CasWriter {
     const notify = wakes && shape.channel !== undefined;
     if (notify) parameters.push(shape.channel);
     key += `:h${tx.history.length}${notify ? ':n' : ''}`;
-    return { sql: this.cachedText(key, () => this.singleText(key)), parameters };
+    return { sql: this.texts.get(key, () => this.singleText(key)), parameters };
   }
 
   /** The text of {@link single} for a key it made: placeholders in the order its parameters are collected. */

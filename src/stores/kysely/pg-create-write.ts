@@ -16,6 +16,7 @@
  */
 import type { CasColumnType } from './kysely-cas-write.js';
 import { HISTORY_COLUMNS, HISTORY_TYPES } from './kysely-cas-write.js';
+import { TextCache } from './text-cache.js';
 
 /** Where a store's creates write, and what its statements add. */
 export interface PgCreateShape {
@@ -61,12 +62,11 @@ const WORKFLOW_TYPES: readonly CasColumnType[] = ['text', 'text', 'text', 'text'
 const WORKFLOW_VALUE_COLUMNS = ['id', 'tenant_id', 'type', 'service_slug', 'status', 'definition_version', 'input', 'idempotency_key', 'last_history_seq', 'created_at'];
 const WORKFLOW_INSERT_COLUMNS =
   'id, tenant_id, type, service_slug, status, definition_version, input, output, error, idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at';
-/** Text per single-create shape, at most: shapes past a workload's few are not expected. */
-const MAX_TEXTS = 256;
 
 /** Builds the create statements of one store. */
 export class PgCreateWriter {
-  private readonly texts = new Map<string, string>();
+  /** Single-create texts by shape. */
+  private readonly texts = new TextCache(256);
   private batchText: string | undefined;
 
   constructor(private readonly shape: PgCreateShape) {}
@@ -85,14 +85,8 @@ export class PgCreateWriter {
     const clock = this.shape.clock && ownTimes.includes('-');
     if (clock) parameters.push(extras.now);
     if (this.shape.notify) parameters.push(extras.channel);
-    const key = `${values.steps.length}:${ownTimes}`;
-    let text = this.texts.get(key);
-    if (text === undefined) {
-      text = this.singleText(values.steps.length, ownTimes, clock);
-      if (this.texts.size >= MAX_TEXTS) this.texts.clear();
-      this.texts.set(key, text);
-    }
-    return { sql: text, parameters };
+    const sql = this.texts.get(`${values.steps.length}:${ownTimes}`, () => this.singleText(values.steps.length, ownTimes, clock));
+    return { sql, parameters };
   }
 
   /** Many creates in one statement: one array per column. */

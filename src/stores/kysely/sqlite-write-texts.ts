@@ -8,6 +8,7 @@
  *
  * @module
  */
+import { TextCache } from './text-cache.js';
 
 /** The tables as SQL (quoted, with the store's prefix). */
 export interface SqliteTables {
@@ -22,11 +23,9 @@ export interface SqliteStatement {
   parameters: unknown[];
 }
 
-/** Texts kept at most; a workload repeats a handful, and one is cheap to rebuild. */
-const MAX_TEXTS = 512;
-
 export class SqliteWriteTexts {
-  private readonly texts = new Map<string, string>();
+  /** Texts kept at most 512: a workload repeats a handful. */
+  private readonly texts = new TextCache(512);
 
   constructor(private readonly tables: SqliteTables) {}
 
@@ -36,7 +35,7 @@ export class SqliteWriteTexts {
    * input (JSON text), idempotency key, last history seq, created at, updated at.
    */
   createWorkflow(): string {
-    return this.text('create', () =>
+    return this.texts.get('create', () =>
       `insert into ${this.tables.workflows}
         (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
          idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
@@ -47,7 +46,7 @@ export class SqliteWriteTexts {
 
   /** `insert into <table> (<columns>) values (?, …), …`: `rows` rows of `columns.length` placeholders. */
   insert(table: keyof SqliteTables, columns: readonly string[], rows: number): string {
-    return this.text(`i|${table}|${columns.join(',')}|${rows}`, () => {
+    return this.texts.get(`i|${table}|${columns.join(',')}|${rows}`, () => {
       const row = `(${columns.map(() => '?').join(', ')})`;
       return `insert into ${this.tables[table]} (${columns.join(', ')}) values ${Array.from({ length: rows }, () => row).join(', ')}`;
     });
@@ -60,7 +59,7 @@ export class SqliteWriteTexts {
    * workflows `(id, …)`, steps `(workflow_id, name, fenced 0/1, expected lease token, …)`.
    */
   update(table: 'workflows' | 'steps', columns: readonly string[], rows: number): string {
-    return this.text(`u|${table}|${columns.join(',')}|${rows}`, () => {
+    return this.texts.get(`u|${table}|${columns.join(',')}|${rows}`, () => {
       const keys = table === 'workflows' ? ['k_id'] : ['k_wf', 'k_name', 'k_fenced', 'k_expected'];
       const alias = table === 'workflows' ? 'w' : 's';
       const names = [...keys, ...columns.map((_, i) => `c${i}`)];
@@ -84,7 +83,7 @@ export class SqliteWriteTexts {
    * with `checkVersion`, the version it must still have); the version is raised.
    */
   updateWorkflow(columns: readonly string[], checkVersion: boolean): string {
-    return this.text(`uw|${columns.join(',')}|${checkVersion}`, () => {
+    return this.texts.get(`uw|${columns.join(',')}|${checkVersion}`, () => {
       const sets = [...columns.map((c) => `${quote(c)} = ?`), 'version = version + 1'];
       return `update ${this.tables.workflows} set ${sets.join(', ')} where id = ?${checkVersion ? ' and version = ?' : ''}`;
     });
@@ -95,20 +94,10 @@ export class SqliteWriteTexts {
    * name (and, when `fenced`, the lease token it must still have).
    */
   updateStep(columns: readonly string[], fenced: boolean): string {
-    return this.text(`us|${columns.join(',')}|${fenced}`, () => {
+    return this.texts.get(`us|${columns.join(',')}|${fenced}`, () => {
       const sets = columns.length > 0 ? columns.map((c) => `${quote(c)} = ?`) : ['name = name'];
       return `update ${this.tables.steps} set ${sets.join(', ')} where workflow_id = ? and name = ?${fenced ? ' and lease_token is ?' : ''}`;
     });
-  }
-
-  private text(key: string, build: () => string): string {
-    let text = this.texts.get(key);
-    if (text === undefined) {
-      text = build();
-      if (this.texts.size >= MAX_TEXTS) this.texts.clear();
-      this.texts.set(key, text);
-    }
-    return text;
   }
 }
 
