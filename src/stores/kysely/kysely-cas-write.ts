@@ -320,18 +320,17 @@ export class CasWriter {
 
 /** The values of history entry `i` of `tx`, in {@link HISTORY_COLUMNS} order after `workflow_id`. */
 function pushHistoryValues(out: unknown[], tx: CasTransaction, h: NewHistoryEntry, i: number): void {
-  out.push(
-    tx.historySeq + i + 1,
-    h.at ?? tx.now,
-    h.kind,
-    h.stepName ?? null,
-    h.from ?? null,
-    h.to ?? null,
-    h.actor ?? null,
-    h.reason ?? null,
-    h.action ?? null,
-    jsonText(h.detail),
-  );
+  out.push(tx.historySeq + i + 1, h.at ?? tx.now);
+  pushHistoryCells(out, h);
+}
+
+/**
+ * The values of a history entry in {@link HISTORY_COLUMNS} order after
+ * `workflow_id`, `seq` and `at` (kind to detail, the detail as JSON text),
+ * as every history insert of the store writes them.
+ */
+export function pushHistoryCells(out: unknown[], h: NewHistoryEntry): void {
+  out.push(h.kind, h.stepName ?? null, h.from ?? null, h.to ?? null, h.actor ?? null, h.reason ?? null, h.action ?? null, jsonText(h.detail));
 }
 
 /** The column indexes of a key part such as `s,0,3` (none for `s`). */

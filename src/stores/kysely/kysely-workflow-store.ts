@@ -22,7 +22,7 @@ import type {
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
 import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
-import { CasWriter, HISTORY_COLUMNS, jsonText, type CasItem } from './kysely-cas-write.js';
+import { CasWriter, HISTORY_COLUMNS, jsonText, pushHistoryCells, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { PgCreateWriter, type PgCreateExtras, type PgCreateValues } from './pg-create-write.js';
@@ -805,11 +805,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return {
       workflow: workflowInsertValues(input, this.encodeTime(createdAt)),
       steps: input.steps.map((s) => this.stepValues(s, createdAt)),
-      history: history.map((h, i) => ({
-        seq: i + 1,
-        at: h.at ? this.encodeTime(h.at) : null,
-        cells: [h.kind, h.stepName, h.from, h.to, h.actor, h.reason, h.action, jsonText(h.detail)],
-      })),
+      history: history.map((h, i) => {
+        const cells: unknown[] = [];
+        pushHistoryCells(cells, h);
+        return { seq: i + 1, at: h.at ? this.encodeTime(h.at) : null, cells };
+      }),
     };
   }
 
@@ -879,7 +879,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
     for (const part of chunk(rows, HISTORY_CHUNK)) {
       const parameters: unknown[] = [];
       for (const { workflowId, seq, entry: h } of part) {
-        parameters.push(workflowId, seq, h.at ? h.at.getTime() : defaultAtMs, h.kind, h.stepName, h.from, h.to, h.actor, h.reason, h.action, jsonText(h.detail));
+        parameters.push(workflowId, seq, h.at ? h.at.getTime() : defaultAtMs);
+        pushHistoryCells(parameters, h);
       }
       await this.rawRows(trx, texts.insert('history', HISTORY_COLUMNS, part.length), parameters);
     }
