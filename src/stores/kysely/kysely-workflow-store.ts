@@ -823,7 +823,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       workflows: this.tableSql('workflows'),
       steps: this.tableSql('steps'),
       history: this.tableSql('history'),
-      stepColumns: STEP_INSERT_COLUMN_NAMES.split(', ').map((column, i) => [column, PG_TYPES[STEP_INSERT_KINDS[i]!]] as const),
+      stepColumns: STEP_INSERT_COLUMNS.map(([column, kind]) => [column, PG_TYPES[kind]] as const),
       clock: this.clock !== undefined,
       notify: this.notifyChannel !== undefined,
       prefix: STATEMENT_MARKER,
@@ -963,7 +963,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     this.written.put(workflow.id, { ...copyRecords({ workflow, steps }), historySeq, version });
   }
 
-  /** A new step's values, in {@link STEP_INSERT_COLUMNS} order (of kinds {@link STEP_INSERT_KINDS}); with `claim`, as a claim at `createdAt` leaves it. */
+  /** A new step's values, in {@link STEP_INSERT_COLUMNS} order; with `claim`, as a claim at `createdAt` leaves it. */
   private stepValues(s: CreateWorkflowInput['steps'][number], createdAt: Date): unknown[] {
     const claim = s.claim;
     if (claim) {
@@ -2003,13 +2003,23 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 }
 
-const STEP_INSERT_COLUMN_NAMES =
-  'name, position, depends_on, status, max_attempts, due_at, attempts, started_at, lease_owner, lease_token, lease_expires_at, callback_token_hash';
-const STEP_INSERT_COLUMNS = sql.raw(STEP_INSERT_COLUMN_NAMES);
-/** The kinds of {@link STEP_INSERT_COLUMN_NAMES}' values, in order. */
-const STEP_INSERT_KINDS: readonly ColumnKind[] = ['text', 'int', 'json', 'text', 'int', 'time', 'int', 'time', 'text', 'text', 'time', 'text'];
+/** A step insert's columns after `workflow_id`, with the kinds of their values (see `stepValues`). */
+const STEP_INSERT_COLUMNS: readonly (readonly [column: string, kind: ColumnKind])[] = [
+  ['name', 'text'],
+  ['position', 'int'],
+  ['depends_on', 'json'],
+  ['status', 'text'],
+  ['max_attempts', 'int'],
+  ['due_at', 'time'],
+  ['attempts', 'int'],
+  ['started_at', 'time'],
+  ['lease_owner', 'text'],
+  ['lease_token', 'text'],
+  ['lease_expires_at', 'time'],
+  ['callback_token_hash', 'text'],
+];
 /** The columns of a step insert, the workflow id first. */
-const STEP_INSERT_COLUMN_LIST = ['workflow_id', ...STEP_INSERT_COLUMN_NAMES.split(', ')];
+const STEP_INSERT_COLUMN_LIST = ['workflow_id', ...STEP_INSERT_COLUMNS.map(([column]) => column)];
 const HISTORY_COLUMN_LIST = sql.raw(HISTORY_COLUMNS.join(', '));
 
 /**
