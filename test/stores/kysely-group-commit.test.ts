@@ -518,6 +518,25 @@ describe.each(['sqlite', 'postgres'] as const)('group commit of creates on %s', 
     for (const id of ['ok1', 'ok2']) expect(await store.getSteps(id)).toHaveLength(1);
   });
 
+  it('takes at most 16 calls in a batch by default on Postgres, 64 on SQLite', async () => {
+    const made = await fresh();
+    const batches: number[] = [];
+    const store = made.logged((event) => {
+      const text = event.query.sql.replace(STATEMENT_MARKER, '').trim();
+      // Postgres: a batch's creates are one statement whose first parameter holds their ids. SQLite: one transaction per batch.
+      if (dialect === 'postgres' && text.startsWith('with w as')) batches.push((event.query.parameters[0] as unknown[]).length);
+      if (dialect === 'sqlite' && text === 'commit') batches.push(-1);
+    });
+    await store.check();
+    batches.length = 0;
+    const ids = Array.from({ length: 40 }, (_, i) => `d${String(i).padStart(2, '0')}`);
+    const results = await Promise.all(ids.map((id) => store.createWorkflow(workflow(id))));
+    expect(results.map((r) => r.created)).toEqual(ids.map(() => true));
+    // Postgres: a batch of 16 starts at once, a second beside it (more than half a batch waits), then the last 8
+    // (the log reports each statement when it ends, in any order).
+    expect(batches.sort((a, b) => a - b)).toEqual(dialect === 'postgres' ? [8, 16, 16] : [-1]);
+    for (const id of ids) expect(await made.store.getSteps(id)).toHaveLength(1);
+  });
 });
 
 describe('group commit of creates on Postgres', () => {

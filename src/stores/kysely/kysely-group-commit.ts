@@ -5,8 +5,19 @@
  * @module
  */
 
-/** The default {@link KyselyGroupCommitOptions.maxBatch}. */
+/** The default {@link KyselyGroupCommitOptions.maxBatch} on SQLite, which commits one batch at a time. */
 export const DEFAULT_MAX_BATCH = 64;
+
+/**
+ * The default {@link KyselyGroupCommitOptions.maxBatch} on Postgres. Smaller
+ * than SQLite's so that under load the calls in flight split into batches
+ * that commit side by side: the server works on one while the process
+ * prepares another. With 32 workflows in flight, batches of 16 ran 25%
+ * faster in the bench than batches of 64 (which took all 32 at once, leaving
+ * the server idle while the process worked, and the process idle while the
+ * server did), 11% faster than 32 and 6% faster than 8.
+ */
+export const DEFAULT_MAX_BATCH_POSTGRES = 16;
 
 /** One queued call: the key it locks (a workflow id) and how to settle it. */
 export interface BatchEntry {

@@ -23,7 +23,7 @@ import type {
 import { newStepRecord } from '../../storage/step-records.js';
 import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
 import { CasWriter, HISTORY_COLUMNS, jsonText, pushHistoryCells, type CasItem } from './kysely-cas-write.js';
-import { DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
+import { DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { PgCreateWriter, type PgCreateExtras, type PgCreateValues } from './pg-create-write.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
@@ -322,7 +322,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const group = config.groupCommit;
     if (group) {
       if (this.db.isTransaction) throw new TypeError('groupCommit needs a Kysely instance, not a Transaction: the store must own its commits');
-      const maxBatch = group === true ? DEFAULT_MAX_BATCH : (group.maxBatch ?? DEFAULT_MAX_BATCH);
+      const defaultMaxBatch = this.pg ? DEFAULT_MAX_BATCH_POSTGRES : DEFAULT_MAX_BATCH;
+      const maxBatch = group === true ? defaultMaxBatch : (group.maxBatch ?? defaultMaxBatch);
       // SQLite has one connection: its batches would only queue for it.
       const defaultConcurrent = this.pg ? DEFAULT_MAX_CONCURRENT_BATCHES : 1;
       const concurrent = group === true ? defaultConcurrent : (group.maxConcurrentBatches ?? defaultConcurrent);
