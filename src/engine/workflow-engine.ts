@@ -38,8 +38,13 @@ import { fromBase64Url, hashToken, randomToken, toBase64Url } from './tokens.js'
 /** A lease token, a callback token and the callback token's hash, minted together for one claim. */
 type TokenPair = { leaseToken: string; callbackToken: string; callbackTokenHash: string };
 
-/** A claimed step with the plaintext tokens of its claim. */
-type Claim = ClaimedStep & { callbackToken: string; leaseToken: string };
+/**
+ * A claimed step with the plaintext tokens of its claim. `releaseSlot`, set
+ * by the launch that runs it, frees its concurrency slot once its last write
+ * has committed (before that write's events), so that work started from an
+ * event handler finds the slot free.
+ */
+type Claim = ClaimedStep & { callbackToken: string; leaseToken: string; releaseSlot?: () => void };
 
 type PendingEvent = { [E in WorkflowEventName]: { name: E; payload: WorkflowEventPayload<E> } }[WorkflowEventName];
 
@@ -706,10 +711,17 @@ export class WorkflowEngine implements WorkflowEngineApi {
    */
   private launch(first: Claim, chain = false): Promise<void> {
     this.inFlight++;
+    let holding = true;
+    const release = () => {
+      if (!holding) return;
+      holding = false;
+      this.inFlight--;
+    };
     const launched = (async () => {
       let current: Claim | null = first;
       while (current) {
         const c: Claim = current;
+        c.releaseSlot = release;
         current = await this.process(c, chain && !this.stopping).catch((err: unknown) => {
           this.logger.error('processing a claimed step failed; it will be retried when its lease expires', {
             workflowId: c.workflow.id,
@@ -720,7 +732,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         });
       }
     })().finally(() => {
-      this.inFlight--;
+      release();
       this.launches.delete(launched);
       // A freed slot only matters if the last claim left work behind; new work wakes the loop itself.
       if (this.saturated || this.stopping) this.wake();
@@ -920,6 +932,9 @@ export class WorkflowEngine implements WorkflowEngineApi {
       this.logger.info('discarded a result whose lease was lost', { workflowId: c.workflow.id, stepName: c.stepName });
       return null;
     }
+    // Nothing chained: this launch ends here, so its slot is free before the events (a handler of
+    // `workflow:completed` that starts a workflow may then have its first step created claimed).
+    if (!outcome.next) c.releaseSlot?.();
     this.flush(events);
     // Dependents this write made due beyond the one chained here are for the claim loop.
     if (outcome.moreReady) this.wake();

@@ -114,6 +114,49 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
     }
   });
 
+  it('frees a slot before the events of its last write: a workflow started on `workflow:completed` is created claimed', async () => {
+    let running = 0;
+    let most = 0;
+    const wf = defineWorkflow({
+      name: 'solo',
+      input,
+      steps: {
+        only: step({
+          run: async (ctx) => {
+            running++;
+            most = Math.max(most, running);
+            await Promise.resolve();
+            running--;
+            return { n: ctx.input.n };
+          },
+        }),
+      },
+    });
+    const { store, clock, logger } = await setup([wf]);
+    const counted = countingStore(store);
+    const { createEngine } = await import('../../src/engine/workflow-engine.js');
+    // One slot, held by each workflow's only step until its result is written.
+    const engine = createEngine({ store: counted.store, workflows: [wf], clock, logger, concurrency: 1, idlePollMs: 5 });
+    const completed: string[] = [];
+    const next: Promise<{ status: string; steps: { status: string }[] }>[] = [];
+    engine.events.on('workflow:completed', (e) => {
+      completed.push(e.workflowId);
+      // Each completion starts the next workflow, as a closed-loop client does.
+      if (completed.length < 4) next.push(engine.start('solo', { tenantId: 't', input: { n: completed.length } }));
+    });
+    engine.startWorker();
+    try {
+      await engine.start('solo', { tenantId: 't', input: { n: 0 } });
+      await until(() => completed.length === 4, 'four workflows');
+      // The slot was free when each was started: its step was created running, and no claim ran.
+      for (const started of await Promise.all(next)) expect([started.status, started.steps[0]!.status]).toEqual(['running', 'running']);
+      expect(counted.claimed()).toBe(0);
+      expect(most).toBe(1);
+    } finally {
+      await engine.stop();
+    }
+  });
+
   it('runs a new workflow\'s first steps in the starting worker, created running under its lease', async () => {
     const gate = deferred<void>();
     const wf = defineWorkflow({
