@@ -42,8 +42,9 @@ Options:
   --quick               a short pass to check that everything works (about a minute)
   --baseline-seconds S  duration of each raw baseline (default 5; --quick: 0.5)
   --warmup N            warm-up workflows before each measured run (default N/10, at most 200; --quick: 10)
-  --engine-warmup N     workflows the engine first runs on a memory store, at each client count, before
-                        any measured run, so that it runs compiled as in a long-lived host (default N)
+  --engine-warmup N     workflows the engine first runs on a memory store and on each SQL store kind
+                        (on databases of their own), at each client count, before any measured run,
+                        so that the code runs compiled as in a long-lived host (default N)
   --concurrency N       engine concurrency per process (default 32)
   --pool N              Postgres pool size per process (default 10)
   --poll-ms N           idle poll interval of the multi-process workers (default 20)

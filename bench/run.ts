@@ -85,7 +85,7 @@ async function main(options: BenchOptions): Promise<number> {
     }
   };
   if (options.engineWarmupWorkflows > 0) {
-    progress(`warming the engine up: ${options.engineWarmupWorkflows} workflows on a memory store per client count…`);
+    progress(`warming up: ${options.engineWarmupWorkflows} workflows per client count on a memory store and on each SQL store kind…`);
     await warmUpEngine(ctx);
   }
   // One database at a time, its baselines around all of its runs (with and without group commit).
