@@ -119,7 +119,7 @@ export function formatTable(results: BenchResults): string {
     `Engine: concurrency ${o.concurrency} per process; Postgres pool of ${o.poolSize} per process; idle poll ${single?.settings.idlePollMs ?? '—'} ms in one process` +
       `${multi ? `, ${multi.settings.idlePollMs} ms in the ${multi.processes}-process runs (their workers learn of new workflows by polling)` : ''}.`,
     results.runs.some((r) => r.settings.groupCommit) || results.failures.some((f) => usesGroupCommit(f.store))
-      ? '+ group commit: the Kysely store with groupCommit: true (batches of at most 64): concurrent transact calls on different workflows share one database transaction and one commit; the same workload, counters and baselines.'
+      ? '+ group commit: the Kysely store with groupCommit: true (batches of at most 16 on Postgres, up to 4 at once; 64 on SQLite, one at a time): concurrent transact calls on different workflows share one database transaction and one commit; the same workload, counters and baselines.'
       : '',
     'Raw rates were measured right before and right after the sagaline runs on the same database (before → after); % of raw commits/s divides steps/s by their mean (Postgres: 8 connections; SQLite: one connection).',
     ...(drifted.length > 0
