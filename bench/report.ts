@@ -111,7 +111,7 @@ export function formatTable(results: BenchResults): string {
   const single = results.runs.find((r) => r.processes === 1);
   const multi = results.runs.find((r) => r.processes > 1);
   const legend = [
-    `${o.workflows} workflows of 5 trivial steps per run (after ${o.warmupWorkflows} warm-up workflows` +
+    `${o.workflows} workflows of 5 trivial steps per run (after ${o.warmupWorkflows} warm-up workflows on the same store and pool` +
       `${o.engineWarmupWorkflows ? `; before the first run, ${o.engineWarmupWorkflows} on a memory store and on each SQL store kind, on databases of their own, per client count` : ''}); closed-loop clients; latency from start() to workflow:completed.`,
     `Machine: ${m.nproc} cores (${m.cpu}), ${m.memoryGiB} GiB, ${m.os}, ${m.filesystem ?? 'unknown fs'}, load average ${m.loadAverage[0]?.toFixed(1) ?? '?'} at start and ${m.loadAverageAtEnd[0]?.toFixed(1) ?? '?'} at end; Node ${m.node}; PostgreSQL ${m.postgres ?? '—'}` +
       `${m.postgresSettings ? ` (fsync=${m.postgresSettings['fsync']}, synchronous_commit=${m.postgresSettings['synchronous_commit']})` : ''}; SQLite ${m.sqlite}; ${results.date}` +
@@ -125,7 +125,7 @@ export function formatTable(results: BenchResults): string {
     ...(drifted.length > 0
       ? [`WARNING: the raw rate moved by more than 25% during the run (${drifted.join('; ')}): the machine's load changed, so the ratios are unreliable.`]
       : []),
-    'tx/wf (all): committed transactions per workflow, read-only ones included (Postgres: pg_stat_database.xact_commit; SQLite: counted on the connection).',
+    'tx/wf (all): committed transactions per workflow, read-only ones included, over the warm-up and measured workflows together (Postgres: pg_stat_database.xact_commit; SQLite: counted on the connection).',
     'write tx/wf: transactions that wrote (Postgres: assigned a transaction id; SQLite: committed to the WAL). stmts/step: SQL statements per step (round trips on Postgres), start() included.',
     `CPU ms/wf: CPU time per workflow of the Node processes (SQLite runs in them) + the Postgres server; ${m.nproc} cores give at most ${int(m.nproc * 1000)} ms of CPU per second.`,
   ].filter((l) => l !== '');
