@@ -1,7 +1,7 @@
 /**
  * The sagaline runs: one engine in this process on a memory, SQLite or
  * Postgres store (the SQL ones with or without group commit), a warm-up pass
- * and then the measured pass, each on a store opened for it.
+ * and then the measured pass, both on one store and pool.
  */
 import { createEngine, type WorkflowStore } from '../src/index.js';
 import { onCleanup } from './cleanup.js';
