@@ -28,6 +28,7 @@ import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { PgCreateWriter, type PgCreateExtras, type PgCreateValues } from './pg-create-write.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
 import { TableGrowth } from './pg-table-growth.js';
+import { workflowInsertValues } from './workflow-insert.js';
 import { SqliteWriteTexts } from './sqlite-write-texts.js';
 import { resolveTables, type TableNames } from './kysely-tables.js';
 import type { KyselyStoreDialect, KyselyWorkflowStoreConfig } from './kysely-workflow-store-config.js';
@@ -2201,16 +2202,6 @@ function decodeCell(cell: Cell): unknown {
   if (cell.kind === 'json') return JSON.parse(value as string) as unknown;
   if (cell.kind === 'time') return value instanceof Date ? new Date(value.getTime()) : new Date(Number(value));
   return value;
-}
-
-/**
- * The values of a workflow insert, in the order both dialects' texts take
- * them: id, tenant id, type, service slug, status, definition version, input
- * (JSON text), idempotency key, last history seq, created at (`created`, encoded).
- */
-function workflowInsertValues(input: CreateWorkflowInput, created: unknown): unknown[] {
-  const w = input.workflow;
-  return [w.id, w.tenantId, w.type, w.serviceSlug ?? null, w.status, w.definitionVersion, jsonText(w.input), w.idempotencyKey ?? null, input.history.length, created];
 }
 
 function addToGroup<R>(groups: Map<string, { columns: string[]; rows: R[] }>, columns: string[], row: R): void {

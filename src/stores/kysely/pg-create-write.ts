@@ -17,6 +17,7 @@
 import type { CasColumnType } from './kysely-cas-write.js';
 import { HISTORY_COLUMNS, HISTORY_TYPES } from './kysely-cas-write.js';
 import { TextCache } from './text-cache.js';
+import { WORKFLOW_INSERT_COLUMNS, WORKFLOW_VALUE_COLUMNS, workflowInsertCells } from './workflow-insert.js';
 
 /** Where a store's creates write, and what its statements add. */
 export interface PgCreateShape {
@@ -36,7 +37,7 @@ export interface PgCreateShape {
 
 /** One create's values, collected (and checked) before it is queued or written. */
 export interface PgCreateValues {
-  /** id, tenant id, type, service slug, status, definition version, input (JSON text), idempotency key, last history seq, created at. */
+  /** The workflow row's values (see `workflowInsertValues`). */
   workflow: unknown[];
   /** Per step, its values in {@link PgCreateShape.stepColumns} order. */
   steps: unknown[][];
@@ -59,9 +60,6 @@ export interface PgCreateStatement {
 }
 
 const WORKFLOW_TYPES: readonly CasColumnType[] = ['text', 'text', 'text', 'text', 'text', 'text', 'jsonb', 'text', 'integer', 'timestamptz'];
-const WORKFLOW_VALUE_COLUMNS = ['id', 'tenant_id', 'type', 'service_slug', 'status', 'definition_version', 'input', 'idempotency_key', 'last_history_seq', 'created_at'];
-const WORKFLOW_INSERT_COLUMNS =
-  'id, tenant_id, type, service_slug, status, definition_version, input, output, error, idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at';
 
 /** Builds the create statements of one store. */
 export class PgCreateWriter {
@@ -119,13 +117,7 @@ export class PgCreateWriter {
   private singleText(steps: number, ownTimes: string, clock: boolean): string {
     let n = 0;
     const p = (type: CasColumnType) => `$${++n}::${type}`;
-    const w = WORKFLOW_TYPES.map(p);
-    const [id, tenant, type, slug, status, version, input, idempotency, historySeq, created] = w;
-    const ctes = [
-      this.workflowInsert(
-        `values (${id}, ${tenant}, ${type}, ${slug}, ${status}, ${version}, ${input}, null, null, ${idempotency}, null, 0, ${historySeq}, ${created}, ${created}, null)`,
-      ),
-    ];
+    const ctes = [this.workflowInsert(`values (${workflowInsertCells(WORKFLOW_TYPES.map(p))})`)];
     if (steps > 0) {
       const rows = Array.from({ length: steps }, () => `(${this.shape.stepColumns.map(([, t]) => p(t)).join(', ')})`);
       ctes.push(`steps as (
@@ -163,9 +155,7 @@ export class PgCreateWriter {
     // Rows come out of unnest in the arrays' order, so of two creates with one idempotency key the first is inserted.
     const ctes = [
       `w as (select * from unnest(${w.join(', ')}) as w(${WORKFLOW_VALUE_COLUMNS.join(', ')}))`,
-      this.workflowInsert(
-        'select id, tenant_id, type, service_slug, status, definition_version, input, null, null, idempotency_key, null, 0, last_history_seq, created_at, created_at, null from w',
-      ),
+      this.workflowInsert(`select ${workflowInsertCells(WORKFLOW_VALUE_COLUMNS)} from w`),
       `steps as (
         insert into ${this.shape.steps} (workflow_id, ${this.stepColumnList()})
         select v.* from unnest(${s.join(', ')}) as v(workflow_id, ${this.stepColumnList()})

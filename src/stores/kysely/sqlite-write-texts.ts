@@ -9,6 +9,7 @@
  * @module
  */
 import { TextCache } from './text-cache.js';
+import { WORKFLOW_INSERT_COLUMNS, WORKFLOW_VALUE_COLUMNS, workflowInsertCells } from './workflow-insert.js';
 
 /** The tables as SQL (quoted, with the store's prefix). */
 export interface SqliteTables {
@@ -35,11 +36,11 @@ export class SqliteWriteTexts {
    * input (JSON text), idempotency key, last history seq, created at, updated at.
    */
   createWorkflow(): string {
-    return this.texts.get('create', () =>
-      `insert into ${this.tables.workflows}
-        (id, tenant_id, type, service_slug, status, definition_version, input, output, error,
-         idempotency_key, current_step, retry_count, last_history_seq, created_at, updated_at, completed_at)
-      values (?, ?, ?, ?, ?, ?, ?, null, null, ?, null, 0, ?, ?, ?, null)
+    return this.texts.get(
+      'create',
+      () =>
+        `insert into ${this.tables.workflows} (${WORKFLOW_INSERT_COLUMNS})
+      values (${workflowInsertCells(WORKFLOW_VALUE_COLUMNS.map(() => '?'))})
       on conflict (tenant_id, idempotency_key) do nothing returning *`,
     );
   }
