@@ -18,7 +18,7 @@ import { parseBenchOptions, USAGE, UsageError, type BenchOptions } from './optio
 import { PostgresStartError, startBenchPostgres, type BenchPostgres } from './postgres.js';
 import { codeRevision, describeMachine, formatTable } from './report.js';
 import type { BaselineSet, BenchBaselines, BenchResults, FailedRun, SagalineRun, StoreKind } from './results.js';
-import { applyBaselines, runInProcess, warmUpEngine, type RunContext } from './runs.js';
+import { applyBaselines, runInProcess, warmUpCode, type RunContext } from './runs.js';
 import { DATABASES, databaseOf, kindLabel } from './store-kinds.js';
 
 /** The bench was interrupted (a signal, or the overall timeout): cleanup is under way. */
@@ -86,7 +86,7 @@ async function main(options: BenchOptions): Promise<number> {
   };
   if (options.engineWarmupWorkflows > 0) {
     progress(`warming up: ${options.engineWarmupWorkflows} workflows per client count on a memory store and on each SQL store kind…`);
-    await warmUpEngine(ctx);
+    await warmUpCode(ctx);
   }
   // One database at a time, its baselines around all of its runs (with and without group commit).
   for (const database of DATABASES) {

@@ -47,7 +47,7 @@ export const WARMUP_FIRST_NUMBER = 10_000_000;
  * workflow over its first 500 workflows, 2.0 over the next 500, and 1.5–1.7
  * from the third 500 on.
  */
-export async function warmUpEngine(ctx: RunContext): Promise<void> {
+export async function warmUpCode(ctx: RunContext): Promise<void> {
   const { options } = ctx;
   if (options.engineWarmupWorkflows <= 0) return;
   const kinds = ['memory' as const, ...options.stores.filter((kind) => kind !== 'memory' && (databaseOf(kind) !== 'postgres' || ctx.postgres))];
