@@ -1,5 +1,5 @@
 import { sql } from 'kysely';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createManualClock } from '../../src/core/clock.js';
 import type { ClaimRequest, CreateWorkflowInput } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
@@ -79,6 +79,33 @@ describe('KyselyWorkflowStore on Postgres', () => {
     opened.push(() => db.destroy());
     return db;
   }
+
+  it('tells the time from its readings of the database clock never ahead of it, though a reading waited', async () => {
+    const { db } = await fresh();
+    // Only Date is faked: the local clock moves when the test says, the database's as it does.
+    vi.useFakeTimers({ toFake: ['Date'] });
+    try {
+      // Each reply is taken a second after its statement was sent by the local clock, as when the
+      // statement queued for a pooled connection and then read the database clock at once.
+      const slow = db.withPlugin({
+        transformQuery: (args) => args.node,
+        transformResult: async (args) => {
+          vi.setSystemTime(Date.now() + 1_000);
+          return args.result;
+        },
+      });
+      const store = new KyselyWorkflowStore({ db: slow });
+      const read = (await store.now()).getTime();
+      // Within the trusted period: from the local clock and the offset, without a round trip.
+      const estimate = (await store.now()).getTime();
+      const { rows } = await sql<{ now: Date }>`select clock_timestamp() as now`.execute(db);
+      // Taking the middle of the round trip would put the estimate half a second ahead.
+      expect(estimate).toBeLessThanOrEqual(rows[0]!.now.getTime());
+      expect(estimate).toBeGreaterThanOrEqual(read);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
 
   it('detects the dialect and compares times with the database clock when no clock is given', async () => {
     const { db } = await fresh();

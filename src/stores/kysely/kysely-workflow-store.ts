@@ -24,6 +24,7 @@ import { newStepRecord } from '../../storage/step-records.js';
 import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
 import { CasWriter, HISTORY_COLUMNS, jsonText, pushHistoryCells, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
+import { DatabaseClockEstimate } from './database-clock.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { PgCreateWriter, type PgCreateExtras, type PgCreateValues } from './pg-create-write.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
@@ -79,9 +80,6 @@ const WORKFLOW_COLUMNS = {
 
 /** Compare-and-set attempts of an optimistic transaction before it takes the lock. */
 const OPTIMISTIC_ATTEMPTS = 5;
-
-/** How long a reading of the database clock is trusted to tell the time from the local clock. */
-const CLOCK_OFFSET_TTL_MS = 5_000;
 
 /** Workflows whose last written state a store remembers (the most recently written ones). */
 const SNAPSHOT_CACHE_SIZE = 4096;
@@ -274,10 +272,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private createWriter: PgCreateWriter | undefined;
   /** Postgres with `analyze`: when to analyze the tables (see {@link KyselyWorkflowStoreConfig.analyze}). */
   private readonly growth: TableGrowth | undefined;
-  /** Database clock minus local clock, as last measured (Postgres without an injected clock). */
-  private clockOffsetMs = 0;
-  /** Local time of that measurement; never measured yet: -Infinity. */
-  private clockObservedAt = Number.NEGATIVE_INFINITY;
+  /** The database clock, from the statements that read it (Postgres without an injected clock). */
+  private readonly databaseClock = new DatabaseClockEstimate();
 
   /**
    * Wake-ups from other processes: `listener` is called after a transaction
@@ -375,12 +371,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * The store's current time: the injected clock, else the database clock
    * (Postgres) or the system clock (SQLite). On Postgres the database clock
    * is read at most every few seconds: in between, the local clock corrected
-   * by the offset last read (within a round trip of the database's).
+   * by the offset the recent readings show, never ahead of the database's
+   * clock and behind it by at most a round trip (see {@link DatabaseClockEstimate}).
    */
   async now(): Promise<Date> {
     if (this.clock) return new Date(this.clock.now());
     if (!this.pg) return new Date();
-    if (this.knowsTime()) return new Date(Date.now() + this.clockOffsetMs);
+    if (this.knowsTime()) return new Date(this.databaseClock.at(Date.now()));
     return this.guard('now', async () => {
       const sent = Date.now();
       const rows = await this.rows(this.db, sql`select clock_timestamp() as now`);
@@ -645,17 +642,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return new Map(result.rows.map((r) => [String(r['id']), String(r['version'])]));
   }
 
-  /** Records the database clock `databaseTime`, read by a statement sent at local time `sent`. */
+  /** Records the database clock `databaseTime`, read by a statement sent at local time `sent` and answered now. */
   private observeClock(databaseTime: Date, sent: number): void {
-    const received = Date.now();
-    // Read mid-way through the round trip, as far as the local clock can tell.
-    this.clockOffsetMs = databaseTime.getTime() - (sent + received) / 2;
-    this.clockObservedAt = received;
+    this.databaseClock.observe(databaseTime.getTime(), sent, Date.now());
   }
 
   /** Whether the store can tell the time without a round trip: an injected clock, or a recent reading of the database clock. */
   private knowsTime(): boolean {
-    return this.clock !== undefined || Date.now() - this.clockObservedAt < CLOCK_OFFSET_TTL_MS;
+    return this.clock !== undefined || this.databaseClock.knows(Date.now());
   }
 
   /**
@@ -664,7 +658,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * {@link knowsTime}), never earlier than `notBefore` (the workflow's last write).
    */
   private databaseNow(notBefore: Date): Date {
-    const now = this.clock ? this.clock.now() : Date.now() + this.clockOffsetMs;
+    const now = this.clock ? this.clock.now() : this.databaseClock.at(Date.now());
     return new Date(Math.max(now, notBefore.getTime()));
   }
 
