@@ -1,4 +1,5 @@
-import { sql } from 'kysely';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createManualClock } from '../../src/core/clock.js';
 import type { ClaimRequest, CreateWorkflowInput } from '../../src/storage/workflow-store.js';
@@ -215,6 +216,101 @@ describe('KyselyWorkflowStore on Postgres', () => {
     expect(rows).toEqual([{ status: 'running', n: 180 }]);
     const history = await sql<{ n: number }>`select count(*)::int as n from sagaline_history where kind = 'step'`.execute(db);
     expect(history.rows[0]!.n).toBe(180);
+  });
+
+  it('returns with each claim the workflow as it stood when the claim took it, while other processes write to it', async () => {
+    const { db, url } = await fresh();
+    const clock = createManualClock(Date.UTC(2026, 0, 1));
+    const seed = new KyselyWorkflowStore({ db, clock });
+    const ids = Array.from({ length: 6 }, (_, i) => `w${i}`);
+    for (const id of ids) {
+      const input = workflow(id, new Date(clock.now()), ['a', 'b']);
+      // Only a is ever due; b is what the writers change.
+      input.steps[1]!.dueAt = null;
+      await seed.createWorkflow(input);
+    }
+    const writers = [0, 1, 2].map(() => new KyselyWorkflowStore({ db: otherProcess(url), clock }));
+    const claimers = [0, 1].map(() => new KyselyWorkflowStore({ db: otherProcess(url), clock }));
+    const outputOf = (step: { output: unknown } | undefined) => (step?.output as { n?: number } | null)?.n ?? 0;
+    const seen: { id: string; attempt: number; n: number }[] = [];
+    let stop = false;
+    const writing = writers.map(async (store, i) => {
+      for (let k = i; !stop; k++) {
+        await store.transact(ids[k % ids.length]!, (tx) => {
+          const n = outputOf(tx.steps.find((s) => s.name === 'b')) + 1;
+          tx.updateStep('b', { output: { n } });
+          tx.appendHistory([{ kind: 'note', stepName: 'b', from: null, to: null, actor: null, reason: null, action: 'bump', detail: { n } }]);
+        });
+      }
+    });
+    // A lease of 0 ms: every claim finds a's lease expired and takes it again.
+    const claiming = claimers.map(async (store, i) => {
+      for (let round = 0; round < 150; round++) {
+        for (const c of await store.claimSteps(claim(`claimer-${i}`, 3, 0))) {
+          const a = c.steps.find((s) => s.name === 'a')!;
+          seen.push({ id: c.workflow.id, attempt: a.attempts, n: outputOf(c.steps.find((s) => s.name === 'b')) });
+        }
+      }
+    });
+    await Promise.all(claiming);
+    stop = true;
+    await Promise.all(writing);
+
+    // History entries are numbered under the workflow's row lock, so in the order their writes committed:
+    // the bumps before a claim's entry are those the claim must have seen.
+    const { rows } = await sql<{ workflow_id: string; kind: string; action: string | null; detail: { attempt?: number } | null }>`
+      select workflow_id, kind, action, detail from sagaline_history order by workflow_id, seq`.execute(db);
+    const expected = new Map<string, number>();
+    const bumps = new Map<string, number>();
+    for (const r of rows) {
+      if (r.action === 'bump') bumps.set(r.workflow_id, (bumps.get(r.workflow_id) ?? 0) + 1);
+      const attempt = r.kind === 'step' ? 1 : r.action === 'lease_reclaimed' ? r.detail?.attempt : undefined;
+      if (attempt !== undefined) expected.set(`${r.workflow_id}/${attempt}`, bumps.get(r.workflow_id) ?? 0);
+    }
+    expect(seen.length).toBeGreaterThan(50);
+    expect(Math.min(...[...bumps.values()])).toBeGreaterThan(0);
+    for (const s of seen) expect(s.n, `${s.id}, claim of attempt ${s.attempt}`).toBe(expected.get(`${s.id}/${s.attempt}`));
+  });
+
+  /** A pool on the database whose statements are collected in `statements`. */
+  function logged(url: string): { db: Kysely<any>; statements: string[] } {
+    const statements: string[] = [];
+    const db = new Kysely<any>({
+      dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 2 }) }),
+      log: (event) => {
+        if (event.level === 'query') statements.push(event.query.sql.replace(/\s+/g, ' ').trim());
+      },
+    });
+    opened.push(() => db.destroy());
+    return { db, statements };
+  }
+
+  it('claims in a read-committed transaction when the server default is a stricter isolation', async () => {
+    const { db, url } = await fresh();
+    const clock = createManualClock(Date.UTC(2026, 0, 1));
+    await new KyselyWorkflowStore({ db, clock }).createWorkflow(workflow('w1', new Date(clock.now()), ['a', 'b']));
+    const { rows } = await sql<{ name: string }>`select current_database() as name`.execute(db);
+    await sql.raw(`alter database ${rows[0]!.name} set default_transaction_isolation = 'serializable'`).execute(db);
+    const { db: mine, statements } = logged(url);
+    const store = new KyselyWorkflowStore({ db: mine, clock });
+    await store.check();
+    expect((await sql<{ level: string }>`select current_setting('transaction_isolation') as level`.execute(mine)).rows[0]!.level).toBe('serializable');
+    statements.length = 0;
+    // The first claim finds out: its statement alone claims nothing, and the claim runs again in a transaction.
+    expect((await store.claimSteps(claim('w', 1))).map((c) => c.stepName)).toEqual(['a']);
+    expect(statements.map((s) => s.slice(0, 40))).toEqual([
+      expect.stringContaining('with due as'),
+      'start transaction isolation level read c',
+      expect.stringContaining('with due as'),
+      'commit',
+    ]);
+    statements.length = 0;
+    expect((await store.claimSteps(claim('w', 1))).map((c) => c.stepName)).toEqual(['b']);
+    expect(statements.map((s) => s.slice(0, 40))).toEqual([
+      'start transaction isolation level read c',
+      expect.stringContaining('with due as'),
+      'commit',
+    ]);
   });
 
   it('runs inside a host transaction and rolls back with it', async () => {

@@ -78,6 +78,15 @@ const WORKFLOW_COLUMNS = {
 } as const satisfies Record<keyof WorkflowPatch, readonly [string, ColumnKind]>;
 
 
+/** Postgres claim statements per claim at most: the second and third take what changed under the one before. */
+const CLAIM_ROUNDS = 3;
+
+/** What one Postgres claim statement did: its claims, and how many candidates it left because their workflow changed meanwhile. */
+interface PgClaimResult {
+  claims: ClaimedStep[];
+  changed: number;
+}
+
 /** Compare-and-set attempts of an optimistic transaction before it takes the lock. */
 const OPTIMISTIC_ATTEMPTS = 5;
 
@@ -259,6 +268,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private readonly clock: Clock | undefined;
   private readonly pg: boolean;
   private checked: Promise<void> | undefined;
+  /** Postgres: whether claims run as one statement of their own (the server's default isolation is read committed, as far as seen). */
+  private claimsOutsideTransaction = true;
   /** The `pg_notify` channel, when notifications are on. */
   private readonly notifyChannel: string | undefined;
   private readonly batches: GroupCommitQueue<QueuedEntry> | undefined;
@@ -495,7 +506,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (!(request.leaseMs >= 0)) throw new TypeError('leaseMs must be a non-negative number');
     const tokens = request.tokens.slice(0, limit);
     return this.guard('claimSteps', async () => {
-      if (this.pg) return this.inTransaction((trx) => this.claimPostgres(trx, request, limit, tokens));
+      if (this.pg) return this.claimPostgres(request, limit, tokens);
       const remember: Snapshot[] = [];
       const claims = await this.inTransaction((trx) => this.claimSqlite(trx, request, limit, tokens, remember));
       // Committed: the next optimistic write on these workflows starts from the state the claim left.
@@ -986,28 +997,89 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   // --- claims ------------------------------------------------------------------
 
-  private async claimPostgres(trx: Db, request: ClaimRequest, limit: number, tokens: ClaimRequest['tokens']): Promise<ClaimedStep[]> {
+  /**
+   * Claims on Postgres: one statement that claims and returns the state the
+   * claim leaves, outside a transaction of the store's own where it can (see
+   * {@link claimPostgresStatement}). Candidates whose workflow changed while
+   * the statement was running are left to a second statement, with the
+   * tokens not yet taken.
+   */
+  private async claimPostgres(request: ClaimRequest, limit: number, tokens: ClaimRequest['tokens']): Promise<ClaimedStep[]> {
+    const claims: ClaimedStep[] = [];
+    let left = tokens;
+    for (let round = 0; round < CLAIM_ROUNDS && left.length > 0; round++) {
+      const take = Math.min(limit - claims.length, left.length);
+      let result: PgClaimResult | null = null;
+      if (this.db.isTransaction) {
+        // The host's transaction, at its isolation: as every other statement of the store in it.
+        result = await this.claimPostgresStatement(this.db, request, take, left, false);
+      } else if (this.claimsOutsideTransaction) {
+        result = await this.claimPostgresStatement(this.db, request, take, left, true);
+        if (result === null) this.claimsOutsideTransaction = false;
+      }
+      result ??= await this.inTransaction((trx) => this.claimPostgresStatement(trx, request, take, left, false));
+      claims.push(...result!.claims);
+      if (result!.changed === 0 || claims.length >= limit) break;
+      const taken = new Set(result!.claims.map((c) => c.steps.find((s) => s.name === c.stepName)?.leaseToken));
+      left = left.filter((t) => !taken.has(t.leaseToken));
+    }
+    return claims;
+  }
+
+  /**
+   * The claim statement: locks due steps with their workflow rows (skipping
+   * locked ones), claims them, writes their history and returns, for each
+   * claimed workflow, the workflow and all its steps as the claim left them.
+   *
+   * The claimed steps and workflow rows are returned by the writes
+   * themselves. The workflow's other steps are read from the statement's
+   * snapshot, which is current only if nothing committed a change to them
+   * between the snapshot and the lock. Every write of the store that changes
+   * a step's state also updates its workflow row (all but a heartbeat, which
+   * moves only a running step's lease expiry), so a workflow row whose locked
+   * version is the one the snapshot shows vouches for its steps. Candidates
+   * whose workflow row changed in between are not claimed (they count in
+   * `changed`), as a second statement sees them afresh.
+   *
+   * That takes read committed isolation: the locks of a read-committed
+   * statement take the newest version of a row, where a stricter isolation
+   * fails. With `outsideTransaction`, the statement runs on its own at the
+   * server's default isolation, and claims nothing (returning null) unless
+   * that is read committed.
+   */
+  private async claimPostgresStatement(
+    db: Db,
+    request: ClaimRequest,
+    limit: number,
+    tokens: ClaimRequest['tokens'],
+    outsideTransaction: boolean,
+  ): Promise<PgClaimResult | null> {
     const now = this.nowSql(undefined);
     const steps = this.ref('steps');
     const workflows = this.ref('workflows');
+    const isolation = outsideTransaction ? sql`and current_setting('transaction_isolation') = 'read committed'` : sql``;
     const sent = Date.now();
-    const claimed = await this.rows(
-      trx,
+    const rows = await this.rows(
+      db,
       sql`
-      with due as (
+      with due as materialized (
         select s.workflow_id, s.name, s.status, s.lease_owner, s.due_at, s.position,
-          w.status as workflow_status, w.last_history_seq
+          w.status as workflow_status, w.last_history_seq, w.xmin as locked_version
         from ${steps} s join ${workflows} w on w.id = s.workflow_id
         where s.due_at is not null and s.due_at <= ${now}
           and (s.lease_expires_at is null or s.lease_expires_at <= ${now})
           and s.status in (${CLAIMABLE_STEP_SQL})
           and w.status in (${ACTIVE_WORKFLOW_SQL})
+          ${isolation}
         order by s.due_at
         limit ${limit}
         for update of s, w skip locked
       ),
+      current_due as (
+        select due.* from due join ${workflows} w on w.id = due.workflow_id and w.xmin = due.locked_version
+      ),
       numbered as (
-        select due.*, row_number() over (order by due.due_at, due.workflow_id, due.position) as rn from due
+        select d.*, row_number() over (order by d.due_at, d.workflow_id, d.position) as rn from current_due d
       ),
       tokens as (
         select t.lease_token, t.callback_token_hash, t.rn
@@ -1030,7 +1102,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         from numbered n join tokens on tokens.rn = n.rn
         where s.workflow_id = n.workflow_id and s.name = n.name
         returning s.workflow_id, s.name, s.attempts, n.status as previous_status, n.lease_owner as previous_owner,
-          n.workflow_status, n.last_history_seq, n.rn
+          n.workflow_status, n.last_history_seq, n.rn, to_json(s) as step_row
       ),
       new_history as (
         select x.*, x.base + row_number() over (partition by x.workflow_id order by x.rn, x.sub) as seq
@@ -1065,32 +1137,41 @@ export class KyselyWorkflowStore implements WorkflowStore {
         ) c
         left join (select workflow_id, max(seq) as seq from new_history group by workflow_id) h on h.workflow_id = c.workflow_id
         where w.id = c.workflow_id
+        returning w.id, w.xmin::text as row_version, to_json(w) as workflow_row
       )
-      select workflow_id, name, previous_status, ${now} as now from claimed order by rn`,
-    );
-    if (claimed.length === 0) return [];
-    if (!this.clock) this.observeClock(toDate(claimed[0]!['now'])!, sent);
-    // A separate statement: it sees every change committed before the locks were taken.
-    const ids = [...new Set(claimed.map((r) => String(r['workflow_id'])))];
-    const state = await this.rows(
-      trx,
-      sql`
       select
-        (select coalesce(json_agg(w), '[]'::json) from ${workflows} w where w.id = any(${ids}::text[])) as workflows,
-        (select coalesce(json_object_agg(w.id, w.xmin::text), '{}'::json) from ${workflows} w where w.id = any(${ids}::text[])) as versions,
-        (select coalesce(json_agg(s order by s.workflow_id, s.position), '[]'::json) from ${steps} s
-          where s.workflow_id = any(${ids}::text[])) as steps`,
+        current_setting('transaction_isolation') as isolation,
+        ((select count(*) from due) - (select count(*) from current_due))::integer as changed,
+        ${now} as now,
+        (select coalesce(json_agg(json_build_object('workflow_id', workflow_id, 'name', name, 'previous_status', previous_status) order by rn), '[]'::json)
+          from claimed) as claims,
+        (select coalesce(json_agg(workflow_row), '[]'::json) from workflow_updates) as workflows,
+        (select coalesce(json_object_agg(id, row_version), '{}'::json) from workflow_updates) as versions,
+        (select coalesce(json_agg(step_row), '[]'::json) from (
+          select step_row from claimed
+          union all
+          select to_json(s) from ${steps} s
+          where s.workflow_id in (select workflow_id from claimed)
+            and not exists (select 1 from claimed c where c.workflow_id = s.workflow_id and c.name = s.name)
+        ) all_steps) as steps`,
     );
-    const workflowRows = parseJsonRows(state[0]?.['workflows']);
+    const row = rows[0]!;
+    if (outsideTransaction && row['isolation'] !== 'read committed') return null;
+    const claimedRows = parseJsonRows(row['claims']);
+    const changed = Number(row['changed'] ?? 0);
+    if (claimedRows.length === 0) return { claims: [], changed };
+    const claimedAt = toDate(row['now'])!;
+    if (!this.clock) this.observeClock(claimedAt, sent);
+    const workflowRows = parseJsonRows(row['workflows']);
     const claims = this.assembleClaims(
-      claimed.map((r) => ({ workflowId: String(r['workflow_id']), name: String(r['name']), previous: r['previous_status'] as StepStatus })),
+      claimedRows.map((r) => ({ workflowId: String(r['workflow_id']), name: String(r['name']), previous: r['previous_status'] as StepStatus })),
       workflowRows,
-      parseJsonRows(state[0]?.['steps']),
-      toDate(claimed[0]!['now'])!,
+      parseJsonRows(row['steps']),
+      claimedAt,
     );
     if (!this.db.isTransaction) {
       // The state the claim left, as of the row versions it wrote: an optimistic write on it needs no read.
-      const versions = (state[0]?.['versions'] ?? {}) as Record<string, string>;
+      const versions = (row['versions'] ?? {}) as Record<string, string>;
       const historySeqs = new Map(workflowRows.map((r) => [String(r['id']), Number(r['last_history_seq'] ?? 0)]));
       for (const c of claims) {
         const version = versions[c.workflow.id];
@@ -1099,7 +1180,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         this.written.put(c.workflow.id, { ...copyRecords(c), historySeq, version });
       }
     }
-    return claims;
+    return { claims, changed };
   }
 
   /** Claims on SQLite; `remember` receives the state the claim leaves of each workflow, for after the commit. */
