@@ -1008,22 +1008,25 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const claims: ClaimedStep[] = [];
     let left = tokens;
     for (let round = 0; round < CLAIM_ROUNDS && left.length > 0; round++) {
-      const take = Math.min(limit - claims.length, left.length);
-      let result: PgClaimResult | null = null;
-      if (this.db.isTransaction) {
-        // The host's transaction, at its isolation: as every other statement of the store in it.
-        result = await this.claimPostgresStatement(this.db, request, take, left, false);
-      } else if (this.claimsOutsideTransaction) {
-        result = await this.claimPostgresStatement(this.db, request, take, left, true);
-        if (result === null) this.claimsOutsideTransaction = false;
-      }
-      result ??= await this.inTransaction((trx) => this.claimPostgresStatement(trx, request, take, left, false));
-      claims.push(...result!.claims);
-      if (result!.changed === 0 || claims.length >= limit) break;
-      const taken = new Set(result!.claims.map((c) => c.steps.find((s) => s.name === c.stepName)?.leaseToken));
+      const result = await this.claimPostgresRound(request, Math.min(limit - claims.length, left.length), left);
+      claims.push(...result.claims);
+      if (result.changed === 0 || claims.length >= limit) break;
+      const taken = new Set(result.claims.map((c) => c.steps.find((s) => s.name === c.stepName)?.leaseToken));
       left = left.filter((t) => !taken.has(t.leaseToken));
     }
     return claims;
+  }
+
+  /** One claim statement: in the host's transaction, on its own, or (under a stricter default isolation) in a read-committed transaction. */
+  private async claimPostgresRound(request: ClaimRequest, limit: number, tokens: ClaimRequest['tokens']): Promise<PgClaimResult> {
+    // The host's transaction, at its isolation: as every other statement of the store in it.
+    if (this.db.isTransaction) return (await this.claimPostgresStatement(this.db, request, limit, tokens, false))!;
+    if (this.claimsOutsideTransaction) {
+      const alone = await this.claimPostgresStatement(this.db, request, limit, tokens, true);
+      if (alone) return alone;
+      this.claimsOutsideTransaction = false;
+    }
+    return (await this.inTransaction((trx) => this.claimPostgresStatement(trx, request, limit, tokens, false)))!;
   }
 
   /**
