@@ -15,7 +15,7 @@ import { benchLogger } from './logger.js';
 import { openPostgres } from './postgres.js';
 import { assembleRun, cpuReading, cpuSince, WARMUP_FIRST_NUMBER, type EngineSettings, type RunContext } from './runs.js';
 import type { SagalineRun } from './results.js';
-import { StatementCounter, sumCounts, type StatementCounts } from './statement-counter.js';
+import { diffCounts, StatementCounter, sumCounts, type StatementCounts } from './statement-counter.js';
 import { kindLabel, kindSlug, usesGroupCommit } from './store-kinds.js';
 import { createTarget } from './targets.js';
 import { BENCH_WORKFLOW, benchStartOptions, benchWorkflow, CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW, type ClosedLoopResult } from './workload.js';
@@ -120,8 +120,13 @@ export async function runMultiProcess(ctx: RunContext, kind: 'postgres' | 'postg
   try {
     await Promise.all(workers.map((w) => w.next('spawned', SPAWN_TIMEOUT_MS)));
 
-    /** One pass: workers start, this process starts `count` workflows and waits for them, workers stop. */
+    /**
+     * One pass: workers start, this process starts `warmup` workflows and then
+     * `count` more and waits for them, workers stop. Statements and CPU time
+     * are counted over the `count` workflows.
+     */
     const pass = async (
+      warmup: number,
       count: number,
       firstNumber: number,
     ): Promise<{ loop: ClosedLoopResult; statements: StatementCounts; cpu: { nodeMs: number; postgresMs: number | null } }> => {
@@ -136,43 +141,57 @@ export async function runMultiProcess(ctx: RunContext, kind: 'postgres' | 'postg
       const { db, close } = openPostgres(url, options.poolSize, counter.log);
       // This engine only starts workflows: it never runs a worker.
       const starter = createEngine({ store: new KyselyWorkflowStore({ db, groupCommit }), workflows: [benchWorkflow], logger: benchLogger });
-      let loop: ClosedLoopResult;
-      let ownCpu: { nodeMs: number; postgresMs: number | null };
-      try {
-        const cpuBefore = cpuReading(ctx);
-        loop = await runClosedLoop({
-          workflows: count,
+      const loopOf = (workflows: number, first: number) =>
+        runClosedLoop({
+          workflows,
           clients,
           tracker,
           timeoutMs: options.runTimeoutSeconds * 1000,
-          firstNumber,
+          firstNumber: first,
           start: async (n) => (await starter.start(BENCH_WORKFLOW, benchStartOptions(n))).id,
         });
+      let loop: ClosedLoopResult;
+      let ownCpu: { nodeMs: number; postgresMs: number | null };
+      let ownStatements: StatementCounts;
+      try {
+        if (warmup > 0) await loopOf(warmup, WARMUP_FIRST_NUMBER);
+        const marked = workers.map((w) => w.next('marked', REPLY_TIMEOUT_MS));
+        for (const w of workers) w.send({ type: 'mark' });
+        await Promise.all(marked);
+        const statementsBefore = counter.snapshot();
+        const cpuBefore = cpuReading(ctx);
+        loop = await loopOf(count, firstNumber);
         ownCpu = cpuSince(ctx, cpuBefore, 0);
+        ownStatements = diffCounts(counter.snapshot(), statementsBefore);
       } finally {
         await close();
       }
       const stopped = workers.map((w) => w.next('stopped', REPLY_TIMEOUT_MS));
       for (const w of workers) w.send({ type: 'stop' });
       const replies = await Promise.all(stopped);
-      // The workers' CPU covers their whole pass (start to stop), a little more than the measured loop.
+      // The workers' CPU runs from their mark to their stop, a little more than the measured loop.
       const cpu = { nodeMs: ownCpu.nodeMs + replies.reduce((sum, r) => sum + r.cpuMs, 0), postgresMs: ownCpu.postgresMs };
       for (const w of workers) w.tracker = null;
-      return { loop, statements: sumCounts([counter.snapshot(), ...replies.map((r) => r.statements)]), cpu };
+      return { loop, statements: sumCounts([ownStatements, ...replies.map((r) => r.statements)]), cpu };
     };
 
-    if (options.warmupWorkflows > 0) await pass(options.warmupWorkflows, WARMUP_FIRST_NUMBER);
+    // The engine processes are new: before the run, a pass on pools of their own compiles their
+    // code (in one process, the warm-up before the first run does; a worker process measured
+    // without it spent over a quarter of its CPU time in the JIT compiler).
+    if (options.engineWarmupWorkflows > 0) await pass(0, options.engineWarmupWorkflows, WARMUP_FIRST_NUMBER);
+    // As in one process: the run's warm-up and its measured workflows share the pools, so that the
+    // measured ones find their connections open; Postgres' counters cover both, read with no session open.
     const before = await target.readCounters(null);
-    const measured = await pass(options.workflows, 0);
+    const measured = await pass(options.warmupWorkflows, options.workflows, 0);
     const after = await target.readCounters(null);
-    await target.verify(options.workflows + options.warmupWorkflows);
+    await target.verify(options.engineWarmupWorkflows + options.warmupWorkflows + options.workflows);
     return assembleRun({
       label: `${kindLabel(kind)}, ${processes} processes`,
       cpu: measured.cpu,
       store: kind,
       processes,
       loop: measured.loop,
-      transactions: target.transactions(before, after, options.workflows, STEPS_PER_WORKFLOW),
+      transactions: target.transactions(before, after, options.warmupWorkflows + options.workflows, STEPS_PER_WORKFLOW),
       statements: measured.statements,
       settings,
       baselines: ctx.baselines,

@@ -4,8 +4,9 @@
  * reports completions to the parent over IPC; the parent starts the workflows.
  *
  * Messages in: `start` (open a pool and start a worker, on a store with or
- * without group commit as the message says), `stop` (stop the
- * worker, close the pool, report the statements sent). The process exits when
+ * without group commit as the message says), `mark` (count statements and
+ * CPU time from here), `stop` (stop the worker, close the pool, report the
+ * statements sent and the CPU time since `start` or `mark`). The process exits when
  * the parent goes away.
  */
 import { createEngine, type WorkflowEngine } from '../src/index.js';
@@ -13,11 +14,17 @@ import { KyselyWorkflowStore } from '../src/kysely.js';
 import { ownCpuMs } from './cpu.js';
 import { benchLogger } from './logger.js';
 import { openPostgres } from './postgres.js';
-import { NO_STATEMENTS, StatementCounter } from './statement-counter.js';
+import { diffCounts, NO_STATEMENTS, StatementCounter, type StatementCounts } from './statement-counter.js';
 import { benchWorkflow } from './workload.js';
 import type { ParentMessage, WorkerMessage } from './worker-protocol.js';
 
-let current: { engine: WorkflowEngine; close: () => Promise<void>; counter: StatementCounter; cpuAtStart: number } | null = null;
+let current: {
+  engine: WorkflowEngine;
+  close: () => Promise<void>;
+  counter: StatementCounter;
+  cpuAtStart: number;
+  statementsAtStart: StatementCounts;
+} | null = null;
 
 function send(message: WorkerMessage): void {
   if (process.connected) process.send?.(message);
@@ -37,7 +44,7 @@ async function start(message: Extract<ParentMessage, { type: 'start' }>): Promis
   });
   engine.events.on('workflow:completed', (e) => send({ type: 'completed', workflowId: e.workflowId }));
   engine.events.on('workflow:failed', (e) => send({ type: 'failed', workflowId: e.workflowId, reason: `${e.error.code}: ${e.error.message}` }));
-  current = { engine, close, counter, cpuAtStart: ownCpuMs() };
+  current = { engine, close, counter, cpuAtStart: ownCpuMs(), statementsAtStart: NO_STATEMENTS };
   engine.startWorker();
   send({ type: 'ready' });
 }
@@ -51,13 +58,21 @@ async function stop(): Promise<void> {
   }
   await running.engine.stop();
   const cpuMs = ownCpuMs() - running.cpuAtStart;
+  const statements = diffCounts(running.counter.snapshot(), running.statementsAtStart);
   await running.close();
-  send({ type: 'stopped', statements: running.counter.snapshot(), cpuMs });
+  send({ type: 'stopped', statements, cpuMs });
+}
+
+function mark(): void {
+  if (!current) throw new Error('not started');
+  current.cpuAtStart = ownCpuMs();
+  current.statementsAtStart = current.counter.snapshot();
+  send({ type: 'marked' });
 }
 
 process.on('message', (raw: unknown) => {
   const message = raw as ParentMessage;
-  const handled = message.type === 'start' ? start(message) : stop();
+  const handled = message.type === 'start' ? start(message) : message.type === 'mark' ? Promise.resolve().then(mark) : stop();
   handled.catch((err: unknown) => send({ type: 'error', message: err instanceof Error ? (err.stack ?? err.message) : String(err) }));
 });
 

@@ -112,7 +112,8 @@ export function formatTable(results: BenchResults): string {
   const multi = results.runs.find((r) => r.processes > 1);
   const legend = [
     `${o.workflows} workflows of 5 trivial steps per run (after ${o.warmupWorkflows} warm-up workflows on the same store and pool` +
-      `${o.engineWarmupWorkflows ? `; before the first run, ${o.engineWarmupWorkflows} on a memory store and on each SQL store kind, on databases of their own, per client count` : ''}); closed-loop clients; latency from start() to workflow:completed.`,
+      `${o.engineWarmupWorkflows ? `; before the first run, ${o.engineWarmupWorkflows} on a memory store and on each SQL store kind, on databases of their own, per client count` : ''}` +
+      `${o.engineWarmupWorkflows && multi ? `; before each multi-process run, ${o.engineWarmupWorkflows} through its engine processes, on pools of their own` : ''}); closed-loop clients; latency from start() to workflow:completed.`,
     `Machine: ${m.nproc} cores (${m.cpu}), ${m.memoryGiB} GiB, ${m.os}, ${m.filesystem ?? 'unknown fs'}, load average ${m.loadAverage[0]?.toFixed(1) ?? '?'} at start and ${m.loadAverageAtEnd[0]?.toFixed(1) ?? '?'} at end; Node ${m.node}; PostgreSQL ${m.postgres ?? '—'}` +
       `${m.postgresSettings ? ` (fsync=${m.postgresSettings['fsync']}, synchronous_commit=${m.postgresSettings['synchronous_commit']})` : ''}; SQLite ${m.sqlite}; ${results.date}` +
       `${results.revision ? `; code ${results.revision}` : ''}.`,
