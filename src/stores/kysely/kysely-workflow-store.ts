@@ -229,8 +229,9 @@ interface WritePiece {
  * A {@link WorkflowStore} on Postgres or SQLite through the host's Kysely
  * instance. Create the tables first with {@link migrateToLatest}.
  *
- * - Postgres: claims run `FOR UPDATE OF s, w SKIP LOCKED` in one short
- *   transaction that also locks the workflow rows, and {@link transact} holds
+ * - Postgres: a claim is one statement that locks due steps and their
+ *   workflow rows with `FOR UPDATE OF s, w SKIP LOCKED` and returns the state
+ *   it leaves (see {@link claimPostgresStatement}), and {@link transact} holds
  *   `SELECT … FOR UPDATE` on the workflow row, so several engine processes can
  *   share the database. With `{ optimistic: true }`, {@link transact} holds
  *   no lock: one statement reads, one compare-and-set statement writes (see
