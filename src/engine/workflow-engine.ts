@@ -636,6 +636,10 @@ export class WorkflowEngine implements WorkflowEngineApi {
           failures++;
           this.logger.error('claiming due steps failed', { error: describeError(err), failures });
         }
+      } else {
+        // Every slot is taken, and work may be waiting for one (this wake-up may be for it): the
+        // next freed slot must wake the loop rather than leave that work to the next poll.
+        this.saturated = true;
       }
       if (this.stopping) break;
       if (claimed > 0 && claimed === free) continue;

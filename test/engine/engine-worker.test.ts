@@ -157,6 +157,33 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
     }
   });
 
+  it('runs work left waiting for a slot as soon as one is freed, not at the next poll', async () => {
+    const gates = [deferred<void>(), deferred<void>(), deferred<void>()];
+    const wf = defineWorkflow({
+      name: 'gated',
+      input,
+      steps: { only: step({ run: async (ctx) => (await gates[ctx.input.n]!.promise, { n: ctx.input.n }) }) },
+    });
+    const { store, clock, logger } = await setup([wf]);
+    const { createEngine } = await import('../../src/engine/workflow-engine.js');
+    // One slot, and a poll far beyond the test's patience: only a wake-up can start the others.
+    const engine = createEngine({ store, workflows: [wf], clock, logger, concurrency: 1, idlePollMs: 3_600_000 });
+    const completed: number[] = [];
+    engine.events.on('workflow:completed', (e) => void engine.get(e.workflowId).then((w) => completed.push((w.input as { n: number }).n)));
+    engine.startWorker();
+    try {
+      const first = await engine.start('gated', { tenantId: 't', input: { n: 0 } });
+      // No free slot: these are created pending, for a claim.
+      const waiting = [await engine.start('gated', { tenantId: 't', input: { n: 1 } }), await engine.start('gated', { tenantId: 't', input: { n: 2 } })];
+      expect([first.steps[0]!.status, ...waiting.map((w) => w.steps[0]!.status)]).toEqual(['running', 'pending', 'pending']);
+      for (const gate of gates) gate.resolve();
+      await until(() => completed.length === 3, 'the waiting workflows to run', 10_000);
+      expect(completed.sort()).toEqual([0, 1, 2]);
+    } finally {
+      await engine.stop();
+    }
+  });
+
   it('runs a new workflow\'s first steps in the starting worker, created running under its lease', async () => {
     const gate = deferred<void>();
     const wf = defineWorkflow({
