@@ -22,7 +22,12 @@ export interface EngineOptions {
   workerId?: string;
   /** @default warnings and errors to `console`, nothing else */
   logger?: Logger;
-  /** How long an idle worker waits before looking for due work again (it is woken sooner by work it creates). @default 1000 */
+  /**
+   * How long an idle worker waits before looking for due work again. It is
+   * woken sooner by work it creates, by a freed slot when work waits for one,
+   * and when a retry, poll or callback timeout it scheduled falls due.
+   * @default 1000
+   */
   idlePollMs?: number;
   /** `stop()` waits this long for running handlers before aborting them. @default 30_000 */
   shutdownTimeoutMs?: number;

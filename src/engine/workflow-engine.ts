@@ -213,6 +213,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private stopping = false;
   private wakeUp: (() => void) | null = null;
   private wakePending = false;
+  /** Wakes the loop when the earliest step this engine scheduled for later (a retry, a poll, a callback timeout) is due. */
+  private dueTimer: { at: number; timer: ClockTimer } | null = null;
 
   constructor(options: EngineOptions) {
     if (!options || typeof options !== 'object') throw new InvalidDefinitionError('createEngine needs an options object');
@@ -596,6 +598,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
    */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.dueTimer?.timer.cancel();
+    this.dueTimer = null;
     this.wake();
     const loop = this.workerLoop;
     if (loop) await loop;
@@ -1059,6 +1063,9 @@ export class WorkflowEngine implements WorkflowEngineApi {
     }
     const nextPollAt = this.capToDeadline(step, new Date(w.now.getTime() + resolved.pollIntervalMs));
     w.patchStep(step.name, { pollCount: step.pollCount + 1, dueAt: nextPollAt, ...clearLease() });
+    // No event marks a poll after the first: wake for the next one here.
+    const now = w.now;
+    w.afterCommit(() => this.wakeWhenDue(now, nextPollAt));
   }
 
   private capToDeadline(step: StepRecord, at: Date): Date {
@@ -1278,8 +1285,29 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private flush(events: PendingEvent[]): void {
     for (const e of events) {
       if (e.name === ('__after_commit' as never)) (e.payload as unknown as () => void)();
-      else this.emit(e);
+      else {
+        this.emit(e);
+        const due = scheduledTime(e);
+        if (due) this.wakeWhenDue(due.at, due.due);
+      }
     }
+  }
+
+  /**
+   * Wakes the worker loop once a step this engine scheduled is due (`due`,
+   * written at store time `at`), rather than at its next poll: the delay is
+   * measured on the engine's clock from now, which is no earlier than `at`.
+   */
+  private wakeWhenDue(at: Date, due: Date): void {
+    if (!this.workerLoop || this.stopping) return;
+    const when = this.clock.now() + Math.max(0, due.getTime() - at.getTime());
+    if (this.dueTimer && this.dueTimer.at <= when) return;
+    this.dueTimer?.timer.cancel();
+    const timer = this.clock.setTimeout(() => {
+      if (this.dueTimer?.timer === timer) this.dueTimer = null;
+      this.wake();
+    }, when - this.clock.now());
+    this.dueTimer = { at: when, timer };
   }
 }
 
@@ -1525,6 +1553,13 @@ function decodeCursor(cursor: string): { createdAt: Date; id: string } | null {
   } catch {
     return null;
   }
+}
+
+/** The time a step was scheduled for by the transition an event reports, and the store time of that transition. */
+function scheduledTime(e: PendingEvent): { at: Date; due: Date } | null {
+  const p = e.payload as { at?: Date; nextAttemptAt?: Date; nextPollAt?: Date; timeoutAt?: Date | null };
+  const due = e.name === 'step:retry_scheduled' ? p.nextAttemptAt : e.name === 'step:waiting_poll' ? p.nextPollAt : e.name === 'step:waiting_callback' ? p.timeoutAt : null;
+  return due && p.at ? { at: p.at, due } : null;
 }
 
 function eventBase(wf: WorkflowRecord, at: Date) {

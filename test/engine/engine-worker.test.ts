@@ -184,6 +184,84 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
     }
   });
 
+  it('runs a retry this worker scheduled when it is due, not at the next poll', async () => {
+    let attempts = 0;
+    const wf = defineWorkflow({
+      name: 'flaky',
+      input,
+      steps: {
+        only: step({
+          retry: { maximumAttempts: 3, initialIntervalMs: 1_000, jitter: 0 },
+          run: () => {
+            attempts++;
+            if (attempts === 1) throw new Error('first attempt fails');
+            return { attempts };
+          },
+        }),
+      },
+    });
+    const { store, clock, logger } = await setup([wf]);
+    const { createEngine } = await import('../../src/engine/workflow-engine.js');
+    // A poll far beyond the test's patience: only a wake-up at the retry's time can run it.
+    const engine = createEngine({ store, workflows: [wf], clock, logger, concurrency: 4, idlePollMs: 3_600_000 });
+    const retries: Date[] = [];
+    engine.events.on('step:retry_scheduled', (e) => retries.push(e.nextAttemptAt));
+    let done = false;
+    engine.events.on('workflow:completed', () => (done = true));
+    engine.startWorker();
+    try {
+      const { id } = await engine.start('flaky', { tenantId: 't', input: { n: 0 } });
+      await until(() => retries.length === 1, 'the retry to be scheduled', 10_000);
+      expect(retries[0]!.getTime() - clock.now()).toBe(1_000);
+      // Not yet due: nothing runs.
+      clock.advance(999);
+      await new Promise<void>((r) => setImmediate(r));
+      expect(attempts).toBe(1);
+      clock.advance(1);
+      await until(() => done, 'the retried workflow to complete', 10_000);
+      expect(attempts).toBe(2);
+      expect((await engine.get(id)).status).toBe('completed');
+    } finally {
+      await engine.stop();
+    }
+  });
+
+  it('runs a poll this worker scheduled when it is due, not at the next poll of its loop', async () => {
+    const polls: number[] = [];
+    const wf = defineWorkflow({
+      name: 'polled',
+      input,
+      steps: {
+        cert: step({
+          pollIntervalMs: 250,
+          run: () => ({ requested: true }),
+          poll: (ctx) => (polls.push(ctx.pollCount), ctx.pollCount >= 1 ? { done: true as const, output: { issued: true } } : { done: false as const }),
+        }),
+      },
+    });
+    const { store, clock, logger } = await setup([wf]);
+    const { createEngine } = await import('../../src/engine/workflow-engine.js');
+    const engine = createEngine({ store, workflows: [wf], clock, logger, concurrency: 4, idlePollMs: 3_600_000 });
+    let done = false;
+    engine.events.on('workflow:completed', () => (done = true));
+    const waits: Date[] = [];
+    engine.events.on('step:waiting_poll', (e) => waits.push(e.nextPollAt));
+    engine.startWorker();
+    try {
+      const { id } = await engine.start('polled', { tenantId: 't', input: { n: 0 } });
+      await until(() => waits.length === 1, 'the first poll to be scheduled', 10_000);
+      clock.advance(250);
+      await until(() => polls.length === 1, 'the first poll', 10_000);
+      // Its result (not done) is written after the poll returns: the next poll is then scheduled.
+      await until(async () => (await engine.get(id)).steps[0]!.pollCount === 1, 'the second poll to be scheduled', 10_000);
+      clock.advance(250);
+      await until(() => done, 'the polled workflow to complete', 10_000);
+      expect(polls).toEqual([0, 1]);
+    } finally {
+      await engine.stop();
+    }
+  });
+
   it('runs a new workflow\'s first steps in the starting worker, created running under its lease', async () => {
     const gate = deferred<void>();
     const wf = defineWorkflow({
