@@ -46,6 +46,9 @@ type TokenPair = { leaseToken: string; callbackToken: string; callbackTokenHash:
  */
 type Claim = ClaimedStep & { callbackToken: string; leaseToken: string; releaseSlot?: () => void };
 
+/** Times a worker keeps to wake at for steps it scheduled (see `wakeWhenDue`); later ones wait for its poll. */
+const MAX_DUE_TIMES = 1_024;
+
 type PendingEvent = { [E in WorkflowEventName]: { name: E; payload: WorkflowEventPayload<E> } }[WorkflowEventName];
 
 /** What a handler call ended with. */
@@ -215,6 +218,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private wakePending = false;
   /** Wakes the loop when the earliest step this engine scheduled for later (a retry, a poll, a callback timeout) is due. */
   private dueTimer: { at: number; timer: ClockTimer } | null = null;
+  /** The later such times, in order (engine clock), each armed once the one before has fired. */
+  private readonly dueLater: number[] = [];
 
   constructor(options: EngineOptions) {
     if (!options || typeof options !== 'object') throw new InvalidDefinitionError('createEngine needs an options object');
@@ -600,6 +605,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
     this.stopping = true;
     this.dueTimer?.timer.cancel();
     this.dueTimer = null;
+    this.dueLater.length = 0;
     this.wake();
     const loop = this.workerLoop;
     if (loop) await loop;
@@ -1301,11 +1307,31 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private wakeWhenDue(at: Date, due: Date): void {
     if (!this.workerLoop || this.stopping) return;
     const when = this.clock.now() + Math.max(0, due.getTime() - at.getTime());
-    if (this.dueTimer && this.dueTimer.at <= when) return;
-    this.dueTimer?.timer.cancel();
+    if (this.dueTimer && this.dueTimer.at <= when) {
+      if (this.dueTimer.at === when) return;
+      // Kept in order, at most MAX_DUE_TIMES: past that, the latest are left to the poll.
+      let i = this.dueLater.length;
+      while (i > 0 && this.dueLater[i - 1]! > when) i--;
+      if (this.dueLater[i - 1] === when) return;
+      this.dueLater.splice(i, 0, when);
+      if (this.dueLater.length > MAX_DUE_TIMES) this.dueLater.pop();
+      return;
+    }
+    if (this.dueTimer) {
+      this.dueTimer.timer.cancel();
+      this.dueLater.unshift(this.dueTimer.at);
+      if (this.dueLater.length > MAX_DUE_TIMES) this.dueLater.pop();
+    }
+    this.armDueTimer(when);
+  }
+
+  private armDueTimer(when: number): void {
     const timer = this.clock.setTimeout(() => {
-      if (this.dueTimer?.timer === timer) this.dueTimer = null;
+      if (this.dueTimer?.timer !== timer) return;
+      this.dueTimer = null;
       this.wake();
+      const next = this.dueLater.shift();
+      if (next !== undefined && !this.stopping) this.armDueTimer(next);
     }, when - this.clock.now());
     this.dueTimer = { at: when, timer };
   }

@@ -226,6 +226,50 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
     }
   });
 
+  it('wakes for each of several retries it scheduled, in order of their times', async () => {
+    const attempts = new Map<string, number>();
+    const flaky = (name: string, initialIntervalMs: number) =>
+      defineWorkflow({
+        name,
+        input,
+        steps: {
+          only: step({
+            retry: { maximumAttempts: 3, initialIntervalMs, jitter: 0 },
+            run: () => {
+              const n = (attempts.get(name) ?? 0) + 1;
+              attempts.set(name, n);
+              if (n === 1) throw new Error('first attempt fails');
+              return { n };
+            },
+          }),
+        },
+      });
+    const wfs = [flaky('late', 3_000), flaky('soon', 1_000)];
+    const { store, clock, logger } = await setup(wfs);
+    const { createEngine } = await import('../../src/engine/workflow-engine.js');
+    const engine = createEngine({ store, workflows: wfs, clock, logger, concurrency: 4, idlePollMs: 3_600_000 });
+    let retries = 0;
+    engine.events.on('step:retry_scheduled', () => retries++);
+    const completed: string[] = [];
+    engine.events.on('workflow:completed', (e) => completed.push(e.type));
+    engine.startWorker();
+    try {
+      // The later retry is scheduled first: the sooner one takes the timer, the later one waits its turn.
+      await engine.start('late', { tenantId: 't', input: { n: 0 } });
+      await until(() => retries === 1, 'the late retry to be scheduled', 10_000);
+      await engine.start('soon', { tenantId: 't', input: { n: 1 } });
+      await until(() => retries === 2, 'the soon retry to be scheduled', 10_000);
+      clock.advance(1_000);
+      await until(() => completed.length === 1, 'the soon workflow', 10_000);
+      expect(completed).toEqual(['soon']);
+      clock.advance(2_000);
+      await until(() => completed.length === 2, 'the late workflow', 10_000);
+      expect(completed).toEqual(['soon', 'late']);
+    } finally {
+      await engine.stop();
+    }
+  });
+
   it('runs a poll this worker scheduled when it is due, not at the next poll of its loop', async () => {
     const polls: number[] = [];
     const wf = defineWorkflow({
