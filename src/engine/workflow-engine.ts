@@ -49,6 +49,12 @@ type Claim = ClaimedStep & { callbackToken: string; leaseToken: string; releaseS
 /** Times a worker keeps to wake at for steps it scheduled (see `wakeWhenDue`); later ones wait for its poll. */
 const MAX_DUE_TIMES = 1_024;
 
+/** A step a transaction made due later (`due`), written at store time `at`. */
+interface ScheduledStep {
+  at: Date;
+  due: Date;
+}
+
 type PendingEvent = { [E in WorkflowEventName]: { name: E; payload: WorkflowEventPayload<E> } }[WorkflowEventName];
 
 /** What a handler call ended with. */
@@ -216,10 +222,10 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private stopping = false;
   private wakeUp: (() => void) | null = null;
   private wakePending = false;
-  /** Wakes the loop when the earliest step this engine scheduled for later (a retry, a poll, a callback timeout) is due. */
-  private dueTimer: { at: number; timer: ClockTimer } | null = null;
-  /** The later such times, in order (engine clock), each armed once the one before has fired. */
-  private readonly dueLater: number[] = [];
+  /** Times (engine clock, in order) at which steps this engine scheduled for later fall due: retries, polls, callback timeouts. */
+  private readonly dueTimes: number[] = [];
+  /** Armed for the first of {@link dueTimes}; wakes the loop. */
+  private dueTimer: ClockTimer | null = null;
 
   constructor(options: EngineOptions) {
     if (!options || typeof options !== 'object') throw new InvalidDefinitionError('createEngine needs an options object');
@@ -603,9 +609,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
    */
   async stop(): Promise<void> {
     this.stopping = true;
-    this.dueTimer?.timer.cancel();
-    this.dueTimer = null;
-    this.dueLater.length = 0;
+    this.dueTimes.length = 0;
+    this.armDueTimer();
     this.wake();
     const loop = this.workerLoop;
     if (loop) await loop;
@@ -1069,9 +1074,6 @@ export class WorkflowEngine implements WorkflowEngineApi {
     }
     const nextPollAt = this.capToDeadline(step, new Date(w.now.getTime() + resolved.pollIntervalMs));
     w.patchStep(step.name, { pollCount: step.pollCount + 1, dueAt: nextPollAt, ...clearLease() });
-    // No event marks a poll after the first: wake for the next one here.
-    const now = w.now;
-    w.afterCommit(() => this.wakeWhenDue(now, nextPollAt));
   }
 
   private capToDeadline(step: StepRecord, at: Date): Date {
@@ -1291,11 +1293,10 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private flush(events: PendingEvent[]): void {
     for (const e of events) {
       if (e.name === ('__after_commit' as never)) (e.payload as unknown as () => void)();
-      else {
-        this.emit(e);
-        const due = scheduledTime(e);
-        if (due) this.wakeWhenDue(due.at, due.due);
-      }
+      else if (e.name === ('__scheduled' as never)) {
+        const { at, due } = e.payload as unknown as ScheduledStep;
+        this.wakeWhenDue(at, due);
+      } else this.emit(e);
     }
   }
 
@@ -1307,33 +1308,27 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private wakeWhenDue(at: Date, due: Date): void {
     if (!this.workerLoop || this.stopping) return;
     const when = this.clock.now() + Math.max(0, due.getTime() - at.getTime());
-    if (this.dueTimer && this.dueTimer.at <= when) {
-      if (this.dueTimer.at === when) return;
-      // Kept in order, at most MAX_DUE_TIMES: past that, the latest are left to the poll.
-      let i = this.dueLater.length;
-      while (i > 0 && this.dueLater[i - 1]! > when) i--;
-      if (this.dueLater[i - 1] === when) return;
-      this.dueLater.splice(i, 0, when);
-      if (this.dueLater.length > MAX_DUE_TIMES) this.dueLater.pop();
-      return;
-    }
-    if (this.dueTimer) {
-      this.dueTimer.timer.cancel();
-      this.dueLater.unshift(this.dueTimer.at);
-      if (this.dueLater.length > MAX_DUE_TIMES) this.dueLater.pop();
-    }
-    this.armDueTimer(when);
+    let i = this.dueTimes.length;
+    while (i > 0 && this.dueTimes[i - 1]! > when) i--;
+    // Already kept, or beyond the MAX_DUE_TIMES kept: left to the poll.
+    if (this.dueTimes[i - 1] === when || i >= MAX_DUE_TIMES) return;
+    this.dueTimes.splice(i, 0, when);
+    if (this.dueTimes.length > MAX_DUE_TIMES) this.dueTimes.pop();
+    if (i === 0) this.armDueTimer();
   }
 
-  private armDueTimer(when: number): void {
-    const timer = this.clock.setTimeout(() => {
-      if (this.dueTimer?.timer !== timer) return;
-      this.dueTimer = null;
-      this.wake();
-      const next = this.dueLater.shift();
-      if (next !== undefined && !this.stopping) this.armDueTimer(next);
-    }, when - this.clock.now());
-    this.dueTimer = { at: when, timer };
+  /** (Re)arms the timer for the first of {@link dueTimes}; when it fires, the loop wakes and the next one is armed. */
+  private armDueTimer(): void {
+    this.dueTimer?.cancel();
+    const first = this.dueTimes[0];
+    this.dueTimer =
+      first === undefined
+        ? null
+        : this.clock.setTimeout(() => {
+            this.dueTimes.shift();
+            this.wake();
+            this.armDueTimer();
+          }, first - this.clock.now());
   }
 }
 
@@ -1383,6 +1378,9 @@ class TxWriter {
     this.events.push({ name: '__after_commit', payload: fn } as unknown as PendingEvent);
   }
 
+  /** The earliest later time this transaction made a step due at, for the engine to wake at once committed. */
+  private scheduled: ScheduledStep | null = null;
+
   setStep(name: string, to: StepStatus, patch: StepPatch): void {
     const row = this.row(name);
     assertStepTransition(row.status, to, { workflowId: this.wf.id, stepName: name });
@@ -1393,10 +1391,18 @@ class TxWriter {
   }
 
   patchStep(name: string, patch: StepPatch): void {
+    if (patch.dueAt && patch.dueAt.getTime() > this.now.getTime()) this.schedule(patch.dueAt);
     const row = this.row(name);
     const fenced = this.fence !== undefined && row.leaseToken === this.fence;
     this.tx.updateStep(name, patch, fenced ? { expectLeaseToken: this.fence ?? null } : undefined);
     Object.assign(row, patch);
+  }
+
+  private schedule(due: Date): void {
+    if (!this.scheduled) {
+      this.scheduled = { at: this.now, due };
+      this.events.push({ name: '__scheduled', payload: this.scheduled } as unknown as PendingEvent);
+    } else if (due.getTime() < this.scheduled.due.getTime()) this.scheduled.due = due;
   }
 
   setWorkflowStatus(to: WorkflowStatus, patch: Omit<Parameters<WorkflowTransaction['updateWorkflow']>[0], 'status'>): void {
@@ -1579,13 +1585,6 @@ function decodeCursor(cursor: string): { createdAt: Date; id: string } | null {
   } catch {
     return null;
   }
-}
-
-/** The time a step was scheduled for by the transition an event reports, and the store time of that transition. */
-function scheduledTime(e: PendingEvent): { at: Date; due: Date } | null {
-  const p = e.payload as { at?: Date; nextAttemptAt?: Date; nextPollAt?: Date; timeoutAt?: Date | null };
-  const due = e.name === 'step:retry_scheduled' ? p.nextAttemptAt : e.name === 'step:waiting_poll' ? p.nextPollAt : e.name === 'step:waiting_callback' ? p.timeoutAt : null;
-  return due && p.at ? { at: p.at, due } : null;
 }
 
 function eventBase(wf: WorkflowRecord, at: Date) {
