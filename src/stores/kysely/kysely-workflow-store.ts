@@ -1566,12 +1566,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
       from ${this.ref('workflows')} w where w.id = any(${ids}::text[])`,
     );
     const out = new Map<string, Snapshot & { now: Date }>();
+    // One reading per statement: the latest row's clock, which bounds the offset most tightly.
+    let latest: Date | null = null;
     for (const row of rows) {
       let now: Date;
       if (this.clock) now = new Date(this.clock.now());
       else {
         now = toDate(row['read_at']) ?? new Date();
-        this.observeClock(now, sent);
+        if (!latest || now > latest) latest = now;
       }
       out.set(String(row['id']), {
         workflow: this.toWorkflow(row),
@@ -1581,6 +1583,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         version: String(row['row_version']),
       });
     }
+    if (latest) this.observeClock(latest, sent);
     return out;
   }
 
