@@ -20,6 +20,25 @@ function countingStore(store: WorkflowStore): { store: WorkflowStore; claimed: (
   return { store: wrapped, claimed: () => claimed };
 }
 
+/** A workflow whose one step fails on its first attempt and is retried after `initialIntervalMs`; attempts counted by name. */
+function failsOnce(name: string, initialIntervalMs: number, attempts: Map<string, number>) {
+  return defineWorkflow({
+    name,
+    input,
+    steps: {
+      only: step({
+        retry: { maximumAttempts: 3, initialIntervalMs, jitter: 0 },
+        run: () => {
+          const n = (attempts.get(name) ?? 0) + 1;
+          attempts.set(name, n);
+          if (n === 1) throw new Error('first attempt fails');
+          return { n };
+        },
+      }),
+    },
+  });
+}
+
 describe.each(storeFactories)('background worker on $name store', (factory) => {
   const setup = useHarness(factory);
 
@@ -185,21 +204,8 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
   });
 
   it('runs a retry this worker scheduled when it is due, not at the next poll', async () => {
-    let attempts = 0;
-    const wf = defineWorkflow({
-      name: 'flaky',
-      input,
-      steps: {
-        only: step({
-          retry: { maximumAttempts: 3, initialIntervalMs: 1_000, jitter: 0 },
-          run: () => {
-            attempts++;
-            if (attempts === 1) throw new Error('first attempt fails');
-            return { attempts };
-          },
-        }),
-      },
-    });
+    const attempts = new Map<string, number>();
+    const wf = failsOnce('flaky', 1_000, attempts);
     const { store, clock, logger } = await setup([wf]);
     const { createEngine } = await import('../../src/engine/workflow-engine.js');
     // A poll far beyond the test's patience: only a wake-up at the retry's time can run it.
@@ -216,10 +222,10 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
       // Not yet due: nothing runs.
       clock.advance(999);
       await new Promise<void>((r) => setImmediate(r));
-      expect(attempts).toBe(1);
+      expect(attempts.get('flaky')).toBe(1);
       clock.advance(1);
       await until(() => done, 'the retried workflow to complete', 10_000);
-      expect(attempts).toBe(2);
+      expect(attempts.get('flaky')).toBe(2);
       expect((await engine.get(id)).status).toBe('completed');
     } finally {
       await engine.stop();
@@ -228,23 +234,7 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
 
   it('wakes for each of several retries it scheduled, in order of their times', async () => {
     const attempts = new Map<string, number>();
-    const flaky = (name: string, initialIntervalMs: number) =>
-      defineWorkflow({
-        name,
-        input,
-        steps: {
-          only: step({
-            retry: { maximumAttempts: 3, initialIntervalMs, jitter: 0 },
-            run: () => {
-              const n = (attempts.get(name) ?? 0) + 1;
-              attempts.set(name, n);
-              if (n === 1) throw new Error('first attempt fails');
-              return { n };
-            },
-          }),
-        },
-      });
-    const wfs = [flaky('late', 3_000), flaky('soon', 1_000)];
+    const wfs = [failsOnce('late', 3_000, attempts), failsOnce('soon', 1_000, attempts)];
     const { store, clock, logger } = await setup(wfs);
     const { createEngine } = await import('../../src/engine/workflow-engine.js');
     const engine = createEngine({ store, workflows: wfs, clock, logger, concurrency: 4, idlePollMs: 3_600_000 });
