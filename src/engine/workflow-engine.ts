@@ -187,6 +187,15 @@ function withAttempt<T extends object>(attempt: Attempt, fields: T): T & { reado
 }
 
 /**
+ * A worker with steps in flight claims for the store's wake-ups (work made
+ * due by other processes) at most once per this many milliseconds, so that
+ * under load one claim takes the work of many notifications instead of one
+ * claim per notification (of which every listening process but one finds
+ * nothing). An idle worker claims at once.
+ */
+const STORE_WAKE_INTERVAL_MS = 10;
+
+/**
  * The workflow engine: starts workflows, claims due steps from the store and
  * runs them, applies callbacks, and carries out the admin operations. Every
  * status change is validated against the transition tables and committed
@@ -226,6 +235,10 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private readonly dueTimes: number[] = [];
   /** Armed for the first of {@link dueTimes}; wakes the loop. */
   private dueTimer: ClockTimer | null = null;
+  /** A store wake-up deferred by {@link STORE_WAKE_INTERVAL_MS}. */
+  private storeWakeTimer: ClockTimer | null = null;
+  /** When the worker loop last began a claim (engine clock). */
+  private lastClaimAt = -Infinity;
 
   constructor(options: EngineOptions) {
     if (!options || typeof options !== 'object') throw new InvalidDefinitionError('createEngine needs an options object');
@@ -592,7 +605,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
     if (this.workerLoop) return;
     this.stopping = false;
     if (this.store.subscribe && !this.unsubscribe) {
-      this.unsubscribe = this.store.subscribe(() => this.wake()).catch((err: unknown) => {
+      this.unsubscribe = this.store.subscribe(() => this.wakeFromStore()).catch((err: unknown) => {
         this.logger.warn('could not subscribe to store wake-ups; polling only', { error: describeError(err) });
         return null;
       });
@@ -611,6 +624,8 @@ export class WorkflowEngine implements WorkflowEngineApi {
     this.stopping = true;
     this.dueTimes.length = 0;
     this.armDueTimer();
+    this.storeWakeTimer?.cancel();
+    this.storeWakeTimer = null;
     this.wake();
     const loop = this.workerLoop;
     if (loop) await loop;
@@ -642,6 +657,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       const free = this.concurrency - this.inFlight;
       if (free > 0) {
         try {
+          this.lastClaimAt = this.clock.now();
           const batch = await this.claim(free);
           claimed = batch.length;
           this.saturated = claimed === free;
@@ -679,6 +695,17 @@ export class WorkflowEngine implements WorkflowEngineApi {
         resolve();
       };
     });
+  }
+
+  /** A wake-up from the store: at once when idle or the last claim is old enough, else once the interval is over. */
+  private wakeFromStore(): void {
+    const wait = this.lastClaimAt + STORE_WAKE_INTERVAL_MS - this.clock.now();
+    if (wait <= 0 || this.inFlight === 0) return this.wake();
+    if (this.storeWakeTimer || this.stopping) return;
+    this.storeWakeTimer = this.clock.setTimeout(() => {
+      this.storeWakeTimer = null;
+      this.wake();
+    }, wait);
   }
 
   private wake(): void {

@@ -20,6 +20,39 @@ function countingStore(store: WorkflowStore): { store: WorkflowStore; claimed: (
   return { store: wrapped, claimed: () => claimed };
 }
 
+/**
+ * The store with wake-ups from other processes, sent by the test (as a Postgres
+ * store's notifications would be), and the calls of its claim counted as they begin.
+ */
+function wakeableStore(store: WorkflowStore): { store: WorkflowStore; wake: () => void; claims: () => number } {
+  let listener: (() => void) | null = null;
+  let claims = 0;
+  const wrapped = Object.create(store) as WorkflowStore;
+  wrapped.subscribe = async (l) => {
+    listener = l;
+    return async () => {
+      listener = null;
+    };
+  };
+  wrapped.claimSteps = (request) => {
+    claims++;
+    return store.claimSteps(request);
+  };
+  return {
+    store: wrapped,
+    wake: () => {
+      if (!listener) throw new Error('the worker has not subscribed');
+      listener();
+    },
+    claims: () => claims,
+  };
+}
+
+/** Lets pending callbacks and promise reactions run (no I/O lies between a wake-up and the claim's call). */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i++) await new Promise<void>((r) => setImmediate(r));
+}
+
 /** A workflow whose one step fails on its first attempt and is retried after `initialIntervalMs`; attempts counted by name. */
 function failsOnce(name: string, initialIntervalMs: number, attempts: Map<string, number>) {
   return defineWorkflow({
@@ -200,6 +233,61 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
       expect(completed.sort()).toEqual([0, 1, 2]);
     } finally {
       await engine.stop();
+    }
+  });
+
+  it('claims at once for a wake-up from another process when idle, and at most once per 10 ms while busy', async () => {
+    const gate = deferred<void>();
+    const wf = defineWorkflow({
+      name: 'woken',
+      input,
+      steps: { only: step({ run: async (ctx) => (ctx.input.n === 0 ? await gate.promise : undefined, { n: ctx.input.n }) }) },
+    });
+    const { store, clock, logger } = await setup([wf]);
+    const wakeable = wakeableStore(store);
+    const { createEngine } = await import('../../src/engine/workflow-engine.js');
+    // Another process: starts workflows, runs no worker (their steps are created pending, for a claim).
+    const other = createEngine({ store, workflows: [wf], clock, logger, workerId: 'other' });
+    // A poll far beyond the test's patience: only wake-ups make this worker claim.
+    const worker = createEngine({ store: wakeable.store, workflows: [wf], clock, logger, workerId: 'worker', concurrency: 8, idlePollMs: 3_600_000 });
+    const completed = new Set<number>();
+    worker.events.on('workflow:completed', (e) => void worker.get(e.workflowId).then((w) => completed.add((w.input as { n: number }).n)));
+    worker.startWorker();
+    try {
+      // The loop's first claim finds nothing; the clock stands still from here on unless advanced.
+      await until(() => wakeable.claims() === 1, 'the first claim');
+      await settle();
+      // Idle: a wake-up right after that claim claims at once.
+      await other.start('woken', { tenantId: 't', input: { n: 1 } });
+      wakeable.wake();
+      await until(() => completed.has(1), 'the woken workflow');
+      expect(wakeable.claims()).toBe(2);
+
+      // Busy (a step in flight), 10 ms after the last claim: a wake-up claims at once.
+      await worker.start('woken', { tenantId: 't', input: { n: 0 } });
+      clock.advance(10);
+      await other.start('woken', { tenantId: 't', input: { n: 2 } });
+      wakeable.wake();
+      await until(() => completed.has(2), 'the workflow woken while busy');
+      expect(wakeable.claims()).toBe(3);
+
+      // Busy, within 10 ms of the last claim: two wake-ups wait for the interval, then one claim takes both workflows.
+      await other.start('woken', { tenantId: 't', input: { n: 3 } });
+      await other.start('woken', { tenantId: 't', input: { n: 4 } });
+      wakeable.wake();
+      clock.advance(9);
+      wakeable.wake();
+      await settle();
+      expect(wakeable.claims()).toBe(3);
+      expect(completed.has(3) || completed.has(4)).toBe(false);
+      clock.advance(1);
+      await until(() => completed.has(3) && completed.has(4), 'both workflows after the interval');
+      expect(wakeable.claims()).toBe(4);
+      gate.resolve();
+      await until(() => completed.has(0), 'the gated workflow');
+    } finally {
+      gate.resolve();
+      await worker.stop();
     }
   });
 
