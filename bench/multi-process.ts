@@ -2,9 +2,12 @@
  * The multi-process Postgres run: P engine processes (`bench/pg-worker.ts`)
  * share one database; this process starts the workflows (through an engine
  * without a worker) and measures, learning of completions over IPC. The
- * workers find new workflows by polling every `--poll-ms`, and wake themselves
- * when they finish a step. With the `postgres-group` kind, every process's
- * store has `groupCommit: true` (each batches its own `transact` calls).
+ * workers learn of new workflows from the stores' `LISTEN/NOTIFY` wake-ups
+ * (`--wakeups notify`, the default: every store sends, each worker listens on
+ * a client of its own) with a poll every `--poll-ms` as the fallback, or by
+ * polling alone (`--wakeups poll`); they wake themselves when they finish a
+ * step. With the `postgres-group` kind, every process's store has
+ * `groupCommit: true` (each batches its own `transact` calls).
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -115,7 +118,8 @@ export async function runMultiProcess(ctx: RunContext, kind: 'postgres' | 'postg
   });
   const url = target.url!;
   const groupCommit = usesGroupCommit(kind);
-  const settings: EngineSettings = { concurrency: options.concurrency, idlePollMs: options.pollMs, poolSize: options.poolSize, groupCommit };
+  const notify = options.wakeups === 'notify';
+  const settings: EngineSettings = { concurrency: options.concurrency, idlePollMs: options.pollMs, poolSize: options.poolSize, groupCommit, notify };
   const workers = Array.from({ length: processes }, (_, i) => new WorkerProcess(i + 1));
   try {
     await Promise.all(workers.map((w) => w.next('spawned', SPAWN_TIMEOUT_MS)));
@@ -134,13 +138,14 @@ export async function runMultiProcess(ctx: RunContext, kind: 'postgres' | 'postg
       const ready = workers.map((w) => w.next('ready', REPLY_TIMEOUT_MS));
       for (const w of workers) {
         w.tracker = tracker;
-        w.send({ type: 'start', url, poolSize: options.poolSize, concurrency: options.concurrency, idlePollMs: options.pollMs, groupCommit });
+        w.send({ type: 'start', url, poolSize: options.poolSize, concurrency: options.concurrency, idlePollMs: options.pollMs, groupCommit, notify });
       }
       await Promise.all(ready);
       const counter = new StatementCounter();
       const { db, close } = openPostgres(url, options.poolSize, counter.log);
-      // This engine only starts workflows: it never runs a worker.
-      const starter = createEngine({ store: new KyselyWorkflowStore({ db, groupCommit }), workflows: [benchWorkflow], logger: benchLogger });
+      // This engine only starts workflows: it never runs a worker, so its store sends wake-ups without listening.
+      const store = new KyselyWorkflowStore({ db, groupCommit, ...(notify ? { notifications: {} } : {}) });
+      const starter = createEngine({ store, workflows: [benchWorkflow], logger: benchLogger });
       const loopOf = (workflows: number, first: number) =>
         runClosedLoop({
           workflows,

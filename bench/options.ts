@@ -19,7 +19,12 @@ export interface BenchOptions {
   concurrency: number;
   /** Postgres pool size per process. */
   poolSize: number;
-  /** Engine `idlePollMs` of the multi-process run's workers (they learn of new workflows by polling). */
+  /**
+   * How the multi-process run's workers learn of new workflows: `notify`, the Kysely store's
+   * `notifications` (`LISTEN/NOTIFY`, with the poll as the fallback), or `poll` alone.
+   */
+  wakeups: 'notify' | 'poll';
+  /** Engine `idlePollMs` of the multi-process run's workers. */
   pollMs: number;
   runTimeoutSeconds: number;
   totalTimeoutSeconds: number;
@@ -47,7 +52,10 @@ Options:
                         so that the code runs compiled as in a long-lived host (default N)
   --concurrency N       engine concurrency per process (default 32)
   --pool N              Postgres pool size per process (default 10)
-  --poll-ms N           idle poll interval of the multi-process workers (default 20)
+  --wakeups KIND        how the multi-process workers learn of new workflows: notify (LISTEN/NOTIFY,
+                        the store's notifications option, polling as the fallback) or poll (default notify)
+  --poll-ms N           idle poll interval of the multi-process workers (default 1000 with notify,
+                        the engine's default; 20 with poll)
   --run-timeout S       a measured run fails after S seconds (default 300; --quick: 60)
   --timeout S           the whole bench stops after S seconds (default 1800; --quick: 180)
   -h, --help            this text`;
@@ -75,6 +83,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
         'engine-warmup': { type: 'string' },
         concurrency: { type: 'string' },
         pool: { type: 'string' },
+        wakeups: { type: 'string' },
         'poll-ms': { type: 'string' },
         'run-timeout': { type: 'string' },
         timeout: { type: 'string' },
@@ -94,6 +103,8 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
     if (!isStoreKind(s)) throw new UsageError(`--stores: unknown store "${s}" (any of ${STORE_KINDS.join(',')})`);
     if (!stores.includes(s)) stores.push(s);
   }
+  const wakeups = v.wakeups ?? 'notify';
+  if (wakeups !== 'notify' && wakeups !== 'poll') throw new UsageError(`--wakeups: expected notify or poll, got "${wakeups}"`);
   return {
     workflows,
     clients: [...new Set(clients)],
@@ -106,7 +117,8 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
     engineWarmupWorkflows: intArg('--engine-warmup', v['engine-warmup'], workflows, 0),
     concurrency: intArg('--concurrency', v.concurrency, 32, 1),
     poolSize: intArg('--pool', v.pool, 10, 1),
-    pollMs: intArg('--poll-ms', v['poll-ms'], 20, 1),
+    wakeups,
+    pollMs: intArg('--poll-ms', v['poll-ms'], wakeups === 'notify' ? 1000 : 20, 1),
     runTimeoutSeconds: numArg('--run-timeout', v['run-timeout'], quick ? 60 : 300, 1),
     totalTimeoutSeconds: numArg('--timeout', v.timeout, quick ? 180 : 1800, 1),
   };

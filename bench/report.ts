@@ -118,7 +118,7 @@ export function formatTable(results: BenchResults): string {
       `${m.postgresSettings ? ` (fsync=${m.postgresSettings['fsync']}, synchronous_commit=${m.postgresSettings['synchronous_commit']})` : ''}; SQLite ${m.sqlite}; ${results.date}` +
       `${results.revision ? `; code ${results.revision}` : ''}.`,
     `Engine: concurrency ${o.concurrency} per process; Postgres pool of ${o.poolSize} per process; idle poll ${single?.settings.idlePollMs ?? '—'} ms in one process` +
-      `${multi ? `, ${multi.settings.idlePollMs} ms in the ${multi.processes}-process runs (their workers learn of new workflows by polling)` : ''}.`,
+      `${multi ? `, ${multi.settings.idlePollMs} ms in the ${multi.processes}-process runs (${multi.settings.notify ? 'the fallback: their workers learn of new workflows from LISTEN/NOTIFY, the store\'s notifications option' : 'their workers learn of new workflows by polling'})` : ''}.`,
     results.runs.some((r) => r.settings.groupCommit) || results.failures.some((f) => usesGroupCommit(f.store))
       ? '+ group commit: the Kysely store with groupCommit: true (batches of at most 16 on Postgres, up to 4 at once; 64 on SQLite, one at a time): concurrent transact calls on different workflows share one database transaction and one commit; the same workload, counters and baselines.'
       : '',

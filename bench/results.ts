@@ -59,7 +59,7 @@ export interface SagalineRun {
    */
   cpu: { nodeMsPerWorkflow: number; postgresMsPerWorkflow: number | null };
   /** Engine, store and pool settings of the run. */
-  settings: { concurrency: number; idlePollMs: number; poolSize: number | null; groupCommit: boolean };
+  settings: { concurrency: number; idlePollMs: number; poolSize: number | null; groupCommit: boolean; notify?: boolean };
 }
 
 /** A run that did not finish. */
@@ -119,6 +119,8 @@ export interface BenchResults {
     engineWarmupWorkflows?: number;
     concurrency: number;
     poolSize: number;
+    /** Absent in results written before it existed (their multi-process runs polled). */
+    wakeups?: 'notify' | 'poll';
     pollMs: number;
   };
   baselines: BenchBaselines;

@@ -121,6 +121,7 @@ async function main(options: BenchOptions): Promise<number> {
       engineWarmupWorkflows: options.engineWarmupWorkflows,
       concurrency: options.concurrency,
       poolSize: options.poolSize,
+      wakeups: options.wakeups,
       pollMs: options.pollMs,
     },
     baselines,

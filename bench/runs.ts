@@ -29,6 +29,8 @@ export interface EngineSettings {
   poolSize: number | null;
   /** The Kysely store's `groupCommit`. */
   groupCommit: boolean;
+  /** The Kysely store's `notifications` (multi-process runs: `LISTEN/NOTIFY` wake-ups). Absent in results written before it existed. */
+  notify?: boolean;
 }
 
 /** The engine's default idle poll: a single process wakes its own worker when it starts or finishes work. */

@@ -2,8 +2,11 @@
 import type { StatementCounts } from './statement-counter.js';
 
 export type ParentMessage =
-  /** `groupCommit`: the Kysely store's option of the same name. */
-  | { type: 'start'; url: string; poolSize: number; concurrency: number; idlePollMs: number; groupCommit: boolean }
+  /**
+   * `groupCommit`: the Kysely store's option of the same name. `notify`: the store's `notifications`,
+   * listening on a client of its own (`LISTEN/NOTIFY` wake-ups).
+   */
+  | { type: 'start'; url: string; poolSize: number; concurrency: number; idlePollMs: number; groupCommit: boolean; notify: boolean }
   /** From here on, count statements and CPU time for the `stopped` reply (else from `start`). */
   | { type: 'mark' }
   | { type: 'stop' };

@@ -64,6 +64,9 @@ describe('npm run bench, a short pass', () => {
       expect(r.latency.count).toBe(30);
       expect(stdout).toContain(`| sagaline: ${r.label} `);
     }
+    // The multi-process runs' workers learn of new workflows from LISTEN/NOTIFY by default, polling at the engine's default as the fallback.
+    for (const r of results.runs.filter((run) => run.processes > 1)) expect(r.settings, r.label).toMatchObject({ notify: true, idlePollMs: 1000 });
+    expect(results.options.wakeups).toBe('notify');
 
     // Every raw baseline was measured, before and after.
     for (const set of [results.baselines, results.baselines.atEnd]) {
