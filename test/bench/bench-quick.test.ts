@@ -51,11 +51,10 @@ describe('npm run bench, a short pass', () => {
     const results = JSON.parse(readFileSync(json, 'utf8')) as BenchResults;
     expect(results.failures).toEqual([]);
 
-    // One run per store and client count in one process, and the two multi-process Postgres runs.
+    // One run per store and client count in one process, and per Postgres kind and client count in two processes.
     const expected = [
       ...stores.flatMap((store) => [1, 4].map((clients) => `${store}/1/${clients}`)),
-      'postgres/2/4',
-      'postgres-group/2/4',
+      ...['postgres', 'postgres-group'].flatMap((store) => [1, 4].map((clients) => `${store}/2/${clients}`)),
     ];
     expect(results.runs.map((r) => `${r.store}/${r.processes}/${r.clients}`).sort()).toEqual(expected.sort());
     for (const r of results.runs) {
