@@ -191,9 +191,11 @@ function withAttempt<T extends object>(attempt: Attempt, fields: T): T & { reado
  * due by other processes) at most once per this many milliseconds, so that
  * under load one claim takes the work of many notifications instead of one
  * claim per notification (of which every listening process but one finds
- * nothing). An idle worker claims at once.
+ * nothing). An idle worker claims at once. In the 3-process bench with group
+ * commit at 32 clients, 10 ms ran 9% slower than workers polling every 20 ms
+ * without notifications, 25 ms as fast, 50 ms 4% slower.
  */
-const STORE_WAKE_INTERVAL_MS = 10;
+const STORE_WAKE_INTERVAL_MS = 25;
 
 /**
  * The workflow engine: starts workflows, claims due steps from the store and

@@ -236,7 +236,7 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
     }
   });
 
-  it('claims at once for a wake-up from another process when idle, and at most once per 10 ms while busy', async () => {
+  it('claims at once for a wake-up from another process when idle, and at most once per 25 ms while busy', async () => {
     const gate = deferred<void>();
     const wf = defineWorkflow({
       name: 'woken',
@@ -263,19 +263,19 @@ describe.each(storeFactories)('background worker on $name store', (factory) => {
       await until(() => completed.has(1), 'the woken workflow');
       expect(wakeable.claims()).toBe(2);
 
-      // Busy (a step in flight), 10 ms after the last claim: a wake-up claims at once.
+      // Busy (a step in flight), 25 ms after the last claim: a wake-up claims at once.
       await worker.start('woken', { tenantId: 't', input: { n: 0 } });
-      clock.advance(10);
+      clock.advance(25);
       await other.start('woken', { tenantId: 't', input: { n: 2 } });
       wakeable.wake();
       await until(() => completed.has(2), 'the workflow woken while busy');
       expect(wakeable.claims()).toBe(3);
 
-      // Busy, within 10 ms of the last claim: two wake-ups wait for the interval, then one claim takes both workflows.
+      // Busy, within 25 ms of the last claim: two wake-ups wait for the interval, then one claim takes both workflows.
       await other.start('woken', { tenantId: 't', input: { n: 3 } });
       await other.start('woken', { tenantId: 't', input: { n: 4 } });
       wakeable.wake();
-      clock.advance(9);
+      clock.advance(24);
       wakeable.wake();
       await settle();
       expect(wakeable.claims()).toBe(3);
