@@ -166,6 +166,38 @@ describe('notifications on Postgres', () => {
     expect(await wakes.settled()).toBe(4);
   });
 
+  it('sends nothing for a create that leaves no work for others: its due steps claimed by its creator, or none due now', async () => {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const client = await env.listener();
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    const writer = new KyselyWorkflowStore({ db: env.db, schema: env.schema, clock, notifications: {} });
+    const grouped = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: {}, groupCommit: true });
+    const wakes = await counting(listening, client);
+    // As an engine whose worker runs a new workflow's first step itself creates it.
+    const claimed = (id: string): CreateWorkflowInput => {
+      const input = workflow(id, ['a', 'b']);
+      const claim = { workerId: 'creator', leaseToken: `lease-${id}`, leaseExpiresAt: new Date(T0 + 30_000), callbackTokenHash: `hash-${id}` };
+      return { ...input, steps: [{ ...input.steps[0]!, claim }, input.steps[1]!] };
+    };
+
+    await writer.createWorkflow(claimed('c1'));
+    await writer.createWorkflow(workflow('n1', ['a'], null));
+    await writer.createWorkflow(workflow('l1', ['a'], new Date(T0 + 60_000)));
+    await Promise.all(['c2', 'c3', 'c4'].map((id) => grouped.createWorkflow(claimed(id))));
+    expect(await wakes.settled()).toBe(0);
+
+    // Creates of which one leaves its first step unclaimed: one notification, alone or in a batch.
+    await Promise.all([grouped.createWorkflow(claimed('c5')), grouped.createWorkflow(workflow('u1')), grouped.createWorkflow(claimed('c6'))]);
+    await expect.poll(() => wakes.count()).toBe(1);
+    await writer.createWorkflow(workflow('u2'));
+    await expect.poll(() => wakes.count()).toBe(2);
+    expect(await wakes.settled()).toBe(2);
+    for (const id of ['c1', 'n1', 'l1', 'c2', 'c3', 'c4', 'c5', 'c6', 'u1', 'u2']) expect((await writer.getWorkflow(id))?.id).toBe(id);
+    expect((await writer.getSteps('c5')).map((s) => s.status)).toEqual(['running', 'pending']);
+    await wakes.unsubscribe();
+  });
+
   it('sends one notification per group-commit batch that makes work due', async () => {
     const env = await fresh();
     const clock = createManualClock(T0);

@@ -810,9 +810,16 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   /** A create's values for {@link PgCreateWriter}, its input checked. */
   private pgCreateValues(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): PgCreateValues {
+    // The steps' values first: they check each step's dueAt and claim.
+    const steps = input.steps.map((s) => this.stepValues(s, createdAt));
+    // As a transaction's wakes(): an active workflow with a step claimable now, not claimed by its creator.
+    const at = createdAt.getTime();
+    const wakes =
+      ACTIVE_WORKFLOW_STATUSES.has(input.workflow.status) && input.steps.some((s) => !s.claim && s.dueAt !== null && s.dueAt.getTime() <= at);
     return {
+      wakes,
       workflow: workflowInsertValues(input, this.encodeTime(createdAt)),
-      steps: input.steps.map((s) => this.stepValues(s, createdAt)),
+      steps,
       history: history.map((h, i) => {
         const cells: unknown[] = [];
         pushHistoryCells(cells, h);

@@ -29,7 +29,11 @@ export interface PgCreateShape {
   stepColumns: readonly (readonly [column: string, type: CasColumnType])[];
   /** History entries without their own time take a parameter (an injected clock's now) instead of `statement_timestamp()`. */
   clock: boolean;
-  /** Each inserted row sends a `pg_notify` on a channel given as the last parameter. */
+  /**
+   * The store sends notifications: a statement whose creates leave work for
+   * other workers ({@link PgCreateValues.wakes}) sends a `pg_notify` on a
+   * channel given as the last parameter.
+   */
   notify: boolean;
   /** The comment the statements start with (the prepared-statement marker). */
   prefix: string;
@@ -43,6 +47,8 @@ export interface PgCreateValues {
   steps: unknown[][];
   /** Per history entry: its seq, its own time (null: the statement's, or the clock's), then kind to detail. */
   history: { seq: number; at: unknown; cells: unknown[] }[];
+  /** The create leaves a step claimable now without a lease: other workers are to hear of it. */
+  wakes: boolean;
 }
 
 /** What every create statement takes besides the creates' values. */
@@ -65,7 +71,8 @@ const WORKFLOW_TYPES: readonly CasColumnType[] = ['text', 'text', 'text', 'text'
 export class PgCreateWriter {
   /** Single-create texts by shape. */
   private readonly texts = new TextCache(256);
-  private batchText: string | undefined;
+  /** The batch texts, without and with the notification. */
+  private readonly batchTexts: [string | undefined, string | undefined] = [undefined, undefined];
 
   constructor(private readonly shape: PgCreateShape) {}
 
@@ -82,8 +89,9 @@ export class PgCreateWriter {
     }
     const clock = this.shape.clock && ownTimes.includes('-');
     if (clock) parameters.push(extras.now);
-    if (this.shape.notify) parameters.push(extras.channel);
-    const sql = this.texts.get(`${values.steps.length}:${ownTimes}`, () => this.singleText(values.steps.length, ownTimes, clock));
+    const notify = this.shape.notify && values.wakes;
+    if (notify) parameters.push(extras.channel);
+    const sql = this.texts.get(`${values.steps.length}:${ownTimes}${notify ? ':n' : ''}`, () => this.singleText(values.steps.length, ownTimes, clock, notify));
     return { sql, parameters };
   }
 
@@ -108,13 +116,14 @@ export class PgCreateWriter {
     }
     const parameters: unknown[] = [...workflow, ...steps, ...history];
     if (this.shape.clock) parameters.push(extras.now);
-    if (this.shape.notify) parameters.push(extras.channel);
-    this.batchText ??= this.arrayText();
-    return { sql: this.batchText, parameters };
+    const notify = this.shape.notify && list.some((values) => values.wakes);
+    if (notify) parameters.push(extras.channel);
+    const sql = (this.batchTexts[notify ? 1 : 0] ??= this.arrayText(notify));
+    return { sql, parameters };
   }
 
   /** The text of {@link single}: placeholders in the order its parameters are collected. */
-  private singleText(steps: number, ownTimes: string, clock: boolean): string {
+  private singleText(steps: number, ownTimes: string, clock: boolean, notify: boolean): string {
     let n = 0;
     const p = (type: CasColumnType) => `$${++n}::${type}`;
     const ctes = [this.workflowInsert(`values (${workflowInsertCells(WORKFLOW_TYPES.map(p))})`)];
@@ -140,11 +149,11 @@ export class PgCreateWriter {
         select ins.id, v.* from ins cross join (values ${values.join(', ')}) as v
       )`);
     }
-    return this.finish(ctes, n);
+    return this.finish(ctes, n, notify);
   }
 
   /** The text of {@link batch}. */
-  private arrayText(): string {
+  private arrayText(notify: boolean): string {
     let n = 0;
     const p = (type: CasColumnType) => `$${++n}::${type}[]`;
     const w = WORKFLOW_TYPES.map(p);
@@ -167,7 +176,7 @@ export class PgCreateWriter {
         where v.workflow_id in (select id from ins)
       )`,
     ];
-    return this.finish(ctes, n);
+    return this.finish(ctes, n, notify);
   }
 
   private workflowInsert(rows: string): string {
@@ -183,9 +192,13 @@ export class PgCreateWriter {
     return this.shape.stepColumns.map(([c]) => c).join(', ');
   }
 
-  /** The statement from its CTEs: the inserted rows, and (on commit) a notification for each. */
-  private finish(ctes: string[], parameters: number): string {
-    const notify = this.shape.notify ? `, pg_notify($${parameters + 1}::text, '') as notified` : '';
-    return `${this.shape.prefix} with ${ctes.join(', ')} select *${notify} from ins`;
+  /**
+   * The statement from its CTEs: the inserted rows, and with `notify` (on
+   * commit) one notification, sent when a row was inserted (Postgres folds
+   * the same notification sent twice in a transaction into one).
+   */
+  private finish(ctes: string[], parameters: number, notify: boolean): string {
+    const notified = notify ? `, pg_notify($${parameters + 1}::text, '') as notified` : '';
+    return `${this.shape.prefix} with ${ctes.join(', ')} select *${notified} from ins`;
   }
 }
