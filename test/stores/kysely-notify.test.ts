@@ -166,7 +166,7 @@ describe('notifications on Postgres', () => {
     expect(await wakes.settled()).toBe(4);
   });
 
-  it('sends nothing for a create that leaves no work for others: its due steps claimed by its creator, or none due now', async () => {
+  it('sends nothing for a create that leaves no work for others: its due steps claimed by its creator, or none due', async () => {
     const env = await fresh();
     const clock = createManualClock(T0);
     const client = await env.listener();
@@ -183,7 +183,6 @@ describe('notifications on Postgres', () => {
 
     await writer.createWorkflow(claimed('c1'));
     await writer.createWorkflow(workflow('n1', ['a'], null));
-    await writer.createWorkflow(workflow('l1', ['a'], new Date(T0 + 60_000)));
     await Promise.all(['c2', 'c3', 'c4'].map((id) => grouped.createWorkflow(claimed(id))));
     expect(await wakes.settled()).toBe(0);
 
@@ -193,7 +192,7 @@ describe('notifications on Postgres', () => {
     await writer.createWorkflow(workflow('u2'));
     await expect.poll(() => wakes.count()).toBe(2);
     expect(await wakes.settled()).toBe(2);
-    for (const id of ['c1', 'n1', 'l1', 'c2', 'c3', 'c4', 'c5', 'c6', 'u1', 'u2']) expect((await writer.getWorkflow(id))?.id).toBe(id);
+    for (const id of ['c1', 'n1', 'c2', 'c3', 'c4', 'c5', 'c6', 'u1', 'u2']) expect((await writer.getWorkflow(id))?.id).toBe(id);
     expect((await writer.getSteps('c5')).map((s) => s.status)).toEqual(['running', 'pending']);
     await wakes.unsubscribe();
   });

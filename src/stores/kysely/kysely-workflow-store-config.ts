@@ -85,9 +85,9 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    * channel named after the table prefix and schema.
    *
    * With this option, every write that leaves a step claimable now without a
-   * lease (a create included, unless its creator claimed every step it made
-   * due) sends one `pg_notify` in its own transaction (delivered when it
-   * commits), and with `listen` the store
+   * lease sends one `pg_notify` in its own transaction (delivered when it
+   * commits), and so does a create, unless its creator claimed every step it
+   * made due; with `listen` the store
    * offers {@link KyselyWorkflowStore.subscribe}, which the engine's worker
    * uses to wake up before its poll interval ends. Give every process that
    * writes the option, so that the others hear of its work; a process with

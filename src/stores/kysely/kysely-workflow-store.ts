@@ -812,10 +812,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private pgCreateValues(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): PgCreateValues {
     // The steps' values first: they check each step's dueAt and claim.
     const steps = input.steps.map((s) => this.stepValues(s, createdAt));
-    // As a transaction's wakes(): an active workflow with a step claimable now, not claimed by its creator.
-    const at = createdAt.getTime();
-    const wakes =
-      ACTIVE_WORKFLOW_STATUSES.has(input.workflow.status) && input.steps.some((s) => !s.claim && s.dueAt !== null && s.dueAt.getTime() <= at);
+    // An active workflow with a step due and not claimed by its creator (due later, too: a wake-up too many
+    // costs a claim, one too few a poll interval).
+    const wakes = ACTIVE_WORKFLOW_STATUSES.has(input.workflow.status) && input.steps.some((s) => !s.claim && s.dueAt !== null);
     return {
       wakes,
       workflow: workflowInsertValues(input, this.encodeTime(createdAt)),
