@@ -5,7 +5,7 @@
  *
  * Messages in: `start` (open a pool and start a worker, on a store with or
  * without group commit, and with or without `LISTEN/NOTIFY` wake-ups on a
- * client of its own, as the message says), `mark` (count statements and
+ * connection the store opens, as the message says), `mark` (count statements and
  * CPU time from here), `stop` (stop the worker, close the pool, report the
  * statements sent and the CPU time since `start` or `mark`). The process exits when
  * the parent goes away.
@@ -23,8 +23,6 @@ import type { ParentMessage, WorkerMessage } from './worker-protocol.js';
 let current: {
   engine: WorkflowEngine;
   close: () => Promise<void>;
-  /** The `LISTEN` client, with `notify`. */
-  listen: pg.Client | null;
   counter: StatementCounter;
   cpuAtStart: number;
   statementsAtStart: StatementCounts;
@@ -38,15 +36,18 @@ async function start(message: Extract<ParentMessage, { type: 'start' }>): Promis
   if (current) throw new Error('already started');
   const counter = new StatementCounter();
   const { db, close } = openPostgres(message.url, message.poolSize, counter.log);
+  // With `notify`, the store opens its LISTEN connection through this (and ends it when the worker stops).
   let listen: pg.Client | null = null;
-  if (message.notify) {
-    listen = new pg.Client({ connectionString: message.url });
-    // A lost connection (the server stopping on Ctrl-C) must not crash the process; the worker still polls.
-    listen.on('error', () => undefined);
-    await listen.connect();
-  }
+  const connect = async (): Promise<pg.Client> => {
+    const client = new pg.Client({ connectionString: message.url });
+    // A lost connection (the server stopping on Ctrl-C) must not crash the process; the store sees it end.
+    client.on('error', () => undefined);
+    await client.connect();
+    listen = client;
+    return client;
+  };
   const engine = createEngine({
-    store: new KyselyWorkflowStore({ db, groupCommit: message.groupCommit, ...(listen ? { notifications: { listen } } : {}) }),
+    store: new KyselyWorkflowStore({ db, groupCommit: message.groupCommit, ...(message.notify ? { notifications: { connect } } : {}) }),
     workflows: [benchWorkflow],
     concurrency: message.concurrency,
     idlePollMs: message.idlePollMs,
@@ -55,20 +56,20 @@ async function start(message: Extract<ParentMessage, { type: 'start' }>): Promis
   });
   engine.events.on('workflow:completed', (e) => send({ type: 'completed', workflowId: e.workflowId }));
   engine.events.on('workflow:failed', (e) => send({ type: 'failed', workflowId: e.workflowId, reason: `${e.error.code}: ${e.error.message}` }));
-  current = { engine, close, listen, counter, cpuAtStart: ownCpuMs(), statementsAtStart: NO_STATEMENTS };
+  current = { engine, close, counter, cpuAtStart: ownCpuMs(), statementsAtStart: NO_STATEMENTS };
   engine.startWorker();
   // The worker subscribes as it starts; report ready once LISTEN is in place, so that no wake-up of the run is missed.
-  if (listen) await listening(listen);
+  if (message.notify) await listening(() => listen);
   send({ type: 'ready' });
 }
 
 const LISTEN_TIMEOUT_MS = 10_000;
 
-async function listening(client: pg.Client): Promise<void> {
+async function listening(client: () => pg.Client | null): Promise<void> {
   const deadline = Date.now() + LISTEN_TIMEOUT_MS;
   for (;;) {
-    const { rows } = await client.query<{ c: string }>('select pg_listening_channels() as c');
-    if (rows.length > 0) return;
+    const current = client();
+    if (current && (await current.query<{ c: string }>('select pg_listening_channels() as c')).rows.length > 0) return;
     if (Date.now() > deadline) throw new Error(`the worker did not LISTEN within ${LISTEN_TIMEOUT_MS} ms`);
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
@@ -85,7 +86,6 @@ async function stop(): Promise<void> {
   const cpuMs = ownCpuMs() - running.cpuAtStart;
   const statements = diffCounts(running.counter.snapshot(), running.statementsAtStart);
   await running.close();
-  await running.listen?.end();
   send({ type: 'stopped', statements, cpuMs });
 }
 

@@ -19,7 +19,7 @@ export type {
   KyselyTableOptions,
   KyselyWorkflowStoreConfig,
 } from './stores/kysely/kysely-workflow-store-config.js';
-export type { PgListenClient, PgNotification } from './stores/kysely/kysely-notifications.js';
+export type { PgListenClient, PgListenConnection, PgNotification } from './stores/kysely/kysely-notifications.js';
 export { migrateToLatest } from './stores/kysely/kysely-migrations.js';
 export type { KyselyMigrationOptions, KyselyMigrationResult } from './stores/kysely/kysely-migrations.js';
 export type { HistoryTable, SagalineDatabase, StepsTable, StoredJson, StoredTimestamp, WorkflowsTable } from './stores/kysely/kysely-schema.js';

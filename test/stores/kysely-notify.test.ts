@@ -1,8 +1,9 @@
 /**
  * Wake-ups across processes on Postgres: writes that create a workflow or
  * leave a step claimable send a `NOTIFY` on commit; `subscribe` listens on a
- * client the host owns; an engine whose worker sleeps a long poll interval
- * picks up work started elsewhere because of it.
+ * client the host owns, or on connections the store opens through the
+ * host's `connect` (and opens again when one is lost); an engine whose worker
+ * sleeps a long poll interval picks up work started elsewhere because of it.
  */
 import { Kysely, sql } from 'kysely';
 import pg from 'pg';
@@ -13,7 +14,7 @@ import { defineWorkflow, step } from '../../src/core/define-workflow.js';
 import { createEngine } from '../../src/engine/workflow-engine.js';
 import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
-import { notificationChannel, type PgListenClient } from '../../src/stores/kysely/kysely-notifications.js';
+import { notificationChannel, type PgListenClient, type PgListenConnection } from '../../src/stores/kysely/kysely-notifications.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { createPostgresSchema, createSqliteDatabase, openPostgres } from '../support/databases.js';
 
@@ -48,6 +49,7 @@ function claim(leaseToken: string): ClaimRequest {
 describe('PgListenClient', () => {
   it('is what a pg.Client offers', () => {
     expectTypeOf<pg.Client>().toExtend<PgListenClient>();
+    expectTypeOf<pg.Client>().toExtend<PgListenConnection>();
   });
 
   it('names the channel after the prefix and schema, within the identifier limit', () => {
@@ -71,6 +73,24 @@ describe('KyselyWorkflowStore without notifications', () => {
       const listen = { query: async () => undefined, on: () => undefined, removeListener: () => undefined };
       expect(() => new KyselyWorkflowStore({ db: database.db, notifications: { listen } })).toThrow(/needs Postgres/);
       expect(new KyselyWorkflowStore({ db: database.db, notifications: false }).subscribe).toBeUndefined();
+    } finally {
+      await database.cleanup();
+    }
+  });
+
+  it('refuses both listen and connect, and a connect that is not a function', async () => {
+    const database = await createPostgresSchema();
+    try {
+      const listen = { query: async () => undefined, on: () => undefined, removeListener: () => undefined };
+      const connect = async () => new pg.Client();
+      expect(() => new KyselyWorkflowStore({ db: database.db, schema: database.schema, notifications: { listen, connect } })).toThrow(
+        /listen or notifications.connect, not both/,
+      );
+      const notConnect = { connect: 'postgres://' } as unknown as { connect: () => Promise<pg.Client> };
+      expect(() => new KyselyWorkflowStore({ db: database.db, schema: database.schema, notifications: notConnect })).toThrow(
+        /notifications.connect must be a function/,
+      );
+      expect(new KyselyWorkflowStore({ db: database.db, schema: database.schema, notifications: { connect } }).subscribe).toBeTypeOf('function');
     } finally {
       await database.cleanup();
     }
@@ -236,6 +256,86 @@ describe('notifications on Postgres', () => {
     expect((await client.query('select pg_listening_channels() as c')).rows).toHaveLength(1);
     await wakes.unsubscribe();
     expect((await client.query('select pg_listening_channels() as c')).rows).toHaveLength(0);
+  });
+
+  /** A `connect` for the store: each call opens a client on the schema's database, all of them kept for the test to inspect. */
+  function connector(url: string, failFirst = 0) {
+    const clients: pg.Client[] = [];
+    const pids: number[] = [];
+    let calls = 0;
+    const connect = async (): Promise<pg.Client> => {
+      calls++;
+      if (calls <= failFirst) throw new Error(`connection refused (attempt ${calls})`);
+      const client = new pg.Client({ connectionString: url });
+      client.on('error', () => undefined);
+      await client.connect();
+      pids.push((await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid);
+      clients.push(client);
+      opened.push(() => client.end().catch(() => undefined));
+      return client;
+    };
+    return { connect, clients, pids, calls: () => calls };
+  }
+
+  async function backendAlive(db: Kysely<any>, pid: number): Promise<boolean> {
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where pid = ${pid}`.execute(db);
+    return rows[0]!.n === 1;
+  }
+
+  it('with connect: listens on its own connection, opens another when it is lost, and ends it after the last subscriber', async () => {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const { connect, clients, pids, calls } = connector(env.url);
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { connect } });
+    const writer = new KyselyWorkflowStore({ db: env.db, schema: env.schema, clock, notifications: {} });
+    expect(calls()).toBe(0);
+    let wakes = 0;
+    const unsubscribe = await listening.subscribe!(() => wakes++);
+    expect(calls()).toBe(1);
+    const first = clients[0]!;
+    expect((await first.query<{ c: string }>('select pg_listening_channels() as c')).rows).toEqual([{ c: notificationChannel('sagaline_', env.schema) }]);
+    await writer.createWorkflow(workflow('w1'));
+    await expect.poll(() => wakes).toBe(1);
+
+    // The server ends the listening session: the subscriber is woken (work made due meanwhile went unheard),
+    // and the store opens another connection, listens on it, and wakes the subscriber again.
+    await sql`select pg_terminate_backend(${pids[0]!})`.execute(env.db);
+    await expect.poll(() => clients.length, { timeout: 5_000 }).toBe(2);
+    expect(calls()).toBe(2);
+    const second = clients[1]!;
+    await expect
+      .poll(async () => (await second.query<{ c: string }>('select pg_listening_channels() as c')).rows, { timeout: 5_000 })
+      .toEqual([{ c: notificationChannel('sagaline_', env.schema) }]);
+    await expect.poll(() => wakes).toBe(3);
+    await writer.createWorkflow(workflow('w2'));
+    await expect.poll(() => wakes).toBe(4);
+
+    // The last subscriber leaves: the store ends its connection.
+    const pid = pids[1]!;
+    await unsubscribe();
+    await expect.poll(() => backendAlive(env.db, pid), { timeout: 5_000 }).toBe(false);
+    await writer.createWorkflow(workflow('w3'));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(wakes).toBe(4);
+    expect(calls()).toBe(2);
+  });
+
+  it('with connect: a first connection that fails is retried in the background, and the subscriber woken once it listens', async () => {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const { connect, clients, calls } = connector(env.url, 2);
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { connect } });
+    const writer = new KyselyWorkflowStore({ db: env.db, schema: env.schema, clock, notifications: {} });
+    let wakes = 0;
+    const unsubscribe = await listening.subscribe!(() => wakes++);
+    expect(calls()).toBe(1);
+    expect(clients).toHaveLength(0);
+    // Retried after 100 ms, then 200 ms: the third attempt connects and listens, and wakes the subscriber.
+    await expect.poll(() => wakes, { timeout: 5_000 }).toBe(1);
+    expect(calls()).toBe(3);
+    await writer.createWorkflow(workflow('w1'));
+    await expect.poll(() => wakes).toBe(2);
+    await unsubscribe();
   });
 
   it('lets an engine with a one-minute poll interval pick up a workflow started by another engine at once', async () => {

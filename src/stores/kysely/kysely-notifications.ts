@@ -22,6 +22,25 @@ export interface PgListenClient {
   removeListener(event: 'notification', listener: (message: PgNotification) => void): unknown;
 }
 
+/**
+ * A connection the store opens itself for `LISTEN` (see
+ * `notifications.connect`): a connected `pg.Client`. The store ends it when
+ * the last subscriber leaves, and opens another when its connection is lost.
+ */
+export interface PgListenConnection extends PgListenClient {
+  on(event: 'notification', listener: (message: PgNotification) => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  on(event: 'end', listener: () => void): unknown;
+  removeListener(event: 'notification', listener: (message: PgNotification) => void): unknown;
+  removeListener(event: 'error', listener: (err: Error) => void): unknown;
+  removeListener(event: 'end', listener: () => void): unknown;
+  end(): Promise<void>;
+}
+
+/** Reconnection after a lost `LISTEN` connection: the first attempt after this long, doubling up to {@link RECONNECT_MAX_MS}. */
+export const RECONNECT_FIRST_MS = 100;
+const RECONNECT_MAX_MS = 30_000;
+
 /** Postgres truncates longer identifiers, and `pg_notify` rejects longer channels. */
 const MAX_CHANNEL_LENGTH = 63;
 
@@ -52,33 +71,54 @@ function hash(text: string): string {
 }
 
 /**
- * The listening side: one `LISTEN` on the host's client while at least one
- * listener is subscribed, `UNLISTEN` when the last one leaves. Listeners are
- * called for notifications on this channel only (the client may carry
- * others), and a throwing listener does not stop the rest.
+ * The listening side: one `LISTEN` while at least one listener is
+ * subscribed. Listeners are called for notifications on this channel only
+ * (the client may carry others), and a throwing listener does not stop the
+ * rest.
+ *
+ * On a client of the host's (`notifications.listen`) it runs `LISTEN` and
+ * `UNLISTEN` as subscriptions come and go, and never connects or ends the
+ * client. With a `connect` function of the host's, it opens its own
+ * connection for the first subscriber and ends it after the last; when that
+ * connection is lost it wakes every listener (work made due meanwhile went
+ * unheard), and opens another, retrying with backoff, waking them again once
+ * it listens.
  */
 export class PgWakeups {
   private readonly listeners = new Set<() => void>();
+  /** The client `LISTEN` runs on: the host's, or the connection opened last (null while there is none). */
+  private client: PgListenClient | null;
+  private readonly connect: (() => Promise<PgListenConnection>) | null;
   private listening = false;
-  /** LISTEN / UNLISTEN run one at a time, in the order subscriptions change. */
+  /** LISTEN / UNLISTEN, connecting and ending run one at a time, in the order subscriptions change. */
   private queue: Promise<void> = Promise.resolve();
+  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
+  private reconnectDelayMs = RECONNECT_FIRST_MS;
   private readonly onNotification = (message: PgNotification): void => {
-    if (message.channel !== this.channel) return;
-    for (const listener of [...this.listeners]) {
-      try {
-        listener();
-      } catch {
-        // A wake-up is a hint: one listener's failure must not keep it from the others.
-      }
-    }
+    if (message.channel === this.channel) this.wakeAll();
   };
+  /** A lost connection of our own: its `error` or `end`, whichever comes first. */
+  private readonly onLost = (): void => this.lost();
 
   constructor(
-    private readonly client: PgListenClient,
+    source: PgListenClient | { connect: () => Promise<PgListenConnection> },
     readonly channel: string,
-  ) {}
+  ) {
+    if ('connect' in source && typeof source.connect === 'function' && !('query' in source)) {
+      this.client = null;
+      this.connect = source.connect;
+    } else {
+      this.client = source as PgListenClient;
+      this.connect = null;
+    }
+  }
 
-  /** Calls `listener` on each notification of the channel until the returned function is called. */
+  /**
+   * Calls `listener` on each notification of the channel until the returned
+   * function is called. With a `connect` function, a connection that cannot
+   * be opened now is retried in the background (the listener is called once
+   * it listens), so this fails only on a host's client.
+   */
   async subscribe(listener: () => void): Promise<() => Promise<void>> {
     // A wrapper per subscription, so that subscribing the same function twice needs two unsubscribes.
     const entry = (): void => listener();
@@ -86,41 +126,115 @@ export class PgWakeups {
     try {
       await this.sync();
     } catch (err) {
-      this.listeners.delete(entry);
-      await this.sync().catch(() => undefined);
-      throw err;
+      if (this.connect) {
+        this.scheduleReconnect();
+      } else {
+        this.listeners.delete(entry);
+        await this.sync().catch(() => undefined);
+        throw err;
+      }
     }
     let done = false;
     return async () => {
       if (done) return;
       done = true;
       this.listeners.delete(entry);
+      if (this.listeners.size === 0) this.cancelReconnect();
       await this.sync();
     };
   }
 
-  /** Brings LISTEN in line with whether anyone is subscribed. */
+  private wakeAll(): void {
+    for (const listener of [...this.listeners]) {
+      try {
+        listener();
+      } catch {
+        // A wake-up is a hint: one listener's failure must not keep it from the others.
+      }
+    }
+  }
+
+  /** Brings LISTEN (and, with `connect`, the connection) in line with whether anyone is subscribed. */
   private sync(): Promise<void> {
     const next = this.queue.then(async () => {
       const want = this.listeners.size > 0;
       if (want === this.listening) return;
       const quoted = `"${this.channel.replace(/"/g, '""')}"`;
       if (want) {
-        this.client.on('notification', this.onNotification);
+        const client = this.client ?? (await this.open());
+        client.on('notification', this.onNotification);
         try {
-          await this.client.query(`LISTEN ${quoted}`);
+          await client.query(`LISTEN ${quoted}`);
         } catch (err) {
-          this.client.removeListener('notification', this.onNotification);
+          client.removeListener('notification', this.onNotification);
+          if (this.connect) await this.release();
           throw err;
         }
         this.listening = true;
       } else {
         this.listening = false;
-        this.client.removeListener('notification', this.onNotification);
-        await this.client.query(`UNLISTEN ${quoted}`);
+        const client = this.client;
+        if (!client) return;
+        client.removeListener('notification', this.onNotification);
+        // Our own connection ends, and its LISTEN with it; the host's client stays, without ours.
+        if (this.connect) await this.release();
+        else await client.query(`UNLISTEN ${quoted}`);
       }
     });
     this.queue = next.catch(() => undefined);
     return next;
+  }
+
+  /** Opens a connection of our own and watches it for loss. */
+  private async open(): Promise<PgListenClient> {
+    const connection = await this.connect!();
+    connection.on('error', this.onLost);
+    connection.on('end', this.onLost);
+    this.client = connection;
+    return connection;
+  }
+
+  /** Stops watching our connection and ends it (its errors ignored: it may be lost already). */
+  private async release(): Promise<void> {
+    const connection = this.client as PgListenConnection | null;
+    this.client = null;
+    if (!connection) return;
+    connection.removeListener('error', this.onLost);
+    connection.removeListener('end', this.onLost);
+    connection.removeListener('notification', this.onNotification);
+    await connection.end().catch(() => undefined);
+  }
+
+  private lost(): void {
+    if (!this.client) return;
+    this.listening = false;
+    void this.release();
+    // Work made due since the connection went may have gone unheard.
+    this.wakeAll();
+    this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    if (this.reconnectTimer || this.listeners.size === 0) return;
+    const timer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.sync().then(
+        () => {
+          this.reconnectDelayMs = RECONNECT_FIRST_MS;
+          if (this.listening) this.wakeAll();
+        },
+        () => {
+          this.reconnectDelayMs = Math.min(this.reconnectDelayMs * 2, RECONNECT_MAX_MS);
+          this.scheduleReconnect();
+        },
+      );
+    }, this.reconnectDelayMs);
+    (timer as { unref?: () => void }).unref?.();
+    this.reconnectTimer = timer;
+  }
+
+  private cancelReconnect(): void {
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
   }
 }

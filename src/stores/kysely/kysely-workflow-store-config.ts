@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely';
 import type { Clock } from '../../core/clock.js';
-import type { PgListenClient } from './kysely-notifications.js';
+import type { PgListenClient, PgListenConnection } from './kysely-notifications.js';
 
 /** The SQL dialects the Kysely store supports. */
 export type KyselyStoreDialect = 'postgres' | 'sqlite';
@@ -162,6 +162,33 @@ export interface KyselyNotificationOptions {
    * await listen.connect();
    * const store = new KyselyWorkflowStore({ db, notifications: { listen } });
    * ```
+   *
+   * If that client's connection is lost, workers hear nothing more and fall
+   * back to polling; {@link connect} reconnects instead.
    */
   listen?: PgListenClient;
+  /**
+   * Opens a dedicated, connected client (a `pg.Client`) for `LISTEN`: the
+   * store calls it for its first subscriber and ends the client after the
+   * last. When the client's connection is lost (its `error` or `end`), the
+   * store wakes its subscribers (work made due meanwhile went unheard), and
+   * opens another, retrying after 100 ms, doubling up to 30 s, and wakes
+   * them again once it listens. Give either this or {@link listen}.
+   *
+   * @example
+   * ```ts
+   * const store = new KyselyWorkflowStore({
+   *   db,
+   *   notifications: {
+   *     connect: async () => {
+   *       const client = new pg.Client({ connectionString });
+   *       client.on('error', () => undefined); // the store sees the loss through 'end' as well
+   *       await client.connect();
+   *       return client;
+   *     },
+   *   },
+   * });
+   * ```
+   */
+  connect?: () => Promise<PgListenConnection>;
 }

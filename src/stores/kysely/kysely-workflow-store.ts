@@ -289,10 +289,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   /**
    * Wake-ups from other processes: `listener` is called after a transaction
-   * that created a workflow or made a step claimable commits (in any process
-   * whose store has `notifications`). Resolves once `LISTEN` is in place, to
-   * an unsubscribe function. Present only when the store was given
-   * `notifications: { listen }` (Postgres); undefined otherwise.
+   * that made a step claimable commits (in any process whose store has
+   * `notifications`), and, with `notifications.connect`, when the listening
+   * connection is lost and again once another listens. Resolves once
+   * `LISTEN` is in place (with `connect`, also when the first connection
+   * failed: it is retried in the background), to an unsubscribe function.
+   * Present only when the store was given `notifications: { listen }` or
+   * `{ connect }` (Postgres); undefined otherwise.
    */
   declare readonly subscribe?: (listener: () => void) => Promise<() => Promise<void>>;
 
@@ -308,12 +311,19 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (notifications) {
       if (!this.pg) throw new TypeError('the notifications option needs Postgres (LISTEN/NOTIFY)');
       this.notifyChannel = notificationChannel(this.tables.prefix, this.tables.schema);
-      const listen = notifications.listen;
+      const { listen, connect } = notifications;
+      if (listen && connect) throw new TypeError('give notifications.listen or notifications.connect, not both');
+      if (connect !== undefined && typeof connect !== 'function') {
+        throw new TypeError('notifications.connect must be a function that resolves to a connected pg.Client');
+      }
       if (listen) {
         if (typeof listen.query !== 'function' || typeof listen.on !== 'function' || typeof listen.removeListener !== 'function') {
           throw new TypeError('notifications.listen must be a connected pg.Client (query, on, removeListener)');
         }
         const wakeups = new PgWakeups(listen, this.notifyChannel);
+        this.subscribe = (listener) => wakeups.subscribe(listener);
+      } else if (connect) {
+        const wakeups = new PgWakeups({ connect }, this.notifyChannel);
         this.subscribe = (listener) => wakeups.subscribe(listener);
       }
     }
