@@ -1037,13 +1037,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
   /** One claim statement: in the host's transaction, on its own, or (under a stricter default isolation) in a read-committed transaction. */
   private async claimPostgresRound(request: ClaimRequest, limit: number, tokens: ClaimRequest['tokens']): Promise<PgClaimResult> {
     // The host's transaction, at its isolation: as every other statement of the store in it.
-    if (this.db.isTransaction) return (await this.claimPostgresStatement(this.db, request, limit, tokens, false))!;
+    if (this.db.isTransaction) return this.claimPostgresStatement(this.db, request, limit, tokens, false);
     if (this.claimsOutsideTransaction) {
       const alone = await this.claimPostgresStatement(this.db, request, limit, tokens, true);
       if (alone) return alone;
       this.claimsOutsideTransaction = false;
     }
-    return (await this.inTransaction((trx) => this.claimPostgresStatement(trx, request, limit, tokens, false)))!;
+    return this.inTransaction((trx) => this.claimPostgresStatement(trx, request, limit, tokens, false));
   }
 
   /**
@@ -1067,6 +1067,20 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * server's default isolation, and claims nothing (returning null) unless
    * that is read committed.
    */
+  private claimPostgresStatement(
+    db: Db,
+    request: ClaimRequest,
+    limit: number,
+    tokens: ClaimRequest['tokens'],
+    outsideTransaction: true,
+  ): Promise<PgClaimResult | null>;
+  private claimPostgresStatement(
+    db: Db,
+    request: ClaimRequest,
+    limit: number,
+    tokens: ClaimRequest['tokens'],
+    outsideTransaction: false,
+  ): Promise<PgClaimResult>;
   private async claimPostgresStatement(
     db: Db,
     request: ClaimRequest,
