@@ -372,4 +372,35 @@ describe('notifications on Postgres', () => {
     expect(ran).toEqual(['first:7', 'second:7']);
     expect((await engineA.get(id)).status).toBe('completed');
   });
+
+  it('keeps waking an engine whose store opens its own LISTEN connection after that connection is lost', async () => {
+    const env = await fresh();
+    const wf = defineWorkflow({ name: 'relisten', input: z.object({ n: z.number() }), steps: { only: step({ run: (ctx) => ({ n: ctx.input.n }) }) } });
+    const { connect, clients, pids } = connector(env.url);
+    // As two processes: A only starts workflows; B's worker polls once a minute and listens through `connect`.
+    const storeA = new KyselyWorkflowStore({ db: env.db, schema: env.schema, notifications: {} });
+    const storeB = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, notifications: { connect } });
+    const engineA = createEngine({ store: storeA, workflows: [wf], idlePollMs: 60_000 });
+    const engineB = createEngine({ store: storeB, workflows: [wf], idlePollMs: 60_000 });
+    const completed: string[] = [];
+    engineB.events.on('workflow:completed', (e) => completed.push(e.workflowId));
+    engineB.startWorker();
+    opened.push(() => engineB.stop());
+    const channel = notificationChannel('sagaline_', env.schema);
+    const listening = async (i: number) => (clients[i] ? (await clients[i].query('select pg_listening_channels() as c')).rows : []);
+    await expect.poll(() => listening(0), { timeout: 5_000 }).toEqual([{ c: channel }]);
+    const first = await engineA.start('relisten', { tenantId: 't', input: { n: 1 } });
+    await expect.poll(() => completed, { timeout: 5_000, interval: 5 }).toEqual([first.id]);
+
+    // The listening session is ended by the server; the store listens again on a new connection.
+    await sql`select pg_terminate_backend(${pids[0]!})`.execute(env.db);
+    await expect.poll(() => listening(1), { timeout: 5_000 }).toEqual([{ c: channel }]);
+    const second = await engineA.start('relisten', { tenantId: 't', input: { n: 2 } });
+    await expect.poll(() => completed, { timeout: 5_000, interval: 5 }).toEqual([first.id, second.id]);
+    expect((await engineA.get(second.id)).status).toBe('completed');
+
+    // Stopping the worker ends the store's connection.
+    await engineB.stop();
+    await expect.poll(() => backendAlive(env.db, pids[1]!), { timeout: 5_000 }).toBe(false);
+  });
 });
