@@ -10,12 +10,13 @@ import pg from 'pg';
 import { afterEach, describe, expect, expectTypeOf, it } from 'vitest';
 import { z } from 'zod';
 import { createManualClock } from '../../src/core/clock.js';
-import { defineWorkflow, step } from '../../src/core/define-workflow.js';
+import { defineWorkflow, step, type WorkflowDefinition } from '../../src/core/define-workflow.js';
 import { createEngine } from '../../src/engine/workflow-engine.js';
 import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { notificationChannel, type PgListenClient, type PgListenConnection } from '../../src/stores/kysely/kysely-notifications.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
+import type { KyselyNotificationOptions } from '../../src/stores/kysely/kysely-workflow-store-config.js';
 import { createPostgresSchema, createSqliteDatabase, openPostgres } from '../support/databases.js';
 
 const T0 = Date.UTC(2026, 0, 1, 0, 0, 0, 125);
@@ -338,6 +339,22 @@ describe('notifications on Postgres', () => {
     await unsubscribe();
   });
 
+  /**
+   * Two engines on separate pools, as two processes: A only starts workflows; B's worker polls once a
+   * minute, with `notifications` as given. Returns the engines and the ids B reported completed.
+   */
+  function twoProcesses(env: Awaited<ReturnType<typeof fresh>>, wf: WorkflowDefinition<any, any>, notificationsB: KyselyNotificationOptions) {
+    const storeA = new KyselyWorkflowStore({ db: env.db, schema: env.schema, notifications: {} });
+    const storeB = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, notifications: notificationsB });
+    const engineA = createEngine({ store: storeA, workflows: [wf], idlePollMs: 60_000 });
+    const engineB = createEngine({ store: storeB, workflows: [wf], idlePollMs: 60_000 });
+    const completed: string[] = [];
+    engineB.events.on('workflow:completed', (e) => completed.push(e.workflowId));
+    engineB.startWorker();
+    opened.push(() => engineB.stop());
+    return { engineA, engineB, completed };
+  }
+
   it('lets an engine with a one-minute poll interval pick up a workflow started by another engine at once', async () => {
     const env = await fresh();
     const ran: string[] = [];
@@ -350,15 +367,7 @@ describe('notifications on Postgres', () => {
       },
     });
     const client = await env.listener();
-    // Two engines on separate pools, as two processes: A only starts workflows; B's worker polls once a minute.
-    const storeA = new KyselyWorkflowStore({ db: env.db, schema: env.schema, notifications: {} });
-    const storeB = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, notifications: { listen: client } });
-    const engineA = createEngine({ store: storeA, workflows: [wf], idlePollMs: 60_000 });
-    const engineB = createEngine({ store: storeB, workflows: [wf], idlePollMs: 60_000 });
-    const completed: string[] = [];
-    engineB.events.on('workflow:completed', (e) => completed.push(e.workflowId));
-    engineB.startWorker();
-    opened.push(() => engineB.stop());
+    const { engineA, completed } = twoProcesses(env, wf, { listen: client });
     const channel = notificationChannel('sagaline_', env.schema);
     // B's worker has listened, claimed nothing and gone to sleep for a minute.
     await expect.poll(async () => (await client.query('select pg_listening_channels() as c')).rows, { timeout: 5_000 }).toEqual([{ c: channel }]);
@@ -377,15 +386,7 @@ describe('notifications on Postgres', () => {
     const env = await fresh();
     const wf = defineWorkflow({ name: 'relisten', input: z.object({ n: z.number() }), steps: { only: step({ run: (ctx) => ({ n: ctx.input.n }) }) } });
     const { connect, clients, pids } = connector(env.url);
-    // As two processes: A only starts workflows; B's worker polls once a minute and listens through `connect`.
-    const storeA = new KyselyWorkflowStore({ db: env.db, schema: env.schema, notifications: {} });
-    const storeB = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, notifications: { connect } });
-    const engineA = createEngine({ store: storeA, workflows: [wf], idlePollMs: 60_000 });
-    const engineB = createEngine({ store: storeB, workflows: [wf], idlePollMs: 60_000 });
-    const completed: string[] = [];
-    engineB.events.on('workflow:completed', (e) => completed.push(e.workflowId));
-    engineB.startWorker();
-    opened.push(() => engineB.stop());
+    const { engineA, engineB, completed } = twoProcesses(env, wf, { connect });
     const channel = notificationChannel('sagaline_', env.schema);
     const listening = async (i: number) => (clients[i] ? (await clients[i].query('select pg_listening_channels() as c')).rows : []);
     await expect.poll(() => listening(0), { timeout: 5_000 }).toEqual([{ c: channel }]);
