@@ -38,7 +38,7 @@ export interface PgListenConnection extends PgListenClient {
 }
 
 /** Reconnection after a lost `LISTEN` connection: the first attempt after this long, doubling up to {@link RECONNECT_MAX_MS}. */
-export const RECONNECT_FIRST_MS = 100;
+const RECONNECT_FIRST_MS = 100;
 const RECONNECT_MAX_MS = 30_000;
 
 /** Postgres truncates longer identifiers, and `pg_notify` rejects longer channels. */
@@ -101,16 +101,11 @@ export class PgWakeups {
   private readonly onLost = (): void => this.lost();
 
   constructor(
-    source: PgListenClient | { connect: () => Promise<PgListenConnection> },
+    source: { listen: PgListenClient } | { connect: () => Promise<PgListenConnection> },
     readonly channel: string,
   ) {
-    if ('connect' in source && typeof source.connect === 'function' && !('query' in source)) {
-      this.client = null;
-      this.connect = source.connect;
-    } else {
-      this.client = source as PgListenClient;
-      this.connect = null;
-    }
+    this.client = 'listen' in source ? source.listen : null;
+    this.connect = 'connect' in source ? source.connect : null;
   }
 
   /**

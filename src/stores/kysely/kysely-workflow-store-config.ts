@@ -173,7 +173,10 @@ export interface KyselyNotificationOptions {
    * last. When the client's connection is lost (its `error` or `end`), the
    * store wakes its subscribers (work made due meanwhile went unheard), and
    * opens another, retrying after 100 ms, doubling up to 30 s, and wakes
-   * them again once it listens. Give either this or {@link listen}.
+   * them again once it listens. The store reports no failure of its own
+   * here (it has no logger, and workers still poll): log in `connect`, and
+   * in the client's `error` listener, what you want to see. Give either this
+   * or {@link listen}.
    *
    * @example
    * ```ts

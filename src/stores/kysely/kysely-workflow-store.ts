@@ -316,14 +316,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
       if (connect !== undefined && typeof connect !== 'function') {
         throw new TypeError('notifications.connect must be a function that resolves to a connected pg.Client');
       }
-      if (listen) {
-        if (typeof listen.query !== 'function' || typeof listen.on !== 'function' || typeof listen.removeListener !== 'function') {
-          throw new TypeError('notifications.listen must be a connected pg.Client (query, on, removeListener)');
-        }
-        const wakeups = new PgWakeups(listen, this.notifyChannel);
-        this.subscribe = (listener) => wakeups.subscribe(listener);
-      } else if (connect) {
-        const wakeups = new PgWakeups({ connect }, this.notifyChannel);
+      if (listen && (typeof listen.query !== 'function' || typeof listen.on !== 'function' || typeof listen.removeListener !== 'function')) {
+        throw new TypeError('notifications.listen must be a connected pg.Client (query, on, removeListener)');
+      }
+      const source = listen ? { listen } : connect ? { connect } : null;
+      if (source) {
+        const wakeups = new PgWakeups(source, this.notifyChannel);
         this.subscribe = (listener) => wakeups.subscribe(listener);
       }
     }
