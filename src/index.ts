@@ -97,6 +97,7 @@ export type {
   StepRecord,
   StoreListQuery,
   StoredError,
+  SubscribeOptions,
   TransactOptions,
   WorkflowPatch,
   WorkflowRecord,

@@ -607,7 +607,11 @@ export class WorkflowEngine implements WorkflowEngineApi {
     if (this.workerLoop) return;
     this.stopping = false;
     if (this.store.subscribe && !this.unsubscribe) {
-      this.unsubscribe = this.store.subscribe(() => this.wakeFromStore()).catch((err: unknown) => {
+      const wakeups = {
+        onError: (err: Error) => this.logger.warn('store wake-ups interrupted; polling until they resume', { error: describeError(err) }),
+        onResume: () => this.logger.info('store wake-ups resumed'),
+      };
+      this.unsubscribe = this.store.subscribe(() => this.wakeFromStore(), wakeups).catch((err: unknown) => {
         this.logger.warn('could not subscribe to store wake-ups; polling only', { error: describeError(err) });
         return null;
       });

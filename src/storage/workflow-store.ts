@@ -246,6 +246,18 @@ export interface StoreListQuery {
   limit: number;
 }
 
+/** Options of {@link WorkflowStore.subscribe}. */
+export interface SubscribeOptions {
+  /**
+   * Wake-ups stopped (a lost `LISTEN` connection, say), or an attempt to
+   * resume them failed. The store keeps trying by itself, and workers poll
+   * meanwhile; this is for the host's log. A throw is ignored.
+   */
+  onError?(error: Error): void;
+  /** Wake-ups work again after {@link onError}. A throw is ignored. */
+  onResume?(): void;
+}
+
 /**
  * The storage port.
  *
@@ -320,8 +332,10 @@ export interface WorkflowStore {
    * Optional wake-ups across processes: `listener` is called when another
    * process may have made work due (e.g. Postgres `LISTEN/NOTIFY`). Best
    * effort: workers still poll as a fallback. Resolves to an unsubscribe function.
+   * A store that recovers from losing its wake-ups by itself reports the
+   * loss, and its return, through `options`.
    */
-  subscribe?(listener: () => void): Promise<() => Promise<void>>;
+  subscribe?(listener: () => void, options?: SubscribeOptions): Promise<() => Promise<void>>;
   /** Releases resources the store owns (never the host's database handle). */
   close?(): Promise<void>;
 }

@@ -10,6 +10,7 @@ import pg from 'pg';
 import { afterEach, describe, expect, expectTypeOf, it } from 'vitest';
 import { z } from 'zod';
 import { createManualClock } from '../../src/core/clock.js';
+import type { Logger } from '../../src/core/logger.js';
 import { defineWorkflow, step, type WorkflowDefinition } from '../../src/core/define-workflow.js';
 import { createEngine } from '../../src/engine/workflow-engine.js';
 import type { ClaimRequest, CreateWorkflowInput, NewHistoryEntry } from '../../src/storage/workflow-store.js';
@@ -291,16 +292,21 @@ describe('notifications on Postgres', () => {
     const writer = new KyselyWorkflowStore({ db: env.db, schema: env.schema, clock, notifications: {} });
     expect(calls()).toBe(0);
     let wakes = 0;
-    const unsubscribe = await listening.subscribe!(() => wakes++);
+    const errors: Error[] = [];
+    let resumes = 0;
+    const unsubscribe = await listening.subscribe!(() => wakes++, { onError: (e) => errors.push(e), onResume: () => resumes++ });
     expect(calls()).toBe(1);
+    expect(errors).toEqual([]);
     const first = clients[0]!;
     expect((await first.query<{ c: string }>('select pg_listening_channels() as c')).rows).toEqual([{ c: notificationChannel('sagaline_', env.schema) }]);
     await writer.createWorkflow(workflow('w1'));
     await expect.poll(() => wakes).toBe(1);
 
-    // The server ends the listening session: the subscriber is woken (work made due meanwhile went unheard),
-    // and the store opens another connection, listens on it, and wakes the subscriber again.
+    // The server ends the listening session: the subscriber hears of it and is woken (work made due meanwhile
+    // went unheard), and the store opens another connection, listens on it, and wakes the subscriber again.
     await sql`select pg_terminate_backend(${pids[0]!})`.execute(env.db);
+    await expect.poll(() => errors.length, { timeout: 5_000 }).toBe(1);
+    expect(errors[0]!.message).toMatch(/terminat|ended/);
     await expect.poll(() => clients.length, { timeout: 5_000 }).toBe(2);
     expect(calls()).toBe(2);
     const second = clients[1]!;
@@ -308,6 +314,8 @@ describe('notifications on Postgres', () => {
       .poll(async () => (await second.query<{ c: string }>('select pg_listening_channels() as c')).rows, { timeout: 5_000 })
       .toEqual([{ c: notificationChannel('sagaline_', env.schema) }]);
     await expect.poll(() => wakes).toBe(3);
+    expect(resumes).toBe(1);
+    expect(errors).toHaveLength(1);
     await writer.createWorkflow(workflow('w2'));
     await expect.poll(() => wakes).toBe(4);
 
@@ -319,6 +327,8 @@ describe('notifications on Postgres', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(wakes).toBe(4);
     expect(calls()).toBe(2);
+    expect(errors).toHaveLength(1);
+    expect(resumes).toBe(1);
   });
 
   it('with connect: a first connection that fails is retried in the background, and the subscriber woken once it listens', async () => {
@@ -328,12 +338,18 @@ describe('notifications on Postgres', () => {
     const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { connect } });
     const writer = new KyselyWorkflowStore({ db: env.db, schema: env.schema, clock, notifications: {} });
     let wakes = 0;
-    const unsubscribe = await listening.subscribe!(() => wakes++);
+    const errors: string[] = [];
+    let resumes = 0;
+    const unsubscribe = await listening.subscribe!(() => wakes++, { onError: (e) => errors.push(e.message), onResume: () => resumes++ });
     expect(calls()).toBe(1);
     expect(clients).toHaveLength(0);
+    expect(errors).toEqual(['connection refused (attempt 1)']);
+    expect(resumes).toBe(0);
     // Retried after 100 ms, then 200 ms: the third attempt connects and listens, and wakes the subscriber.
     await expect.poll(() => wakes, { timeout: 5_000 }).toBe(1);
     expect(calls()).toBe(3);
+    expect(errors).toEqual(['connection refused (attempt 1)', 'connection refused (attempt 2)']);
+    expect(resumes).toBe(1);
     await writer.createWorkflow(workflow('w1'));
     await expect.poll(() => wakes).toBe(2);
     await unsubscribe();
@@ -343,11 +359,16 @@ describe('notifications on Postgres', () => {
    * Two engines on separate pools, as two processes: A only starts workflows; B's worker polls once a
    * minute, with `notifications` as given. Returns the engines and the ids B reported completed.
    */
-  function twoProcesses(env: Awaited<ReturnType<typeof fresh>>, wf: WorkflowDefinition<any, any>, notificationsB: KyselyNotificationOptions) {
+  function twoProcesses(
+    env: Awaited<ReturnType<typeof fresh>>,
+    wf: WorkflowDefinition<any, any>,
+    notificationsB: KyselyNotificationOptions,
+    loggerB?: Logger,
+  ) {
     const storeA = new KyselyWorkflowStore({ db: env.db, schema: env.schema, notifications: {} });
     const storeB = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, notifications: notificationsB });
     const engineA = createEngine({ store: storeA, workflows: [wf], idlePollMs: 60_000 });
-    const engineB = createEngine({ store: storeB, workflows: [wf], idlePollMs: 60_000 });
+    const engineB = createEngine({ store: storeB, workflows: [wf], idlePollMs: 60_000, ...(loggerB ? { logger: loggerB } : {}) });
     const completed: string[] = [];
     engineB.events.on('workflow:completed', (e) => completed.push(e.workflowId));
     engineB.startWorker();
@@ -386,16 +407,28 @@ describe('notifications on Postgres', () => {
     const env = await fresh();
     const wf = defineWorkflow({ name: 'relisten', input: z.object({ n: z.number() }), steps: { only: step({ run: (ctx) => ({ n: ctx.input.n }) }) } });
     const { connect, clients, pids } = connector(env.url);
-    const { engineA, engineB, completed } = twoProcesses(env, wf, { connect });
+    const logged: string[] = [];
+    const logger: Logger = {
+      debug: () => undefined,
+      info: (message) => logged.push(`info: ${message}`),
+      warn: (message, context) => logged.push(`warn: ${message}: ${String(context?.['error'])}`),
+      error: (message) => logged.push(`error: ${message}`),
+    };
+    const { engineA, engineB, completed } = twoProcesses(env, wf, { connect }, logger);
     const channel = notificationChannel('sagaline_', env.schema);
     const listening = async (i: number) => (clients[i] ? (await clients[i].query('select pg_listening_channels() as c')).rows : []);
     await expect.poll(() => listening(0), { timeout: 5_000 }).toEqual([{ c: channel }]);
     const first = await engineA.start('relisten', { tenantId: 't', input: { n: 1 } });
     await expect.poll(() => completed, { timeout: 5_000, interval: 5 }).toEqual([first.id]);
 
-    // The listening session is ended by the server; the store listens again on a new connection.
+    // The listening session is ended by the server; the store listens again on a new connection, and the
+    // engine logs both.
+    expect(logged).toEqual([]);
     await sql`select pg_terminate_backend(${pids[0]!})`.execute(env.db);
     await expect.poll(() => listening(1), { timeout: 5_000 }).toEqual([{ c: channel }]);
+    await expect.poll(() => logged.length).toBe(2);
+    expect(logged[0]).toMatch(/^warn: store wake-ups interrupted; polling until they resume: .*(terminat|ended)/);
+    expect(logged[1]).toBe('info: store wake-ups resumed');
     const second = await engineA.start('relisten', { tenantId: 't', input: { n: 2 } });
     await expect.poll(() => completed, { timeout: 5_000, interval: 5 }).toEqual([first.id, second.id]);
     expect((await engineA.get(second.id)).status).toBe('completed');

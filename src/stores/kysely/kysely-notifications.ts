@@ -1,3 +1,5 @@
+import type { SubscribeOptions } from '../../storage/workflow-store.js';
+
 /**
  * Wake-ups across processes on Postgres: `LISTEN` on a dedicated client of
  * the host's, and the channel that the store's writes `pg_notify`.
@@ -82,10 +84,14 @@ function hash(text: string): string {
  * connection for the first subscriber and ends it after the last; when that
  * connection is lost it wakes every listener (work made due meanwhile went
  * unheard), and opens another, retrying with backoff, waking them again once
- * it listens.
+ * it listens. Subscribers hear of the loss and of each failed attempt
+ * through their `onError`, and of the return through `onResume`.
  */
 export class PgWakeups {
-  private readonly listeners = new Set<() => void>();
+  /** Each subscription's listener and options (a wrapper per subscription: the same function subscribed twice needs two unsubscribes). */
+  private readonly listeners = new Map<() => void, SubscribeOptions>();
+  /** A loss was reported and no `onResume` has followed yet. */
+  private interrupted = false;
   /** The client `LISTEN` runs on: the host's, or the connection opened last (null while there is none). */
   private client: PgListenClient | null;
   private readonly connect: (() => Promise<PgListenConnection>) | null;
@@ -98,7 +104,8 @@ export class PgWakeups {
     if (message.channel === this.channel) this.wakeAll();
   };
   /** A lost connection of our own: its `error` or `end`, whichever comes first. */
-  private readonly onLost = (): void => this.lost();
+  private readonly onLostError = (err: Error): void => this.lost(err);
+  private readonly onLostEnd = (): void => this.lost(new Error('the LISTEN connection ended'));
 
   constructor(
     source: { listen: PgListenClient } | { connect: () => Promise<PgListenConnection> },
@@ -114,14 +121,14 @@ export class PgWakeups {
    * be opened now is retried in the background (the listener is called once
    * it listens), so this fails only on a host's client.
    */
-  async subscribe(listener: () => void): Promise<() => Promise<void>> {
-    // A wrapper per subscription, so that subscribing the same function twice needs two unsubscribes.
+  async subscribe(listener: () => void, options: SubscribeOptions = {}): Promise<() => Promise<void>> {
     const entry = (): void => listener();
-    this.listeners.add(entry);
+    this.listeners.set(entry, options);
     try {
       await this.sync();
     } catch (err) {
       if (this.connect) {
+        this.report(err);
         this.scheduleReconnect();
       } else {
         this.listeners.delete(entry);
@@ -140,11 +147,37 @@ export class PgWakeups {
   }
 
   private wakeAll(): void {
-    for (const listener of [...this.listeners]) {
+    for (const listener of [...this.listeners.keys()]) {
       try {
         listener();
       } catch {
         // A wake-up is a hint: one listener's failure must not keep it from the others.
+      }
+    }
+  }
+
+  /** Tells every subscriber that wake-ups stopped, or did not resume. */
+  private report(err: unknown): void {
+    this.interrupted = true;
+    const error = err instanceof Error ? err : new Error(String(err));
+    for (const options of [...this.listeners.values()]) {
+      try {
+        options.onError?.(error);
+      } catch {
+        // Reporting must not break the recovery.
+      }
+    }
+  }
+
+  /** Tells every subscriber that wake-ups work again, if they were told they had stopped. */
+  private resumed(): void {
+    if (!this.interrupted) return;
+    this.interrupted = false;
+    for (const options of [...this.listeners.values()]) {
+      try {
+        options.onResume?.();
+      } catch {
+        // As in report.
       }
     }
   }
@@ -183,8 +216,8 @@ export class PgWakeups {
   /** Opens a connection of our own and watches it for loss. */
   private async open(): Promise<PgListenClient> {
     const connection = await this.connect!();
-    connection.on('error', this.onLost);
-    connection.on('end', this.onLost);
+    connection.on('error', this.onLostError);
+    connection.on('end', this.onLostEnd);
     this.client = connection;
     return connection;
   }
@@ -194,16 +227,17 @@ export class PgWakeups {
     const connection = this.client as PgListenConnection | null;
     this.client = null;
     if (!connection) return;
-    connection.removeListener('error', this.onLost);
-    connection.removeListener('end', this.onLost);
+    connection.removeListener('error', this.onLostError);
+    connection.removeListener('end', this.onLostEnd);
     connection.removeListener('notification', this.onNotification);
     await connection.end().catch(() => undefined);
   }
 
-  private lost(): void {
+  private lost(err: Error): void {
     if (!this.client) return;
     this.listening = false;
     void this.release();
+    this.report(err);
     // Work made due since the connection went may have gone unheard.
     this.wakeAll();
     this.scheduleReconnect();
@@ -216,10 +250,13 @@ export class PgWakeups {
       this.sync().then(
         () => {
           this.reconnectDelayMs = RECONNECT_FIRST_MS;
-          if (this.listening) this.wakeAll();
+          if (!this.listening) return;
+          this.resumed();
+          this.wakeAll();
         },
-        () => {
+        (err: unknown) => {
           this.reconnectDelayMs = Math.min(this.reconnectDelayMs * 2, RECONNECT_MAX_MS);
+          this.report(err);
           this.scheduleReconnect();
         },
       );

@@ -173,10 +173,12 @@ export interface KyselyNotificationOptions {
    * last. When the client's connection is lost (its `error` or `end`), the
    * store wakes its subscribers (work made due meanwhile went unheard), and
    * opens another, retrying after 100 ms, doubling up to 30 s, and wakes
-   * them again once it listens. The store reports no failure of its own
-   * here (it has no logger, and workers still poll): log in `connect`, and
-   * in the client's `error` listener, what you want to see. Give either this
-   * or {@link listen}.
+   * them again once it listens. Workers poll meanwhile. The loss, each
+   * failed attempt and the return are reported to the subscribers (see
+   * `subscribe`'s `onError` and `onResume`): an engine logs them as a
+   * warning (`store wake-ups interrupted; polling until they resume`) and
+   * an info (`store wake-ups resumed`) through its `logger`. Give either
+   * this or {@link listen}.
    *
    * @example
    * ```ts
@@ -185,7 +187,7 @@ export interface KyselyNotificationOptions {
    *   notifications: {
    *     connect: async () => {
    *       const client = new pg.Client({ connectionString });
-   *       client.on('error', () => undefined); // the store sees the loss through 'end' as well
+   *       client.on('error', () => undefined); // the store hears of the loss itself
    *       await client.connect();
    *       return client;
    *     },

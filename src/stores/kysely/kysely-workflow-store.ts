@@ -14,6 +14,7 @@ import type {
   StepRecord,
   StoredError,
   StoreListQuery,
+  SubscribeOptions,
   TransactOptions,
   WorkflowPatch,
   WorkflowRecord,
@@ -295,9 +296,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * `LISTEN` is in place (with `connect`, also when the first connection
    * failed: it is retried in the background), to an unsubscribe function.
    * Present only when the store was given `notifications: { listen }` or
-   * `{ connect }` (Postgres); undefined otherwise.
+   * `{ connect }` (Postgres); undefined otherwise. With `connect`, a lost
+   * connection and each failed attempt to open another are reported to
+   * `options.onError`, and listening again to `options.onResume` (an
+   * engine logs them through its logger).
    */
-  declare readonly subscribe?: (listener: () => void) => Promise<() => Promise<void>>;
+  declare readonly subscribe?: (listener: () => void, options?: SubscribeOptions) => Promise<() => Promise<void>>;
 
   /** Creates a store over the host's Kysely instance or transaction; opens nothing. */
   constructor(config: KyselyWorkflowStoreConfig) {
@@ -322,7 +326,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       const source = listen ? { listen } : connect ? { connect } : null;
       if (source) {
         const wakeups = new PgWakeups(source, this.notifyChannel);
-        this.subscribe = (listener) => wakeups.subscribe(listener);
+        this.subscribe = (listener, options) => wakeups.subscribe(listener, options);
       }
     }
     if (this.pg && !this.db.isTransaction && config.analyze !== false) {
