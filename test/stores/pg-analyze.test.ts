@@ -74,7 +74,15 @@ describe('analyze (Postgres)', () => {
       return Object.fromEntries(runs.map((r) => [r.relname, Number(r.analyze_count) - ((setup as Record<string, number>)[r.relname] ?? 0)]));
     };
     const counts = (n: number) => ({ sagaline_history: n, sagaline_steps: n, sagaline_workflows: n });
-    return { store, createUpTo, analyzed, counts };
+    /** The columns with statistics in `pg_stats`, per table of the store. */
+    const statistics = async () => {
+      const { rows } = await sql<{ tablename: string; attname: string }>`
+        select tablename, attname from pg_stats where schemaname = ${database.schema} order by tablename, attname`.execute(database.db);
+      const byTable: Record<string, string[]> = {};
+      for (const r of rows) (byTable[r.tablename] ??= []).push(r.attname);
+      return byTable;
+    };
+    return { store, createUpTo, analyzed, counts, statistics, database };
   }
 
   it('analyzes its three tables of an empty database after its 100th create and again at each doubling', async () => {
@@ -91,6 +99,27 @@ describe('analyze (Postgres)', () => {
     expect(await analyzed()).toEqual(counts(3));
     await createUpTo(800);
     expect(await analyzed()).toEqual(counts(4));
+  });
+
+  it('gathers statistics on the columns its statements select, join or order by, and leaves the others to autovacuum', async () => {
+    const { createUpTo, analyzed, counts, statistics, database } = await fresh();
+    expect(await statistics()).toEqual({});
+    await createUpTo(100);
+    expect(await analyzed()).toEqual(counts(1));
+    expect(await statistics()).toEqual({
+      sagaline_history: ['seq', 'workflow_id'],
+      sagaline_steps: ['callback_token_hash', 'due_at', 'lease_expires_at', 'name', 'position', 'status', 'workflow_id'],
+      sagaline_workflows: ['created_at', 'id', 'idempotency_key', 'service_slug', 'status', 'tenant_id', 'type'],
+    });
+    // The row counts the planner sizes its plans by are refreshed as well.
+    const { rows } = await sql<{ relname: string; reltuples: number }>`
+      select c.relname, c.reltuples::float8 as reltuples from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where n.nspname = ${database.schema} and c.relkind = 'r' and c.relname ~ '_(workflows|steps|history)$' order by c.relname`.execute(database.db);
+    expect(rows).toEqual([
+      { relname: 'sagaline_history', reltuples: 100 },
+      { relname: 'sagaline_steps', reltuples: 100 },
+      { relname: 'sagaline_workflows', reltuples: 100 },
+    ]);
   });
 
   it('counts the workflows the table held when the store was opened, from the planner\'s estimate', async () => {

@@ -100,7 +100,10 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    * Postgres: keeps the planner's statistics of the store's tables current
    * while they grow. Each time the workflow table has doubled since the last
    * analysis, as far as the store knows, it runs `ANALYZE` on its three
-   * tables in the background, on a connection of the pool. The size starts
+   * tables in the background, on a connection of the pool: on the columns
+   * its statements and list filters select, join or order by (the JSON and
+   * other columns are left to autovacuum), which refreshes the tables' row
+   * counts as well. The size starts
    * from the planner's estimate (`pg_class.reltuples`, read once) and grows
    * by one per create of this store; an empty or never-analyzed table is
    * first analyzed after 100 creates (then at 200, 400, …), and a store

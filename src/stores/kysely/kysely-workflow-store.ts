@@ -94,6 +94,22 @@ const OPTIMISTIC_ATTEMPTS = 5;
 /** Workflows whose last written state a store remembers (the most recently written ones). */
 const SNAPSHOT_CACHE_SIZE = 4096;
 
+/**
+ * The columns the store's own `ANALYZE` (the `analyze` option) gathers
+ * statistics on: those its statements and the list filters select, join or
+ * order by. Every `ANALYZE` also refreshes the tables' row and page counts.
+ * The JSON, token and time columns that nothing filters on are left to
+ * autovacuum: on a young database they took about three quarters of the
+ * time of the store's analyses (with 3,200 workflows, 16,000 steps and
+ * 41,600 history rows, 48 ms for these columns against 155-205 ms for all,
+ * most of it on the step table's).
+ */
+const ANALYZED_COLUMNS = {
+  workflows: ['id', 'tenant_id', 'type', 'service_slug', 'status', 'idempotency_key', 'created_at'],
+  steps: ['workflow_id', 'name', 'position', 'status', 'due_at', 'lease_expires_at', 'callback_token_hash'],
+  history: ['workflow_id', 'seq'],
+} as const;
+
 /** History rows per INSERT statement (well under both databases' parameter limits). */
 const HISTORY_CHUNK = 500;
 
@@ -336,7 +352,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
           return Number(rows[0]?.['rows'] ?? 0);
         },
         analyze: async () => {
-          await sql`analyze ${sql.join([this.ref('workflows'), this.ref('steps'), this.ref('history')])}`.execute(this.db);
+          const tables = (Object.keys(ANALYZED_COLUMNS) as (keyof typeof ANALYZED_COLUMNS)[]).map(
+            (table) => sql`${this.ref(table)} (${sql.join(ANALYZED_COLUMNS[table].map((c) => sql.id(c)))})`,
+          );
+          await sql`analyze ${sql.join(tables)}`.execute(this.db);
         },
       });
     }
