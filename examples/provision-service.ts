@@ -7,6 +7,7 @@
  *   npm run demo            # PORT=3000 by default
  */
 import { mkdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { serve } from '@hono/node-server';
 import Database from 'better-sqlite3';
@@ -17,6 +18,25 @@ import { cachedStatements, KyselyWorkflowStore, migrateToLatest } from '../src/k
 import { FakeCloud, provisionServiceWorkflow } from './provision-service-workflow.js';
 
 const port = Number(process.env.PORT ?? 3000);
+if (!Number.isInteger(port) || port < 1 || port > 65535) {
+  console.error(`PORT must be a port number, got ${JSON.stringify(process.env.PORT)}`);
+  process.exit(1);
+}
+
+/** Why the demo cannot listen on the port, said plainly (another demo may be running on it and its file). */
+function cannotListen(err: NodeJS.ErrnoException): never {
+  const reason = err.code === 'EADDRINUSE' ? 'the port is in use (another demo?)' : err.message;
+  console.error(`Cannot listen on 127.0.0.1:${port}: ${reason}. Pick another port: PORT=3001 npm run demo`);
+  process.exit(1);
+}
+
+// Checked before the SQLite file is replaced, so that a second demo leaves a running one's file alone.
+await new Promise<void>((resolve) => {
+  const probe = createServer();
+  probe.once('error', cannotListen);
+  probe.listen(port, '127.0.0.1', () => probe.close(() => resolve()));
+});
+
 const dir = join(process.cwd(), '.sagaline');
 const file = join(dir, 'demo.sqlite');
 mkdirSync(dir, { recursive: true });
@@ -36,7 +56,8 @@ const workflow = provisionServiceWorkflow(cloud, (workflowId, token) => vendorTo
 const store = new KyselyWorkflowStore({ db });
 const engine = createEngine({ store, workflows: [workflow], concurrency: 8, idlePollMs: 250 });
 
-const short = (id: string) => id.slice(0, 12);
+// Ids lead with their creation time, so workflows started together share a prefix: show the random tail.
+const short = (id: string) => `wf_…${id.slice(-8)}`;
 const print = (line: string) => console.log(`  ${new Date().toISOString().slice(11, 23)}  ${line}`);
 engine.events.on('workflow:started', (e) => print(`workflow ${short(e.workflowId)} started (${e.tenantId})`));
 engine.events.on('step:started', (e) => print(`${short(e.workflowId)} ${e.stepName}: running (attempt ${e.attempt})`));
@@ -98,6 +119,8 @@ const stuck = await engine.start('provision_service', { tenantId: 'initech', ser
 await waitFor(stuck.id, (d) => stepStatus(d, 'vendor_account') === 'waiting_callback');
 
 const server = serve({ fetch: handler, port, hostname: '127.0.0.1' });
+server.once('error', cannotListen);
+await new Promise<void>((resolve) => server.once('listening', () => resolve()));
 const base = `http://127.0.0.1:${port}/api/v1`;
 const auth = `-H 'Authorization: Bearer ${ADMIN_TOKEN}'`;
 console.log(`

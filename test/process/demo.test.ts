@@ -1,0 +1,98 @@
+/**
+ * `npm run demo`, as the README has a user run it: the demo starts, seeds its
+ * workflows on its SQLite file, serves the API, and the commands it prints
+ * work; a second demo on the same port says why it cannot start and leaves
+ * the first one's file alone; Ctrl-C stops it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const TSX = join(root, 'node_modules', 'tsx', 'dist', 'cli.mjs');
+const DEMO = join(root, 'examples', 'provision-service.ts');
+
+interface Demo {
+  child: ChildProcess;
+  output: () => string;
+  exited: Promise<number | null>;
+}
+
+function startDemo(cwd: string, port: number): Demo {
+  const child = spawn(process.execPath, [TSX, DEMO], { cwd, env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
+  child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return { child, output: () => output, exited };
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+    });
+  });
+}
+
+async function until<T>(check: () => T | Promise<T>, what: string, limitMs = 60_000): Promise<NonNullable<T>> {
+  const deadline = Date.now() + limitMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('npm run demo', () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    while (cleanups.length) await cleanups.pop()!();
+  });
+
+  it('seeds its workflows, serves the commands it prints, refuses a second demo on its port, and stops on Ctrl-C', async () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'sagaline-demo-'));
+    cleanups.push(() => rmSync(cwd, { recursive: true, force: true }));
+    const port = await freePort();
+    const demo = startDemo(cwd, port);
+    cleanups.push(() => void (demo.child.exitCode === null && demo.child.kill('SIGKILL')));
+    await until(() => demo.output().includes('Press Ctrl-C to stop.') || demo.child.exitCode !== null, 'the demo to start');
+    expect(demo.child.exitCode, demo.output()).toBeNull();
+    const out = demo.output();
+    expect(out).toContain(`sagaline demo listening on http://127.0.0.1:${port}`);
+
+    const base = `http://127.0.0.1:${port}/api/v1`;
+    const token = /Admin token: (\S+)/.exec(out)![1]!;
+    const admin = { authorization: `Bearer ${token}` };
+    const list = async () => (await (await fetch(`${base}/admin/provisioning/workflows`, { headers: admin })).json()) as { data: { id: string; tenant_id: string; status: string }[] };
+    const seeded = (await list()).data;
+    expect(seeded.map((w) => `${w.tenant_id}:${w.status}`).sort()).toEqual(['acme:completed', 'globex:failed', 'initech:running', 'initech:running']);
+
+    // The printed callback command completes the workflow initech waits on.
+    const callback = /-d '(\{"callback_token"[^']*)' '([^']+)'/.exec(out)!;
+    expect(callback[2]).toBe(`${base}/provisioning/callback`);
+    const delivered = await fetch(callback[2]!, { method: 'POST', headers: { 'content-type': 'application/json' }, body: callback[1] });
+    expect(delivered.status).toBe(200);
+    const waitingId = /\/provisioning\/workflows\/(wf_\w+)\/force-complete/.exec(out)![1]!;
+    const completedIds = async () => (await list()).data.filter((w) => w.tenant_id === 'initech' && w.status === 'completed' && w.id !== waitingId);
+    await until(async () => (await completedIds()).length === 1, 'the called-back workflow to complete');
+
+    // A second demo on the same port stops before touching the first one's file.
+    const second = startDemo(cwd, port);
+    expect(await second.exited).toBe(1);
+    expect(second.output()).toContain(`Cannot listen on 127.0.0.1:${port}: the port is in use`);
+    expect((await list()).data).toHaveLength(4);
+
+    demo.child.kill('SIGINT');
+    expect(await demo.exited).toBe(0);
+    expect(demo.output()).toContain('Stopped.');
+  });
+});
