@@ -1,11 +1,11 @@
-import type { SubscribeOptions } from '../../storage/workflow-store.js';
-
 /**
  * Wake-ups across processes on Postgres: `LISTEN` on a dedicated client of
  * the host's, and the channel that the store's writes `pg_notify`.
  *
  * @module
  */
+
+import type { SubscribeOptions } from '../../storage/workflow-store.js';
 
 /** A notification as `pg` delivers it. */
 export interface PgNotification {
