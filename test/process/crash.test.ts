@@ -1,6 +1,6 @@
 /**
  * Engine processes that die or freeze in the middle of a step, on one Postgres
- * database (DESIGN.md §6): a lease that is kept alive is never taken, a lease
+ * database: a lease that is kept alive is never taken, a lease
  * that expires is reclaimed by another process which finishes the workflow,
  * completed steps never run again, and a frozen process that comes back with
  * a result after its lease was reclaimed is turned away by the lease fence.

@@ -1,6 +1,5 @@
 /**
- * A graceful stop while steps run (`engine.stop()`, DESIGN.md §9 "background
- * loop, graceful"): the handlers already running finish and their results are
+ * A graceful stop while steps run (`engine.stop()`): the handlers already running finish and their results are
  * stored before `stop()` resolves, nothing new starts once the stop was
  * requested, and the host can then close its database and exit without any
  * step having to run again elsewhere.

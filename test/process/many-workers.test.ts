@@ -1,5 +1,5 @@
 /**
- * Several engine processes on one Postgres database (DESIGN.md §6): every
+ * Several engine processes on one Postgres database: every
  * step runs exactly once and is recorded exactly once, with claims racing
  * across processes (`FOR UPDATE SKIP LOCKED`) and chained claims inside result
  * transactions.

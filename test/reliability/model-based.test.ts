@@ -7,7 +7,7 @@
  * toggle handler, poll and compensation success / failure, force-complete,
  * retry a step, roll back — and runs them against a real engine on each
  * store. After every command the stored state is checked against a small
- * reference model of the status rules (DESIGN.md §3–4):
+ * reference model of the status rules (README, "Status model"):
  *
  * - the admin operations succeed exactly when the rules allow them from the
  *   state just before (otherwise `conflict`, or `not_found` for an unknown

@@ -1,7 +1,6 @@
 /**
  * Application clocks an hour apart on one Postgres database whose store has no
- * injected clock (issue 6, item 6; DESIGN.md §6 "a skewed app clock cannot
- * reclaim early"). One engine process runs an hour ahead, one an hour behind
+ * injected clock (a skewed application clock cannot reclaim early). One engine process runs an hour ahead, one an hour behind
  * (`Date.now` and the engine's `clock`); lease expiry, due times and poll
  * times all come from the database, so:
  * - no live lease is reclaimed (a step held for several lease lengths, kept by

@@ -1,7 +1,6 @@
 /**
  * The same idempotency key started many times at once from several processes
- * (issue 6, item 5; DESIGN.md §6 "a repeated start returns the existing
- * workflow"): one workflow, one set of steps, one `start` history row, one
+ * (a repeated start returns the existing workflow): one workflow, one set of steps, one `start` history row, one
  * `workflow:started` event, and every caller gets its id.
  */
 import { sql } from 'kysely';

@@ -1,6 +1,6 @@
 /**
  * SIGKILL at exact points of a step's life, on a SQLite file and on Postgres
- * shared by processes (issue 6, items 1 and 2). The engine process kills
+ * shared by processes. The engine process kills
  * itself where told (see `KillPoint` in `test/support/engine-process.ts`),
  * after writing a marker; a second process then finishes the work.
  *

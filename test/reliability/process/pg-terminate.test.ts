@@ -1,6 +1,6 @@
 /**
- * The database drops the engine's connections (issue 6, item 7, the Postgres
- * half): `pg_terminate_backend` of every connection of two engine processes,
+ * The database drops the engine's connections (Postgres):
+ * `pg_terminate_backend` of every connection of two engine processes,
  * at random moments for a few seconds — idle between steps, or busy in a
  * claim, a result transaction or a heartbeat. The engines retry (a failed
  * claim is retried, a lost result write is redone after its lease expires), a

@@ -1,5 +1,5 @@
 /**
- * The status rules of DESIGN.md §3–4 as checks over stored state: a
+ * The status rules (README, "Status model") as checks over stored state: a
  * workflow's history replayed against the transition tables and against what
  * each transition requires (who may make it, in which workflow status), and
  * the row invariants that hold whenever no transaction is half-applied.
