@@ -22,13 +22,34 @@ interface Demo {
   exited: Promise<number | null>;
 }
 
+/**
+ * Starts the demo as `npm run demo` does, through the `tsx` CLI, in a process
+ * group of its own: `tsx` runs the demo in a child process, and a signal for
+ * the group reaches both, as Ctrl-C in a terminal does (a SIGKILL of `tsx`
+ * alone would leave the demo running).
+ */
 function startDemo(cwd: string, port: number): Demo {
-  const child = spawn(process.execPath, [TSX, DEMO], { cwd, env: { ...process.env, PORT: String(port) }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [TSX, DEMO], {
+    cwd,
+    env: { ...process.env, PORT: String(port) },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
   let output = '';
   child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
   child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString('utf8')));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   return { child, output: () => output, exited };
+}
+
+/** Sends `signal` to the demo's process group; false once the group is gone. */
+function signalDemo(demo: Demo, signal: NodeJS.Signals): boolean {
+  try {
+    process.kill(-demo.child.pid!, signal);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function freePort(): Promise<number> {
@@ -63,7 +84,7 @@ describe('npm run demo', () => {
     cleanups.push(() => rmSync(cwd, { recursive: true, force: true }));
     const port = await freePort();
     const demo = startDemo(cwd, port);
-    cleanups.push(() => void (demo.child.exitCode === null && demo.child.kill('SIGKILL')));
+    cleanups.push(() => void signalDemo(demo, 'SIGKILL'));
     await until(() => demo.output().includes('Press Ctrl-C to stop.') || demo.child.exitCode !== null, 'the demo to start');
     expect(demo.child.exitCode, demo.output()).toBeNull();
     const out = demo.output();
@@ -87,11 +108,13 @@ describe('npm run demo', () => {
 
     // A second demo on the same port stops before touching the first one's file.
     const second = startDemo(cwd, port);
+    cleanups.push(() => void signalDemo(second, 'SIGKILL'));
     expect(await second.exited).toBe(1);
     expect(second.output()).toContain(`Cannot listen on 127.0.0.1:${port}: the port is in use`);
     expect((await list()).data).toHaveLength(4);
 
-    demo.child.kill('SIGINT');
+    // Ctrl-C.
+    expect(signalDemo(demo, 'SIGINT')).toBe(true);
     expect(await demo.exited).toBe(0);
     expect(demo.output()).toContain('Stopped.');
   });
