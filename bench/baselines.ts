@@ -6,7 +6,7 @@
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import pg from 'pg';
-import { ownCpuMs, processTreeCpuMs } from './cpu.js';
+import { idleShare, machineTicks, ownCpuMs, processTreeCpuMs, type MachineTicks } from './cpu.js';
 import { Latencies, type LatencySummary } from './stats.js';
 import { openSqliteFile } from './sqlite.js';
 
@@ -19,23 +19,29 @@ export interface BaselineResult {
   seconds: number;
   /** Latency of one UPDATE, as seen by its connection. */
   latency: LatencySummary;
-  /** CPU milliseconds per commit: this (Node) process, and the Postgres server. */
-  cpu: { nodeMsPerCommit: number; postgresMsPerCommit: number | null };
+  /**
+   * CPU milliseconds per commit: this (Node) process, and the Postgres server;
+   * and the share of the machine's CPU time that was idle meanwhile.
+   */
+  cpu: { nodeMsPerCommit: number; postgresMsPerCommit: number | null; machineIdle: number | null };
 }
 
-/** CPU of this process and of the Postgres server (when its pid is known). */
-function cpuNow(serverPid: number | null): { node: number; postgres: number | null } {
-  return { node: ownCpuMs(), postgres: serverPid === null ? null : processTreeCpuMs(serverPid) };
+interface CpuNow {
+  node: number;
+  postgres: number | null;
+  machine: MachineTicks | null;
 }
 
-function cpuPerCommit(
-  before: { node: number; postgres: number | null },
-  after: { node: number; postgres: number | null },
-  commits: number,
-): BaselineResult['cpu'] {
+/** CPU of this process, of the Postgres server (when its pid is known), and of the machine. */
+function cpuNow(serverPid: number | null): CpuNow {
+  return { node: ownCpuMs(), postgres: serverPid === null ? null : processTreeCpuMs(serverPid), machine: machineTicks() };
+}
+
+function cpuPerCommit(before: CpuNow, after: CpuNow, commits: number): BaselineResult['cpu'] {
   return {
     nodeMsPerCommit: (after.node - before.node) / commits,
     postgresMsPerCommit: after.postgres !== null && before.postgres !== null ? (after.postgres - before.postgres) / commits : null,
+    machineIdle: idleShare(before.machine, after.machine),
   };
 }
 

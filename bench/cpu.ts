@@ -1,7 +1,8 @@
 /**
- * CPU time spent during a run: this process (`process.cpuUsage()`), and the
- * Postgres server (the postmaster and all its processes, from `/proc`). On a
- * machine with few cores this says whether a run was CPU-bound, and where.
+ * CPU time spent during a run: this process (`process.cpuUsage()`), the
+ * Postgres server (the postmaster and all its processes, from `/proc`), and
+ * the whole machine's idle time (`/proc/stat`). On a machine with few cores
+ * this says whether a run was CPU-bound, and where.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 
@@ -9,6 +10,32 @@ import { readdirSync, readFileSync } from 'node:fs';
 export function ownCpuMs(): number {
   const u = process.cpuUsage();
   return (u.user + u.system) / 1000;
+}
+
+/** The machine's CPU time in ticks, all cores together: idle (and waiting for I/O), and in all. */
+export interface MachineTicks {
+  idle: number;
+  total: number;
+}
+
+/** The first line of `/proc/stat`; null where it is not readable (not Linux). */
+export function machineTicks(): MachineTicks | null {
+  try {
+    const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+    if (!line.startsWith('cpu ')) return null;
+    // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+    const f = line.trim().split(/\s+/).slice(1, 9).map(Number);
+    if (f.length < 8 || f.some((n) => !Number.isFinite(n))) return null;
+    return { idle: f[3]! + f[4]!, total: f.reduce((a, b) => a + b, 0) };
+  } catch {
+    return null;
+  }
+}
+
+/** The share of the machine's CPU time that was idle between two readings (null without both, or no time between). */
+export function idleShare(before: MachineTicks | null, after: MachineTicks | null): number | null {
+  if (!before || !after || after.total <= before.total) return null;
+  return (after.idle - before.idle) / (after.total - before.total);
 }
 
 /** Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux). */

@@ -16,7 +16,7 @@ import { KyselyWorkflowStore } from '../src/kysely.js';
 import { onCleanup } from './cleanup.js';
 import { benchLogger } from './logger.js';
 import { openPostgres } from './postgres.js';
-import { assembleRun, cpuReading, cpuSince, WARMUP_FIRST_NUMBER, type EngineSettings, type RunContext } from './runs.js';
+import { assembleRun, cpuReading, cpuSince, WARMUP_FIRST_NUMBER, type CpuUse, type EngineSettings, type RunContext } from './runs.js';
 import type { SagalineRun } from './results.js';
 import { diffCounts, StatementCounter, sumCounts, type StatementCounts } from './statement-counter.js';
 import { kindLabel, kindSlug, usesGroupCommit } from './store-kinds.js';
@@ -133,7 +133,7 @@ export async function runMultiProcess(ctx: RunContext, kind: 'postgres' | 'postg
       warmup: number,
       count: number,
       firstNumber: number,
-    ): Promise<{ loop: ClosedLoopResult; statements: StatementCounts; cpu: { nodeMs: number; postgresMs: number | null } }> => {
+    ): Promise<{ loop: ClosedLoopResult; statements: StatementCounts; cpu: CpuUse }> => {
       const tracker = new CompletionTracker();
       const ready = workers.map((w) => w.next('ready', REPLY_TIMEOUT_MS));
       for (const w of workers) {
@@ -156,7 +156,7 @@ export async function runMultiProcess(ctx: RunContext, kind: 'postgres' | 'postg
           start: async (n) => (await starter.start(BENCH_WORKFLOW, benchStartOptions(n))).id,
         });
       let loop: ClosedLoopResult;
-      let ownCpu: { nodeMs: number; postgresMs: number | null };
+      let ownCpu: CpuUse;
       let ownStatements: StatementCounts;
       try {
         if (warmup > 0) await loopOf(warmup, WARMUP_FIRST_NUMBER);
@@ -175,7 +175,7 @@ export async function runMultiProcess(ctx: RunContext, kind: 'postgres' | 'postg
       for (const w of workers) w.send({ type: 'stop' });
       const replies = await Promise.all(stopped);
       // The workers' CPU runs from their mark to their stop, a little more than the measured loop.
-      const cpu = { nodeMs: ownCpu.nodeMs + replies.reduce((sum, r) => sum + r.cpuMs, 0), postgresMs: ownCpu.postgresMs };
+      const cpu = { ...ownCpu, nodeMs: ownCpu.nodeMs + replies.reduce((sum, r) => sum + r.cpuMs, 0) };
       for (const w of workers) w.tracker = null;
       return { loop, statements: sumCounts([ownStatements, ...replies.map((r) => r.statements)]), cpu };
     };

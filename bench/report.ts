@@ -67,6 +67,7 @@ export function formatTable(results: BenchResults): string {
     'write tx/wf',
     'stmts/step',
     'CPU ms/wf node+pg',
+    'CPU idle',
     '% of raw commits/s',
   ];
   const rows: string[][] = [];
@@ -76,7 +77,7 @@ export function formatTable(results: BenchResults): string {
     const cpu = `${fixed(b.cpu.nodeMsPerCommit, 2)}${b.cpu.postgresMsPerCommit !== null ? `+${fixed(b.cpu.postgresMsPerCommit, 2)}` : ''} per commit`;
     const rate = end ? `${int(b.commitsPerSec)} → ${int(end.commitsPerSec)} commits/s` : `${int(b.commitsPerSec)} commits/s`;
     if (end && Math.max(b.commitsPerSec, end.commitsPerSec) > 1.25 * Math.min(b.commitsPerSec, end.commitsPerSec)) drifted.push(name.replace(/^raw: /, ''));
-    rows.push([name, '1', String(b.connections), '—', rate, ms(b.latency.p50Ms), ms(b.latency.p99Ms), '1', '1', '1', cpu, '100%']);
+    rows.push([name, '1', String(b.connections), '—', rate, ms(b.latency.p50Ms), ms(b.latency.p99Ms), '1', '1', '1', cpu, idle(b.cpu.machineIdle), '100%']);
   };
   const end = results.baselines.atEnd;
   baselineRow('raw: Postgres single-row UPDATE, 1 connection', results.baselines.postgres1, end?.postgres1);
@@ -95,11 +96,12 @@ export function formatTable(results: BenchResults): string {
       r.transactions ? fixed(r.transactions.writePerWorkflow) : '—',
       r.statements ? fixed(r.statements.perStep) : '—',
       `${fixed(r.cpu.nodeMsPerWorkflow, 2)}${r.cpu.postgresMsPerWorkflow !== null ? `+${fixed(r.cpu.postgresMsPerWorkflow, 2)}` : ''}`,
+      idle(r.cpu.machineIdle),
       r.baseline ? pct(r.baseline.stepsPerSecRatio) : '—',
     ]);
   }
   for (const f of results.failures) {
-    rows.push([`sagaline: ${f.label}`, String(f.processes), String(f.clients), 'FAILED', '', '', '', '', '', '', '', '']);
+    rows.push([`sagaline: ${f.label}`, String(f.processes), String(f.clients), 'FAILED', '', '', '', '', '', '', '', '', '']);
   }
   const right = header.map((_, i) => i > 0);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -129,6 +131,7 @@ export function formatTable(results: BenchResults): string {
     'tx/wf (all): committed transactions per workflow, read-only ones included, over the warm-up and measured workflows together (Postgres: pg_stat_database.xact_commit; SQLite: counted on the connection).',
     'write tx/wf: transactions that wrote (Postgres: assigned a transaction id; SQLite: committed to the WAL). stmts/step: SQL statements per step (round trips on Postgres), start() included.',
     `CPU ms/wf: CPU time per workflow of the Node processes (SQLite runs in them) + the Postgres server; ${m.nproc} cores give at most ${int(m.nproc * 1000)} ms of CPU per second.`,
+    `CPU idle: the share of the machine's CPU time (all cores, from /proc/stat) that was idle during the run: well above zero, the run waited on something other than the CPU (a single thread, the disk, a lock).`,
   ].filter((l) => l !== '');
   return [line(header), rule, ...rows.map(line), '', ...legend].join('\n');
 }
@@ -150,4 +153,9 @@ function pct(ratio: number): string {
   if (!Number.isFinite(ratio)) return '—';
   const p = ratio * 100;
   return `${p >= 10 ? p.toFixed(0) : p.toFixed(1)}%`;
+}
+
+/** A share of idle CPU time as a whole percentage, or a dash where it was not measured. */
+function idle(share: number | null): string {
+  return share === null ? '—' : `${Math.round(share * 100)}%`;
 }

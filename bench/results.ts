@@ -55,9 +55,10 @@ export interface SagalineRun {
   /**
    * CPU milliseconds per workflow during the measured pass: every Node process
    * of the run (this one and engine workers; SQLite's work is in there too), and
-   * the Postgres server (all its processes).
+   * the Postgres server (all its processes); and the share of the machine's
+   * CPU time (all cores) that was idle meanwhile, where `/proc/stat` is readable.
    */
-  cpu: { nodeMsPerWorkflow: number; postgresMsPerWorkflow: number | null };
+  cpu: { nodeMsPerWorkflow: number; postgresMsPerWorkflow: number | null; machineIdle: number | null };
   /** Engine, store and pool settings of the run. */
   settings: { concurrency: number; idlePollMs: number; poolSize: number | null; groupCommit: boolean; notify?: boolean };
 }

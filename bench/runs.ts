@@ -5,7 +5,7 @@
  */
 import { createEngine, type WorkflowStore } from '../src/index.js';
 import { onCleanup } from './cleanup.js';
-import { ownCpuMs, processTreeCpuMs } from './cpu.js';
+import { idleShare, machineTicks, ownCpuMs, processTreeCpuMs, type MachineTicks } from './cpu.js';
 import { benchLogger } from './logger.js';
 import type { BenchOptions } from './options.js';
 import type { BenchPostgres } from './postgres.js';
@@ -90,7 +90,7 @@ export async function runInProcess(ctx: RunContext, kind: StoreKind, clients: nu
   let loop: ClosedLoopResult;
   let statementsBefore: StatementCounts | null;
   let statementsAfter: StatementCounts | null;
-  let cpu: { nodeMs: number; postgresMs: number | null };
+  let cpu: CpuUse;
   try {
     if (options.warmupWorkflows > 0) {
       await driveEngine(open.store, settings, options.warmupWorkflows, clients, WARMUP_FIRST_NUMBER, options.runTimeoutSeconds * 1000);
@@ -183,15 +183,24 @@ export function applyBaselines(runs: SagalineRun[], baselines: BenchBaselines): 
   }
 }
 
-/** CPU times at one moment: this process, and the Postgres server if it runs. */
+/** CPU times at one moment: this process, the Postgres server if it runs, and the machine. */
 export interface CpuReading {
   nodeMs: number;
   postgresMs: number | null;
+  machine: MachineTicks | null;
 }
 
 export function cpuReading(ctx: RunContext): CpuReading {
   const pid = ctx.postgres?.pid ?? null;
-  return { nodeMs: ownCpuMs(), postgresMs: pid === null ? null : processTreeCpuMs(pid) };
+  return { nodeMs: ownCpuMs(), postgresMs: pid === null ? null : processTreeCpuMs(pid), machine: machineTicks() };
+}
+
+/** CPU used during a run (see {@link cpuSince}). */
+export interface CpuUse {
+  nodeMs: number;
+  postgresMs: number | null;
+  /** The share of the machine's CPU time that was idle, all cores together. */
+  machineIdle: number | null;
 }
 
 /**
@@ -199,17 +208,18 @@ export function cpuReading(ctx: RunContext): CpuReading {
  * run. Read it while the run's connections are still open: the CPU time of a
  * server process that has exited is not visible until Postgres reaps it.
  */
-export function cpuSince(ctx: RunContext, before: CpuReading, otherNodeMs: number): { nodeMs: number; postgresMs: number | null } {
+export function cpuSince(ctx: RunContext, before: CpuReading, otherNodeMs: number): CpuUse {
   const now = cpuReading(ctx);
   return {
     nodeMs: now.nodeMs - before.nodeMs + otherNodeMs,
     postgresMs: now.postgresMs !== null && before.postgresMs !== null ? now.postgresMs - before.postgresMs : null,
+    machineIdle: idleShare(before.machine, now.machine),
   };
 }
 
 export function assembleRun(input: {
   label: string;
-  cpu: { nodeMs: number; postgresMs: number | null };
+  cpu: CpuUse;
   store: StoreKind;
   processes: number;
   loop: ClosedLoopResult;
@@ -254,6 +264,7 @@ export function assembleRun(input: {
     cpu: {
       nodeMsPerWorkflow: perWorkflow(input.cpu.nodeMs),
       postgresMsPerWorkflow: databaseOf(input.store) === 'postgres' && input.cpu.postgresMs !== null ? perWorkflow(input.cpu.postgresMs) : null,
+      machineIdle: input.cpu.machineIdle,
     },
     settings: input.settings,
   };

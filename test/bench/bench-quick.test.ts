@@ -62,7 +62,11 @@ describe('npm run bench, a short pass', () => {
       expect(r.workflowsPerSec).toBeGreaterThan(0);
       expect(r.latency.count).toBe(30);
       expect(stdout).toContain(`| sagaline: ${r.label} `);
+      // The machine's idle share during the run, read from /proc/stat (Linux, as on the machines this runs on).
+      expect(r.cpu.machineIdle, r.label).toBeGreaterThanOrEqual(0);
+      expect(r.cpu.machineIdle, r.label).toBeLessThanOrEqual(1);
     }
+    expect(stdout).toContain('| CPU idle |');
     // The multi-process runs' workers learn of new workflows from LISTEN/NOTIFY by default, polling at the engine's default as the fallback.
     for (const r of results.runs.filter((run) => run.processes > 1)) expect(r.settings, r.label).toMatchObject({ notify: true, idlePollMs: 1000 });
     expect(results.options.wakeups).toBe('notify');
@@ -72,6 +76,8 @@ describe('npm run bench, a short pass', () => {
       expect(set?.sqlite?.commitsPerSec).toBeGreaterThan(0);
       expect(set?.postgres1?.commitsPerSec).toBeGreaterThan(0);
       expect(set?.postgres8?.commitsPerSec).toBeGreaterThan(0);
+      expect(set?.postgres8?.cpu.machineIdle).toBeGreaterThanOrEqual(0);
+      expect(set?.postgres8?.cpu.machineIdle).toBeLessThanOrEqual(1);
     }
 
     // Each step's result is committed on its own at 1 client (at least 5 write transactions), and the
