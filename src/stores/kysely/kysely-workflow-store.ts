@@ -23,7 +23,7 @@ import type {
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
 import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
-import { CasWriter, HISTORY_COLUMNS, jsonText, pushHistoryCells, type CasItem } from './kysely-cas-write.js';
+import { CasWriter, HISTORY_COLUMNS, jsonText, pushHistoryCells, timeParameter, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { DatabaseClockEstimate } from './database-clock.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
@@ -1017,13 +1017,14 @@ export class KyselyWorkflowStore implements WorkflowStore {
       }
       if (checkedDate(claim.leaseExpiresAt, 'leaseExpiresAt') === null) throw new TypeError('claim.leaseExpiresAt is required');
     }
+    const dueAt = checkedDate(s.dueAt, 'dueAt');
     return [
       s.name,
       s.position,
       JSON.stringify([...s.dependsOn]),
       claim ? 'running' : 'pending',
       s.maxAttempts,
-      this.encode('time', checkedDate(s.dueAt, 'dueAt')),
+      dueAt === null ? null : this.encodeTime(dueAt),
       claim ? 1 : 0,
       claim ? this.encodeTime(createdAt) : null,
       claim?.workerId ?? null,
@@ -1826,7 +1827,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
    */
   private async flushBatch(trx: Db, txs: KyselyTransaction[], now: Date): Promise<void> {
     if (txs.length === 0) return;
-    const nowCell: Cell = { kind: 'time', value: this.encodeTime(now) };
+    const nowCell: Cell = { kind: 'time', value: this.encode('time', now) };
     const workflowGroups: BatchGroups['workflows'] = new Map();
     const stepGroups: BatchGroups['steps'] = new Map();
     const history: HistoryRow[] = [];
@@ -2053,15 +2054,21 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return this.nowSql(leaseMs);
   }
 
+  /** A time as a statement parameter. SQLite: epoch milliseconds. Postgres: ISO text (see {@link timeParameter}). */
   private encodeTime(date: Date): unknown {
-    return this.pg ? date : date.getTime();
+    return this.pg ? timeParameter(date) : date.getTime();
   }
 
+  /**
+   * A value as a transaction's cell, which becomes a parameter and is decoded
+   * back into the remembered state ({@link decodeCell}). Times stay `Date`s
+   * on Postgres (the compare-and-set write makes them parameters).
+   */
   private encode(kind: ColumnKind, value: unknown): unknown {
     if (value === null || value === undefined) return null;
     switch (kind) {
       case 'time':
-        return this.encodeTime(value as Date);
+        return this.pg ? (value as Date) : (value as Date).getTime();
       case 'json':
         return jsonText(value);
       default:
