@@ -523,8 +523,9 @@ describe.each(['sqlite', 'postgres'] as const)('group commit of creates on %s', 
     const batches: number[] = [];
     const store = made.logged((event) => {
       const text = event.query.sql.replace(STATEMENT_MARKER, '').trim();
-      // Postgres: a batch's creates are one statement whose first parameter holds their ids. SQLite: one transaction per batch.
-      if (dialect === 'postgres' && text.startsWith('with w as')) batches.push((event.query.parameters[0] as unknown[]).length);
+      // Postgres: a batch's creates are one statement whose first parameter is the array literal of their ids
+      // (`{"d00","d01",…}`; these ids hold no comma). SQLite: one transaction per batch.
+      if (dialect === 'postgres' && text.startsWith('with w as')) batches.push((event.query.parameters[0] as string).slice(1, -1).split(',').length);
       if (dialect === 'sqlite' && text === 'commit') batches.push(-1);
     });
     await store.check();

@@ -114,7 +114,7 @@ export class PgCreateWriter {
         h.cells.forEach((value, i) => history[i + 3]!.push(value));
       }
     }
-    const parameters: unknown[] = [...workflow, ...steps, ...history];
+    const parameters: unknown[] = [...workflow, ...steps, ...history].map(arrayLiteral);
     if (this.shape.clock) parameters.push(extras.now);
     const notify = this.shape.notify && list.some((values) => values.wakes);
     if (notify) parameters.push(extras.channel);
@@ -201,4 +201,41 @@ export class PgCreateWriter {
     const notified = notify ? `, pg_notify($${parameters + 1}::text, '') as notified` : '';
     return `${this.shape.prefix} with ${ctes.join(', ')} select *${notified} from ins`;
   }
+}
+
+/** An element that must be escaped inside a quoted array element. */
+const ARRAY_ESCAPE = /["\\]/;
+const ARRAY_ESCAPE_ALL = /["\\]/g;
+
+/**
+ * A one-dimensional Postgres array literal (`{"a","b",NULL}`) of the values
+ * of one column, as text the statement casts to the column's array type.
+ * The `pg` driver would build it from a JavaScript array itself, element by
+ * element through several small strings each; this joins a column whose
+ * values need no escaping in one step. Each element is quoted, `"` and `\`
+ * escaped with a backslash, and null is `NULL`; numbers and booleans are
+ * their text, a `Date` its ISO text, and any other object its JSON.
+ */
+export function arrayLiteral(values: readonly unknown[]): string {
+  let plain = true;
+  for (const value of values) {
+    if (typeof value !== 'string' || ARRAY_ESCAPE.test(value)) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) return values.length === 0 ? '{}' : `{"${(values as readonly string[]).join('","')}"}`;
+  const elements = values.map((value) => {
+    if (value === null || value === undefined) return 'NULL';
+    const text =
+      typeof value === 'string'
+        ? value
+        : typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean'
+          ? String(value)
+          : value instanceof Date
+            ? value.toISOString()
+            : JSON.stringify(value);
+    return `"${ARRAY_ESCAPE.test(text) ? text.replace(ARRAY_ESCAPE_ALL, '\\$&') : text}"`;
+  });
+  return `{${elements.join(',')}}`;
 }
