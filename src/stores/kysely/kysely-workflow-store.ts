@@ -2323,7 +2323,9 @@ function toCells(
   encode: (kind: ColumnKind, value: unknown) => unknown,
 ): [column: string, cell: Cell, field: string][] {
   const cells: [string, Cell, string][] = [];
-  for (const [key, value] of Object.entries(patch)) {
+  // Keys, not entries: no pair array per field (this runs for every write).
+  for (const key of Object.keys(patch)) {
+    const value = (patch as Record<string, unknown>)[key];
     // `undefined` leaves the column as it is, as in a partial SQL update.
     if (value === undefined) continue;
     const column = columns[key];
