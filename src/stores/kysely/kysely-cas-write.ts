@@ -283,9 +283,10 @@ export class CasWriter {
     for (const { tx, version, wakes } of items) {
       const id = tx.workflowId;
       if (wakes) wakeIds.push(id);
-      const row = maskedRow(shape.workflowColumns, tx.workflowCells);
       const now = timeParameter(tx.now);
-      workflows.push(id, version, row.mask, now, tx.historySeq + tx.history.length, ...row.values);
+      const at = workflows.length;
+      workflows.push(id, version, 0, now, tx.historySeq + tx.history.length);
+      workflows[at + 2] = pushMaskedRow(workflows, shape.workflowColumns, tx.workflowCells);
       counts.workflows++;
       for (const [name, write] of tx.stepWrites) {
         if (write.fence) {
@@ -294,8 +295,9 @@ export class CasWriter {
         }
         // A write with no column matters only for its fence.
         if (write.cells.size === 0) continue;
-        const stepRow = maskedRow(shape.stepColumns, write.cells);
-        steps.push(id, name, stepRow.mask, ...stepRow.values);
+        const at = steps.length;
+        steps.push(id, name, 0);
+        steps[at + 2] = pushMaskedRow(steps, shape.stepColumns, write.cells);
         counts.steps++;
       }
       tx.history.forEach((h, i) => {
@@ -314,7 +316,7 @@ export class CasWriter {
     counts.fences = pad(fences, counts.fences, 3);
     counts.steps = pad(steps, counts.steps, 3 + shape.stepColumns.length);
     counts.history = pad(history, counts.history, HISTORY_COLUMNS.length);
-    const parameters = [...workflows, ...fences, ...steps, ...history];
+    const parameters = workflows.concat(fences, steps, history);
     if (shape.channel !== undefined) parameters.push(shape.channel, wakeIds);
     return { parameters, counts };
   }
@@ -352,16 +354,19 @@ function columnIndexes(part: string): number[] {
   return part.split(',').slice(1).map(Number);
 }
 
-/** A row's value for every column (null where it sets none) and the mask of the columns it sets. */
-function maskedRow(columns: CasShape['stepColumns'], cells: ReadonlyMap<string, CasCell>): { mask: number; values: unknown[] } {
+/** Pushes a row's value for every column (null where it sets none) onto `out`; returns the mask of the columns it sets. */
+function pushMaskedRow(out: unknown[], columns: CasShape['stepColumns'], cells: ReadonlyMap<string, CasCell>): number {
   let mask = 0;
-  const values = columns.map(([column], i) => {
-    const cell = cells.get(column);
-    if (!cell) return null;
+  for (let i = 0; i < columns.length; i++) {
+    const cell = cells.get(columns[i]![0]);
+    if (cell === undefined) {
+      out.push(null);
+      continue;
+    }
     mask |= 1 << i;
-    return cellParameter(cell.value);
-  });
-  return { mask, values };
+    out.push(cellParameter(cell.value));
+  }
+  return mask;
 }
 
 /** A cell's value as a parameter: times (kept as `Date`s in cells) as {@link timeParameter} text. */
