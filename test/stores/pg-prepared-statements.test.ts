@@ -61,6 +61,35 @@ describe('preparedStatements', () => {
     expect((await prepared()).filter((s) => s === text)).toHaveLength(2);
   });
 
+  it("hands Kysely one connection object per pooled client: the dialect's onCreateConnection runs once per connection, not per query", async () => {
+    const database = await createPostgresDatabase();
+    cleanups.push(() => database.cleanup());
+    const pool = new pg.Pool({ connectionString: database.url, max: 2 });
+    const created: number[] = [];
+    const db = new Kysely<any>({
+      dialect: new PostgresDialect({
+        pool: preparedStatements(pool),
+        onCreateConnection: async (connection) => {
+          const { rows } = await connection.executeQuery<{ pid: number }>({
+            sql: 'select pg_backend_pid() as pid',
+            parameters: [],
+            query: { kind: 'RawNode', sqlFragments: [], parameters: [] } as never,
+            queryId: { queryId: 'pid' },
+          });
+          created.push(rows[0]!.pid);
+        },
+      }),
+    });
+    cleanups.push(() => db.destroy());
+    const text = `${STATEMENT_MARKER} select $1::int as n`;
+    // One after another, then two at a time: the pool opens at most its two connections.
+    for (let n = 0; n < 10; n++) expect((await run<{ n: number }>(db, text, [n])).rows).toEqual([{ n }]);
+    for (let n = 0; n < 10; n++) await Promise.all([run(db, text, [n]), sql`select pg_sleep(0.001)`.execute(db)]);
+    expect(created.length).toBeGreaterThanOrEqual(1);
+    expect(created.length).toBeLessThanOrEqual(2);
+    expect(new Set(created).size).toBe(created.length);
+  });
+
   it('refuses what is not a pool, and a bad limit', () => {
     expect(() => preparedStatements({} as never)).toThrow(/pg Pool/);
     expect(() => preparedStatements(new pg.Pool(), { maxPerConnection: -1 })).toThrow(/maxPerConnection/);

@@ -72,39 +72,47 @@ export function preparedStatements<P extends PoolLike>(pool: P, options: Prepare
     }
     return name;
   };
-  // Per connection: the names it has prepared (pg keeps the statements for the connection's life).
-  const prepared = new WeakMap<object, Set<string>>();
+  /**
+   * One wrapper per pooled client, handed out on every checkout of that client: Kysely keeps its
+   * connection object (and calls the dialect's `onCreateConnection`) per client object, so a new
+   * wrapper per checkout would look like a new connection every time. The wrapper holds the names the
+   * client has prepared (pg keeps the statements for the connection's life).
+   */
+  const wrappers = new WeakMap<PoolClientLike, PoolClientLike>();
+  const wrap = (client: PoolClientLike): PoolClientLike => {
+    const own = new Set<string>();
+    return {
+      query(...args: any[]): any {
+        const [text, values] = args;
+        if (typeof text === 'string' && text.startsWith(STATEMENT_MARKER) && Array.isArray(values) && values.length > 0) {
+          const name = nameOf(text);
+          if (own.has(name) || own.size < max) {
+            own.add(name);
+            return (client.query({ name, text, values }) as Promise<unknown>).catch((err: unknown) => {
+              if (!isStalePlan(err)) throw err;
+              // A table changed under the statement (a migration added a column): prepare the text
+              // again under a new name, for every connection. Inside a transaction the retry fails
+              // with the aborted transaction, and the caller's next attempt uses the new name.
+              if (names.get(text) === name) names.delete(text);
+              const fresh = nameOf(text);
+              own.add(fresh);
+              return client.query({ name: fresh, text, values }) as Promise<unknown>;
+            });
+          }
+        }
+        return client.query(...args);
+      },
+      release(destroy?: boolean | Error) {
+        client.release(destroy);
+      },
+    };
+  };
   return {
     async connect() {
       const client = await pool.connect();
-      let own = prepared.get(client);
-      if (!own) prepared.set(client, (own = new Set()));
-      const names_ = own;
-      return {
-        query(...args: any[]): any {
-          const [text, values] = args;
-          if (typeof text === 'string' && text.startsWith(STATEMENT_MARKER) && Array.isArray(values) && values.length > 0) {
-            const name = nameOf(text);
-            if (names_.has(name) || names_.size < max) {
-              names_.add(name);
-              return (client.query({ name, text, values }) as Promise<unknown>).catch((err: unknown) => {
-                if (!isStalePlan(err)) throw err;
-                // A table changed under the statement (a migration added a column): prepare the text
-                // again under a new name, for every connection. Inside a transaction the retry fails
-                // with the aborted transaction, and the caller's next attempt uses the new name.
-                if (names.get(text) === name) names.delete(text);
-                const fresh = nameOf(text);
-                names_.add(fresh);
-                return client.query({ name: fresh, text, values }) as Promise<unknown>;
-              });
-            }
-          }
-          return client.query(...args);
-        },
-        release(destroy?: boolean | Error) {
-          client.release(destroy);
-        },
-      };
+      let wrapper = wrappers.get(client);
+      if (!wrapper) wrappers.set(client, (wrapper = wrap(client)));
+      return wrapper;
     },
     end: () => pool.end(),
   };
