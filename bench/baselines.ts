@@ -6,7 +6,7 @@
  */
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import pg from 'pg';
-import { idleShare, machineTicks, ownCpuMs, processTreeCpuMs, type MachineTicks } from './cpu.js';
+import { cpuBetween, readCpu, type CpuReading } from './cpu.js';
 import { Latencies, type LatencySummary } from './stats.js';
 import { openSqliteFile } from './sqlite.js';
 
@@ -26,22 +26,12 @@ export interface BaselineResult {
   cpu: { nodeMsPerCommit: number; postgresMsPerCommit: number | null; machineIdle: number | null };
 }
 
-interface CpuNow {
-  node: number;
-  postgres: number | null;
-  machine: MachineTicks | null;
-}
-
-/** CPU of this process, of the Postgres server (when its pid is known), and of the machine. */
-function cpuNow(serverPid: number | null): CpuNow {
-  return { node: ownCpuMs(), postgres: serverPid === null ? null : processTreeCpuMs(serverPid), machine: machineTicks() };
-}
-
-function cpuPerCommit(before: CpuNow, after: CpuNow, commits: number): BaselineResult['cpu'] {
+function cpuPerCommit(before: CpuReading, after: CpuReading, commits: number): BaselineResult['cpu'] {
+  const used = cpuBetween(before, after);
   return {
-    nodeMsPerCommit: (after.node - before.node) / commits,
-    postgresMsPerCommit: after.postgres !== null && before.postgres !== null ? (after.postgres - before.postgres) / commits : null,
-    machineIdle: idleShare(before.machine, after.machine),
+    nodeMsPerCommit: used.nodeMs / commits,
+    postgresMsPerCommit: used.postgresMs === null ? null : used.postgresMs / commits,
+    machineIdle: used.machineIdle,
   };
 }
 
@@ -72,13 +62,13 @@ export async function postgresUpdateRate(url: string, connections: number, secon
     };
     const warmUntil = performance.now() + WARMUP_MS;
     await Promise.all(clients.map((c, i) => loop(c, i + 1, warmUntil, false)));
-    const cpuBefore = cpuNow(serverPid);
+    const cpuBefore = readCpu(serverPid);
     const start = performance.now();
     const until = start + seconds * 1000;
     const counts = await Promise.all(clients.map((c, i) => loop(c, i + 1, until, true)));
     const elapsed = (performance.now() - start) / 1000;
     const commits = counts.reduce((a, b) => a + b, 0);
-    const cpu = cpuPerCommit(cpuBefore, cpuNow(serverPid), commits);
+    const cpu = cpuPerCommit(cpuBefore, readCpu(serverPid), commits);
     return { connections, commitsPerSec: commits / elapsed, commits, seconds: elapsed, latency: latencies.summary(), cpu };
   } finally {
     await Promise.all(clients.map((c) => c.end().catch(() => undefined)));
@@ -108,11 +98,11 @@ export async function sqliteUpdateRate(file: string, seconds: number): Promise<B
       return n;
     };
     await loop(performance.now() + WARMUP_MS, false);
-    const cpuBefore = cpuNow(null);
+    const cpuBefore = readCpu(null);
     const start = performance.now();
     const commits = await loop(start + seconds * 1000, true);
     const elapsed = (performance.now() - start) / 1000;
-    const cpu = cpuPerCommit(cpuBefore, cpuNow(null), commits);
+    const cpu = cpuPerCommit(cpuBefore, readCpu(null), commits);
     return { connections: 1, commitsPerSec: commits / elapsed, commits, seconds: elapsed, latency: latencies.summary(), cpu };
   } finally {
     db.close();

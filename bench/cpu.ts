@@ -92,3 +92,30 @@ export function processTreeCpuMs(rootPid: number): number | null {
   }
   return (ticks * 1000) / TICKS_PER_SECOND;
 }
+
+/** CPU times at one moment: this process, the Postgres server (when its pid is known), and the machine. */
+export interface CpuReading {
+  nodeMs: number;
+  postgresMs: number | null;
+  machine: MachineTicks | null;
+}
+
+export function readCpu(serverPid: number | null): CpuReading {
+  return { nodeMs: ownCpuMs(), postgresMs: serverPid === null ? null : processTreeCpuMs(serverPid), machine: machineTicks() };
+}
+
+/** CPU used between two readings. */
+export interface CpuUse {
+  nodeMs: number;
+  postgresMs: number | null;
+  /** The share of the machine's CPU time that was idle, all cores together. */
+  machineIdle: number | null;
+}
+
+export function cpuBetween(before: CpuReading, after: CpuReading): CpuUse {
+  return {
+    nodeMs: after.nodeMs - before.nodeMs,
+    postgresMs: after.postgresMs !== null && before.postgresMs !== null ? after.postgresMs - before.postgresMs : null,
+    machineIdle: idleShare(before.machine, after.machine),
+  };
+}

@@ -5,7 +5,7 @@
  */
 import { createEngine, type WorkflowStore } from '../src/index.js';
 import { onCleanup } from './cleanup.js';
-import { idleShare, machineTicks, ownCpuMs, processTreeCpuMs, type MachineTicks } from './cpu.js';
+import { cpuBetween, readCpu, type CpuReading, type CpuUse } from './cpu.js';
 import { benchLogger } from './logger.js';
 import type { BenchOptions } from './options.js';
 import type { BenchPostgres } from './postgres.js';
@@ -183,24 +183,11 @@ export function applyBaselines(runs: SagalineRun[], baselines: BenchBaselines): 
   }
 }
 
-/** CPU times at one moment: this process, the Postgres server if it runs, and the machine. */
-export interface CpuReading {
-  nodeMs: number;
-  postgresMs: number | null;
-  machine: MachineTicks | null;
-}
+export type { CpuUse } from './cpu.js';
 
+/** CPU times now: this process, the run's Postgres server if it runs, and the machine. */
 export function cpuReading(ctx: RunContext): CpuReading {
-  const pid = ctx.postgres?.pid ?? null;
-  return { nodeMs: ownCpuMs(), postgresMs: pid === null ? null : processTreeCpuMs(pid), machine: machineTicks() };
-}
-
-/** CPU used during a run (see {@link cpuSince}). */
-export interface CpuUse {
-  nodeMs: number;
-  postgresMs: number | null;
-  /** The share of the machine's CPU time that was idle, all cores together. */
-  machineIdle: number | null;
+  return readCpu(ctx.postgres?.pid ?? null);
 }
 
 /**
@@ -209,12 +196,8 @@ export interface CpuUse {
  * server process that has exited is not visible until Postgres reaps it.
  */
 export function cpuSince(ctx: RunContext, before: CpuReading, otherNodeMs: number): CpuUse {
-  const now = cpuReading(ctx);
-  return {
-    nodeMs: now.nodeMs - before.nodeMs + otherNodeMs,
-    postgresMs: now.postgresMs !== null && before.postgresMs !== null ? now.postgresMs - before.postgresMs : null,
-    machineIdle: idleShare(before.machine, now.machine),
-  };
+  const used = cpuBetween(before, cpuReading(ctx));
+  return { ...used, nodeMs: used.nodeMs + otherNodeMs };
 }
 
 export function assembleRun(input: {
