@@ -15,7 +15,7 @@
  * @module
  */
 import type { CasColumnType } from './kysely-cas-write.js';
-import { HISTORY_COLUMNS, HISTORY_TYPES } from './kysely-cas-write.js';
+import { HISTORY_COLUMNS, HISTORY_TYPES, timeParameter } from './kysely-cas-write.js';
 import { TextCache } from './text-cache.js';
 import { WORKFLOW_INSERT_COLUMNS, WORKFLOW_VALUE_COLUMNS, workflowInsertCells } from './workflow-insert.js';
 
@@ -214,7 +214,7 @@ const ARRAY_ESCAPE_ALL = /["\\]/g;
  * element through several small strings each; this joins a column whose
  * values need no escaping in one step. Each element is quoted, `"` and `\`
  * escaped with a backslash, and null is `NULL`; numbers and booleans are
- * their text, a `Date` its ISO text, and any other object its JSON.
+ * their text, a `Date` its {@link timeParameter} text, and any other object its JSON.
  */
 export function arrayLiteral(values: readonly unknown[]): string {
   let plain = true;
@@ -233,7 +233,7 @@ export function arrayLiteral(values: readonly unknown[]): string {
         : typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean'
           ? String(value)
           : value instanceof Date
-            ? value.toISOString()
+            ? timeParameter(value)
             : JSON.stringify(value);
     return `"${ARRAY_ESCAPE.test(text) ? text.replace(ARRAY_ESCAPE_ALL, '\\$&') : text}"`;
   });
