@@ -505,11 +505,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (query.status !== undefined) q = q.where('status', '=', query.status);
     if (query.type !== undefined) q = q.where('type', '=', query.type);
     if (query.serviceSlug !== undefined) q = q.where('service_slug', '=', query.serviceSlug);
-    if (query.createdAfter !== undefined) q = q.where('created_at', '>=', this.encodeTime(query.createdAfter));
-    if (query.createdBefore !== undefined) q = q.where('created_at', '<', this.encodeTime(query.createdBefore));
+    if (query.createdAfter !== undefined) q = q.where('created_at', '>=', this.timeParam(query.createdAfter));
+    if (query.createdBefore !== undefined) q = q.where('created_at', '<', this.timeParam(query.createdBefore));
     const after = query.after;
     if (after !== undefined) {
-      const at = this.encodeTime(after.createdAt);
+      const at = this.timeParam(after.createdAt);
       q = q.where((eb) => eb(eb.refTuple('created_at', 'id'), '<', eb.tuple(at, after.id)));
     }
     return q
@@ -848,18 +848,18 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const wakes = ACTIVE_WORKFLOW_STATUSES.has(input.workflow.status) && input.steps.some((s) => !s.claim && s.dueAt !== null);
     return {
       wakes,
-      workflow: workflowInsertValues(input, this.encodeTime(createdAt)),
+      workflow: workflowInsertValues(input, this.timeParam(createdAt)),
       steps,
       history: history.map((h, i) => {
         const cells: unknown[] = [];
         pushHistoryCells(cells, h);
-        return { seq: i + 1, at: h.at ? this.encodeTime(h.at) : null, cells };
+        return { seq: i + 1, at: h.at ? this.timeParam(h.at) : null, cells };
       }),
     };
   }
 
   private pgCreateExtras(): PgCreateExtras {
-    return { now: this.clock ? this.encodeTime(new Date(this.clock.now())) : undefined, channel: this.notifyChannel };
+    return { now: this.clock ? this.timeParam(new Date(this.clock.now())) : undefined, channel: this.notifyChannel };
   }
 
   /** The create statements' builder (on first use). */
@@ -1024,12 +1024,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
       JSON.stringify([...s.dependsOn]),
       claim ? 'running' : 'pending',
       s.maxAttempts,
-      dueAt === null ? null : this.encodeTime(dueAt),
+      dueAt === null ? null : this.timeParam(dueAt),
       claim ? 1 : 0,
-      claim ? this.encodeTime(createdAt) : null,
+      claim ? this.timeParam(createdAt) : null,
       claim?.workerId ?? null,
       claim?.leaseToken ?? null,
-      claim ? this.encodeTime(claim.leaseExpiresAt) : null,
+      claim ? this.timeParam(claim.leaseExpiresAt) : null,
       claim?.callbackTokenHash ?? null,
     ];
   }
@@ -1420,7 +1420,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const stepWrites = [...tx.stepWrites].filter(([, write]) => write.cells.size > 0 || write.fence !== null);
     if (!this.pg) return this.flushSqlite(trx, tx, history, stepWrites, expectVersion);
 
-    const now = this.param('time', this.encodeTime(tx.now));
+    const now = this.param('time', this.timeParam(tx.now));
     const workflowSets = [sql`updated_at = ${now}`, sql`version = version + 1`, ...[...tx.workflowCells].map(([column, cell]) => sql`${sql.ref(column)} = ${this.param(cell.kind, cell.value)}`)];
     if (history.length > 0) workflowSets.push(sql`last_history_seq = ${this.param('int', tx.historySeq + history.length)}`);
     const workflowUpdate = sql`update ${this.ref('workflows')} set ${sql.join(workflowSets)} where id = ${workflowId}`;
@@ -1873,7 +1873,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         pieces.push({ ...piece, params: rows.length * perRow, stepRows: rows.length, firstStep: [rows[0]!.workflowId, rows[0]!.name] });
       }
     }
-    const nowSql = this.param('time', this.encodeTime(now));
+    const nowSql = this.param('time', this.timeParam(now));
     for (const rows of chunk(history, HISTORY_CHUNK)) {
       pieces.push({ sql: this.historyInsertSql(rows, nowSql), params: rows.length * HISTORY_COLUMNS.length, stepRows: 0, firstStep: null, counted: false });
     }
@@ -1949,7 +1949,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   /** The cells of one history row after `(workflow_id, seq)`, in {@link HISTORY_COLUMNS} order. */
   private historyCells(h: NewHistoryEntry, defaultAt: RawBuilder<unknown>): RawBuilder<unknown>[] {
     return [
-      h.at ? this.param('time', this.encodeTime(h.at)) : defaultAt,
+      h.at ? this.param('time', this.timeParam(h.at)) : defaultAt,
       this.param('text', h.kind),
       this.param('text', h.stepName),
       this.param('text', h.from),
@@ -2044,7 +2044,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   /** The store's time in SQL: the injected clock as a parameter, the statement's time on Postgres, else the JS clock. */
   private nowSql(offsetMs: number | undefined): RawBuilder<unknown> {
     const offset = offsetMs ?? 0;
-    if (this.clock) return this.param('time', this.encodeTime(new Date(this.clock.now() + offset)));
+    if (this.clock) return this.param('time', this.timeParam(new Date(this.clock.now() + offset)));
     if (!this.pg) return sql`${Date.now() + offset}`;
     return offset === 0 ? sql`statement_timestamp()` : sql`(statement_timestamp() + ${offset}::double precision * interval '1 millisecond')`;
   }
@@ -2054,8 +2054,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return this.nowSql(leaseMs);
   }
 
-  /** A time as a statement parameter. SQLite: epoch milliseconds. Postgres: ISO text (see {@link timeParameter}). */
-  private encodeTime(date: Date): unknown {
+  /**
+   * A time as a statement parameter. SQLite: epoch milliseconds. Postgres: ISO
+   * text (see {@link timeParameter}). Not for a transaction's cells, which
+   * {@link encode} makes and {@link decodeCell} reads back.
+   */
+  private timeParam(date: Date): unknown {
     return this.pg ? timeParameter(date) : date.getTime();
   }
 
