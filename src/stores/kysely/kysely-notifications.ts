@@ -92,9 +92,12 @@ export class PgWakeups {
   private readonly listeners = new Map<() => void, SubscribeOptions>();
   /** A loss was reported and no `onResume` has followed yet. */
   private interrupted = false;
-  /** The client `LISTEN` runs on: the host's, or the connection opened last (null while there is none). */
-  private client: PgListenClient | null;
+  /** The host's client (`notifications.listen`): never connected, ended or replaced here. */
+  private readonly hostClient: PgListenClient | null;
+  /** Opens a connection of our own (`notifications.connect`). */
   private readonly connect: (() => Promise<PgListenConnection>) | null;
+  /** Our own connection, while one is open. */
+  private connection: PgListenConnection | null = null;
   private listening = false;
   /** LISTEN / UNLISTEN, connecting and ending run one at a time, in the order subscriptions change. */
   private queue: Promise<void> = Promise.resolve();
@@ -111,7 +114,7 @@ export class PgWakeups {
     source: { listen: PgListenClient } | { connect: () => Promise<PgListenConnection> },
     readonly channel: string,
   ) {
-    this.client = 'listen' in source ? source.listen : null;
+    this.hostClient = 'listen' in source ? source.listen : null;
     this.connect = 'connect' in source ? source.connect : null;
   }
 
@@ -189,24 +192,26 @@ export class PgWakeups {
       if (want === this.listening) return;
       const quoted = `"${this.channel.replace(/"/g, '""')}"`;
       if (want) {
-        const client = this.client ?? (await this.open());
+        const client = this.hostClient ?? this.connection ?? (await this.open());
         client.on('notification', this.onNotification);
         try {
           await client.query(`LISTEN ${quoted}`);
         } catch (err) {
           client.removeListener('notification', this.onNotification);
-          if (this.connect) await this.release();
+          await this.release();
           throw err;
         }
         this.listening = true;
       } else {
         this.listening = false;
-        const client = this.client;
-        if (!client) return;
-        client.removeListener('notification', this.onNotification);
-        // Our own connection ends, and its LISTEN with it; the host's client stays, without ours.
-        if (this.connect) await this.release();
-        else await client.query(`UNLISTEN ${quoted}`);
+        if (this.hostClient) {
+          // The host's client stays, without our listener and our LISTEN.
+          this.hostClient.removeListener('notification', this.onNotification);
+          await this.hostClient.query(`UNLISTEN ${quoted}`);
+        } else {
+          // Our own connection ends, and its LISTEN with it.
+          await this.release();
+        }
       }
     });
     this.queue = next.catch(() => undefined);
@@ -215,17 +220,18 @@ export class PgWakeups {
 
   /** Opens a connection of our own and watches it for loss. */
   private async open(): Promise<PgListenClient> {
-    const connection = await this.connect!();
+    if (!this.connect) throw new Error('PgWakeups: no client to listen on');
+    const connection = await this.connect();
     connection.on('error', this.onLostError);
     connection.on('end', this.onLostEnd);
-    this.client = connection;
+    this.connection = connection;
     return connection;
   }
 
   /** Stops watching our connection and ends it (its errors ignored: it may be lost already). */
   private async release(): Promise<void> {
-    const connection = this.client as PgListenConnection | null;
-    this.client = null;
+    const connection = this.connection;
+    this.connection = null;
     if (!connection) return;
     connection.removeListener('error', this.onLostError);
     connection.removeListener('end', this.onLostEnd);
@@ -234,7 +240,7 @@ export class PgWakeups {
   }
 
   private lost(err: Error): void {
-    if (!this.client) return;
+    if (!this.connection) return;
     this.listening = false;
     void this.release();
     this.report(err);
