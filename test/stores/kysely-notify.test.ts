@@ -355,6 +355,23 @@ describe('notifications on Postgres', () => {
     await unsubscribe();
   });
 
+  it('with connect: tells of the return only the subscribers it told of the loss', async () => {
+    const env = await fresh();
+    const { connect, calls } = connector(env.url, 1);
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, notifications: { connect } });
+    const seen = { a: [] as string[], b: [] as string[] };
+    const told = (name: 'a' | 'b') => ({ onError: (e: Error) => seen[name].push(`error: ${e.message}`), onResume: () => seen[name].push('resume') });
+    // A's first connection fails; B subscribes before the retry, and its own attempt connects and listens.
+    const unsubscribeA = await listening.subscribe!(() => undefined, told('a'));
+    const unsubscribeB = await listening.subscribe!(() => undefined, told('b'));
+    expect(calls()).toBe(2);
+    // The retry finds the store listening, and tells A that wake-ups work again; B never lost them.
+    await expect.poll(() => seen.a, { timeout: 5_000 }).toEqual(['error: connection refused (attempt 1)', 'resume']);
+    expect(seen.b).toEqual([]);
+    await unsubscribeA();
+    await unsubscribeB();
+  });
+
   /**
    * Two engines on separate pools, as two processes: A only starts workflows; B's worker polls once a
    * minute, with `notifications` as given. Returns the engines and the ids B reported completed.

@@ -90,8 +90,8 @@ function hash(text: string): string {
 export class PgWakeups {
   /** Each subscription's listener and options (a wrapper per subscription: the same function subscribed twice needs two unsubscribes). */
   private readonly listeners = new Map<() => void, SubscribeOptions>();
-  /** A loss was reported and no `onResume` has followed yet. */
-  private interrupted = false;
+  /** Subscriptions told of a loss (`onError`) and not yet of the return (`onResume`). */
+  private readonly interrupted = new Set<() => void>();
   /** The host's client (`notifications.listen`): never connected, ended or replaced here. */
   private readonly hostClient: PgListenClient | null;
   /** Opens a connection of our own (`notifications.connect`). */
@@ -144,6 +144,7 @@ export class PgWakeups {
       if (done) return;
       done = true;
       this.listeners.delete(entry);
+      this.interrupted.delete(entry);
       if (this.listeners.size === 0) this.cancelReconnect();
       await this.sync();
     };
@@ -161,9 +162,9 @@ export class PgWakeups {
 
   /** Tells every subscriber that wake-ups stopped, or did not resume. */
   private report(err: unknown): void {
-    this.interrupted = true;
     const error = err instanceof Error ? err : new Error(String(err));
-    for (const options of [...this.listeners.values()]) {
+    for (const [entry, options] of [...this.listeners]) {
+      this.interrupted.add(entry);
       try {
         options.onError?.(error);
       } catch {
@@ -172,13 +173,12 @@ export class PgWakeups {
     }
   }
 
-  /** Tells every subscriber that wake-ups work again, if they were told they had stopped. */
+  /** Tells the subscribers that were told wake-ups had stopped that they work again. */
   private resumed(): void {
-    if (!this.interrupted) return;
-    this.interrupted = false;
-    for (const options of [...this.listeners.values()]) {
+    for (const entry of [...this.interrupted]) {
+      this.interrupted.delete(entry);
       try {
-        options.onResume?.();
+        this.listeners.get(entry)?.onResume?.();
       } catch {
         // As in report.
       }
