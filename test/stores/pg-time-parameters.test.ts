@@ -1,5 +1,6 @@
 /**
- * The Postgres store sends times as ISO text, never as `Date` objects: the
+ * The Postgres store sends times as ISO text, never as `Date` objects, in
+ * every kind of write (creates, claims, results, admin operations): the
  * `pg` driver formats a `Date` itself, in local time, through a dozen small
  * strings per value (about a tenth of all the memory the store allocated per
  * workflow under group commit). Every statement casts its time parameters,
@@ -78,6 +79,10 @@ describe('time parameters (Postgres)', () => {
       clock.advance(1_000);
       await engine.drain();
       for (const { id } of started) expect((await engine.get(id)).status).toBe('completed');
+      // An admin operation writes under the workflow's lock (with group commit, in a locked batch).
+      await engine.rollback(started[1]!.id, { actor: 'ops', reason: 'undo' });
+      await engine.drain();
+      expect((await engine.get(started[1]!.id)).status).toBe('rolled_back');
       const listed = await engine.list({ createdAfter: new Date(T0 - 1), limit: 10 });
       expect(listed.items).toHaveLength(3);
 

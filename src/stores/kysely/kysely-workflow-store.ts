@@ -2037,8 +2037,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 
   /** A parameter, cast on Postgres so that its type never depends on inference. */
+  /** A value as a cast parameter; a cell's `Date` goes to Postgres as {@link timeParameter} text, as the compare-and-set writes send it. */
   private param(kind: ColumnKind, value: unknown): RawBuilder<unknown> {
-    return this.pg ? sql`${value}::${PG_CASTS[kind]}` : sql`${value}`;
+    if (!this.pg) return sql`${value}`;
+    return sql`${value instanceof Date ? timeParameter(value) : value}::${PG_CASTS[kind]}`;
   }
 
   /** The store's time in SQL: the injected clock as a parameter, the statement's time on Postgres, else the JS clock. */
