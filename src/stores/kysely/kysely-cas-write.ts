@@ -369,8 +369,8 @@ function pushMaskedRow(out: unknown[], columns: CasShape['stepColumns'], cells: 
   return mask;
 }
 
-/** A cell's value as a parameter: times (kept as `Date`s in cells) as {@link timeParameter} text. */
-function cellParameter(value: unknown): unknown {
+/** A cell's value as a Postgres parameter: times (kept as `Date`s in cells) as {@link timeParameter} text. */
+export function cellParameter(value: unknown): unknown {
   return value instanceof Date ? timeParameter(value) : value;
 }
 

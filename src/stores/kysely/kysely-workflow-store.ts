@@ -23,7 +23,7 @@ import type {
 } from '../../storage/workflow-store.js';
 import { newStepRecord } from '../../storage/step-records.js';
 import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
-import { CasWriter, HISTORY_COLUMNS, jsonText, pushHistoryCells, timeParameter, type CasItem } from './kysely-cas-write.js';
+import { CasWriter, cellParameter, HISTORY_COLUMNS, jsonText, pushHistoryCells, timeParameter, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { DatabaseClockEstimate } from './database-clock.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
@@ -2037,10 +2037,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 
   /** A parameter, cast on Postgres so that its type never depends on inference. */
-  /** A value as a cast parameter; a cell's `Date` goes to Postgres as {@link timeParameter} text, as the compare-and-set writes send it. */
+  /** A value as a cast parameter; on Postgres a cell's `Date` as text ({@link cellParameter}), as the compare-and-set writes send it. */
   private param(kind: ColumnKind, value: unknown): RawBuilder<unknown> {
     if (!this.pg) return sql`${value}`;
-    return sql`${value instanceof Date ? timeParameter(value) : value}::${PG_CASTS[kind]}`;
+    return sql`${cellParameter(value)}::${PG_CASTS[kind]}`;
   }
 
   /** The store's time in SQL: the injected clock as a parameter, the statement's time on Postgres, else the JS clock. */
