@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { waitFor } from './process-harness.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const TSX = join(root, 'node_modules', 'tsx', 'dist', 'cli.mjs');
@@ -63,16 +64,6 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function until<T>(check: () => T | Promise<T>, what: string, limitMs = 60_000): Promise<NonNullable<T>> {
-  const deadline = Date.now() + limitMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value as NonNullable<T>;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 describe('npm run demo', () => {
   const cleanups: (() => Promise<void> | void)[] = [];
   afterEach(async () => {
@@ -85,7 +76,7 @@ describe('npm run demo', () => {
     const port = await freePort();
     const demo = startDemo(cwd, port);
     cleanups.push(() => void signalDemo(demo, 'SIGKILL'));
-    await until(() => demo.output().includes('Press Ctrl-C to stop.') || demo.child.exitCode !== null, 'the demo to start');
+    await waitFor(() => demo.output().includes('Press Ctrl-C to stop.') || demo.child.exitCode !== null, 'the demo to start', 60_000);
     expect(demo.child.exitCode, demo.output()).toBeNull();
     const out = demo.output();
     expect(out).toContain(`sagaline demo listening on http://127.0.0.1:${port}`);
@@ -104,7 +95,7 @@ describe('npm run demo', () => {
     expect(delivered.status).toBe(200);
     const waitingId = /\/provisioning\/workflows\/(wf_\w+)\/force-complete/.exec(out)![1]!;
     const completedIds = async () => (await list()).data.filter((w) => w.tenant_id === 'initech' && w.status === 'completed' && w.id !== waitingId);
-    await until(async () => (await completedIds()).length === 1, 'the called-back workflow to complete');
+    await waitFor(async () => (await completedIds()).length === 1, 'the called-back workflow to complete', 60_000);
 
     // A second demo on the same port stops before touching the first one's file.
     const second = startDemo(cwd, port);
