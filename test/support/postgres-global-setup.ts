@@ -295,7 +295,8 @@ function childEnv(): NodeJS.ProcessEnv {
   return { PATH: PATH ?? '/usr/bin:/bin', LC_ALL: 'C', ...(LANG ? { LANG } : {}), ...(TZ ? { TZ } : {}) };
 }
 
-function freePort(): Promise<number> {
+/** A TCP port on 127.0.0.1 that nothing listens on right now. */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.unref();
