@@ -26,6 +26,8 @@ export interface BenchOptions {
   wakeups: 'notify' | 'poll';
   /** Engine `idlePollMs` of the multi-process run's workers. */
   pollMs: number;
+  /** Whether to run the reference loop (`bench/reference-loop.ts`) on Postgres at each client count. */
+  reference: boolean;
   runTimeoutSeconds: number;
   totalTimeoutSeconds: number;
 }
@@ -56,6 +58,8 @@ Options:
                         the store's notifications option, polling as the fallback) or poll (default notify)
   --poll-ms N           idle poll interval of the multi-process workers (default 1000 with notify,
                         the engine's default; 20 with poll)
+  --no-reference        skip the reference runs: a minimal hand-written loop on the same Postgres (7 upserts
+                        per workflow, each its own commit, and batched), the yardstick of the goals
   --run-timeout S       a measured run fails after S seconds (default 300; --quick: 60)
   --timeout S           the whole bench stops after S seconds (default 1800; --quick: 180)
   -h, --help            this text`;
@@ -85,6 +89,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
         pool: { type: 'string' },
         wakeups: { type: 'string' },
         'poll-ms': { type: 'string' },
+        'no-reference': { type: 'boolean', default: false },
         'run-timeout': { type: 'string' },
         timeout: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
@@ -119,6 +124,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
     poolSize: intArg('--pool', v.pool, 10, 1),
     wakeups,
     pollMs: intArg('--poll-ms', v['poll-ms'], wakeups === 'notify' ? 1000 : 20, 1),
+    reference: v['no-reference'] !== true,
     runTimeoutSeconds: numArg('--run-timeout', v['run-timeout'], quick ? 60 : 300, 1),
     totalTimeoutSeconds: numArg('--timeout', v.timeout, quick ? 180 : 1800, 1),
   };

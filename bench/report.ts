@@ -6,6 +6,7 @@ import Database from 'better-sqlite3';
 import type { BaselineResult } from './baselines.js';
 import type { BenchResults, MachineInfo } from './results.js';
 import { usesGroupCommit } from './store-kinds.js';
+import { STEPS_PER_WORKFLOW } from './workload.js';
 
 const FILESYSTEMS: Record<number, string> = {
   0xef53: 'ext4',
@@ -83,6 +84,23 @@ export function formatTable(results: BenchResults): string {
   baselineRow('raw: Postgres single-row UPDATE, 1 connection', results.baselines.postgres1, end?.postgres1);
   baselineRow('raw: Postgres single-row UPDATE, 8 connections', results.baselines.postgres8, end?.postgres8);
   baselineRow('raw: SQLite single-row UPDATE (WAL, synchronous=FULL)', results.baselines.sqlite, end?.sqlite);
+  for (const r of results.references ?? []) {
+    rows.push([
+      `reference: ${r.label}`,
+      '1',
+      String(r.clients),
+      int(r.workflowsPerSec),
+      int(r.stepsPerSec),
+      ms(r.latency.p50Ms),
+      ms(r.latency.p99Ms),
+      fixed(r.transactions.perWorkflow),
+      fixed(r.transactions.writePerWorkflow),
+      fixed(r.statementsPerWorkflow / STEPS_PER_WORKFLOW),
+      `${fixed(r.cpu.nodeMsPerWorkflow, 2)}${r.cpu.postgresMsPerWorkflow !== null ? `+${fixed(r.cpu.postgresMsPerWorkflow, 2)}` : ''}`,
+      idle(r.cpu.machineIdle),
+      r.baseline ? pct(r.baseline.stepsPerSecRatio) : '—',
+    ]);
+  }
   for (const r of results.runs) {
     rows.push([
       `sagaline: ${r.label}`,
@@ -101,7 +119,7 @@ export function formatTable(results: BenchResults): string {
     ]);
   }
   for (const f of results.failures) {
-    rows.push([`sagaline: ${f.label}`, String(f.processes), String(f.clients), 'FAILED', '', '', '', '', '', '', '', '', '']);
+    rows.push([`${f.reference ? 'reference' : 'sagaline'}: ${f.label}`, String(f.processes), String(f.clients), 'FAILED', '', '', '', '', '', '', '', '', '']);
   }
   const right = header.map((_, i) => i > 0);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -123,6 +141,9 @@ export function formatTable(results: BenchResults): string {
       `${multi ? `, ${multi.settings.idlePollMs} ms in the ${multi.processes}-process runs (${multi.settings.notify ? 'the fallback: their workers learn of new workflows from LISTEN/NOTIFY, the store\'s notifications option' : 'their workers learn of new workflows by polling'})` : ''}.`,
     results.runs.some((r) => r.settings.groupCommit) || results.failures.some((f) => usesGroupCommit(f.store))
       ? '+ group commit: the Kysely store with groupCommit: true (batches of at most 16 on Postgres, up to 4 at once; 64 on SQLite, one at a time): concurrent transact calls on different workflows share one database transaction and one commit; the same workload, counters and baselines.'
+      : '',
+    (results.references ?? []).length > 0
+      ? `reference: a minimal hand-written loop on the same server and a pool of ${o.poolSize}, no engine, the yardstick of the goals (bench/reference-loop.ts): each workflow is 7 upserts into one table (its start, each step's result, its end), in order; one upsert per transition commits each on its own, many workflows per commit sends the upserts waiting at a moment as one statement (group commit's batching: at most 16, up to 4 at once).`
       : '',
     'Raw rates were measured right before and right after the sagaline runs on the same database (before → after); % of raw commits/s divides steps/s by their mean (Postgres: 8 connections; SQLite: one connection).',
     ...(drifted.length > 0

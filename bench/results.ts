@@ -63,8 +63,35 @@ export interface SagalineRun {
   settings: { concurrency: number; idlePollMs: number; poolSize: number | null; groupCommit: boolean; notify?: boolean };
 }
 
+/**
+ * How the reference loop writes (see `bench/reference-loop.ts`): each upsert
+ * its own commit, or the upserts of concurrent workflows batched.
+ */
+export type ReferenceMode = 'each' | 'batched';
+
+/** A run of the reference loop: the same workload and counters as a sagaline run on Postgres, with no engine. */
+export interface ReferenceRun {
+  label: string;
+  mode: ReferenceMode;
+  clients: number;
+  workflows: number;
+  seconds: number;
+  workflowsPerSec: number;
+  stepsPerSec: number;
+  latency: LatencySummary;
+  transactions: TransactionFigures;
+  /** Statements sent per workflow (each one round trip). */
+  statementsPerWorkflow: number;
+  /** The raw 8-connection Postgres baseline, and steps/s as a fraction of it. */
+  baseline: { name: string; commitsPerSec: number; stepsPerSecRatio: number } | null;
+  cpu: { nodeMsPerWorkflow: number; postgresMsPerWorkflow: number | null; machineIdle: number | null };
+  poolSize: number;
+}
+
 /** A run that did not finish. */
 export interface FailedRun {
+  /** Set for a reference run (the label is then the reference's). */
+  reference?: boolean;
   label: string;
   store: StoreKind;
   processes: number;
@@ -126,5 +153,7 @@ export interface BenchResults {
   };
   baselines: BenchBaselines;
   runs: SagalineRun[];
+  /** The reference loop's runs, on Postgres. Absent in results written before it existed. */
+  references?: ReferenceRun[];
   failures: FailedRun[];
 }

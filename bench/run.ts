@@ -16,8 +16,9 @@ import { loggedProblems } from './logger.js';
 import { runMultiProcess } from './multi-process.js';
 import { parseBenchOptions, USAGE, UsageError, type BenchOptions } from './options.js';
 import { PostgresStartError, startBenchPostgres, type BenchPostgres } from './postgres.js';
+import { REFERENCE_LABELS, runReference } from './reference-loop.js';
 import { codeRevision, describeMachine, formatTable } from './report.js';
-import type { BaselineSet, BenchBaselines, BenchResults, FailedRun, SagalineRun, StoreKind } from './results.js';
+import type { BaselineSet, BenchBaselines, BenchResults, FailedRun, ReferenceMode, ReferenceRun, SagalineRun, StoreKind } from './results.js';
 import { applyBaselines, runInProcess, warmUpCode, type RunContext } from './runs.js';
 import { DATABASES, databaseOf, kindLabel } from './store-kinds.js';
 
@@ -84,6 +85,22 @@ async function main(options: BenchOptions): Promise<number> {
       failures.push({ label, store, processes, clients, error: message });
     }
   };
+  const references: ReferenceRun[] = [];
+  const attemptReference = async (mode: ReferenceMode, clients: number): Promise<void> => {
+    if (shuttingDown()) throw new Interrupted();
+    const label = REFERENCE_LABELS[mode];
+    progress(`reference: ${label}, ${clients} client${clients === 1 ? '' : 's'}, ${options.workflows} workflows…`);
+    try {
+      const result = await runReference(ctx, postgres!, mode, clients);
+      references.push(result);
+      progress(`  ${Math.round(result.workflowsPerSec)} workflows/s, ${Math.round(result.stepsPerSec)} steps/s, p50 ${result.latency.p50Ms.toFixed(2)} ms`);
+    } catch (err) {
+      if (shuttingDown()) throw new Interrupted();
+      const message = err instanceof Error ? err.message : String(err);
+      progress(`  FAILED: ${message}`);
+      failures.push({ reference: true, label, store: 'postgres', processes: 1, clients, error: message });
+    }
+  };
   if (options.engineWarmupWorkflows > 0) {
     progress(`warming up: ${options.engineWarmupWorkflows} workflows per client count on a memory store and on each SQL store kind…`);
     await warmUpCode(ctx);
@@ -93,6 +110,9 @@ async function main(options: BenchOptions): Promise<number> {
     const kinds = options.stores.filter((kind) => databaseOf(kind) === database);
     if (kinds.length === 0) continue;
     if (database !== 'memory') await measureBaselines(database, 'before', baselines);
+    if (database === 'postgres' && options.reference) {
+      for (const mode of ['each', 'batched'] as const) for (const clients of options.clients) await attemptReference(mode, clients);
+    }
     for (const kind of kinds) {
       for (const clients of options.clients) await attempt(kindLabel(kind), kind, 1, clients, () => runInProcess(ctx, kind, clients));
       if ((kind === 'postgres' || kind === 'postgres-group') && options.processes > 0) {
@@ -108,6 +128,7 @@ async function main(options: BenchOptions): Promise<number> {
     if (database !== 'memory') await measureBaselines(database, 'after', baselines.atEnd!);
   }
   applyBaselines(runs, baselines);
+  applyBaselines(references, baselines);
 
   const results: BenchResults = {
     date: new Date().toISOString(),
@@ -129,6 +150,7 @@ async function main(options: BenchOptions): Promise<number> {
     },
     baselines,
     runs,
+    references,
     failures,
   };
   process.stdout.write(`\n${formatTable(results)}\n`);

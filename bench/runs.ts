@@ -9,7 +9,7 @@ import { cpuBetween, readCpu, type CpuReading, type CpuUse } from './cpu.js';
 import { benchLogger } from './logger.js';
 import type { BenchOptions } from './options.js';
 import type { BenchPostgres } from './postgres.js';
-import type { BenchBaselines, SagalineRun, StoreKind, TransactionFigures } from './results.js';
+import type { BenchBaselines, ReferenceRun, SagalineRun, StoreKind, TransactionFigures } from './results.js';
 import { diffCounts, type StatementCounts } from './statement-counter.js';
 import { databaseOf, kindLabel, kindSlug, usesGroupCommit } from './store-kinds.js';
 import { createTarget } from './targets.js';
@@ -175,10 +175,10 @@ export function baselineFor(kind: StoreKind, baselines: BenchBaselines): { name:
   return { name, commitsPerSec: last === undefined ? first : (first + last) / 2 };
 }
 
-/** Sets each run's ratio to its baseline (call once the end baselines are measured). */
-export function applyBaselines(runs: SagalineRun[], baselines: BenchBaselines): void {
+/** Sets each run's ratio to its baseline (call once the end baselines are measured); the reference runs' is Postgres'. */
+export function applyBaselines(runs: (SagalineRun | ReferenceRun)[], baselines: BenchBaselines): void {
   for (const run of runs) {
-    const baseline = baselineFor(run.store, baselines);
+    const baseline = baselineFor('store' in run ? run.store : 'postgres', baselines);
     run.baseline = baseline ? { ...baseline, stepsPerSecRatio: run.stepsPerSec / baseline.commitsPerSec } : null;
   }
 }

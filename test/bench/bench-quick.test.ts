@@ -8,9 +8,9 @@ import type { BenchResults } from '../../bench/results.js';
 
 /**
  * A short pass of `npm run bench` (built as the script builds it): every
- * store and kind of run completes and is counted, and the one goal that is a
- * count rather than a rate holds: at most 7 write transactions per 5-step
- * workflow at 1 client. Rates are not checked here (see the README's
+ * store and kind of run completes and is counted (the reference loop's
+ * too), and the one goal that is a count rather than a rate holds: at most 7
+ * write transactions per 5-step workflow at 1 client. Rates are not checked here (see the README's
  * Performance section): the machines are shared.
  */
 const run = promisify(execFile);
@@ -78,6 +78,25 @@ describe('npm run bench, a short pass', () => {
       expect(set?.postgres8?.commitsPerSec).toBeGreaterThan(0);
       expect(set?.postgres8?.cpu.machineIdle).toBeGreaterThanOrEqual(0);
       expect(set?.postgres8?.cpu.machineIdle).toBeLessThanOrEqual(1);
+    }
+
+    // The reference loop ran on Postgres at each client count, in both modes, and wrote what it should:
+    // one upsert per transition sends 7 statements per workflow and commits each on its own.
+    const references = results.references ?? [];
+    expect(references.map((r) => `${r.mode}/${r.clients}`).sort()).toEqual(['batched/1', 'batched/4', 'each/1', 'each/4']);
+    for (const r of references) {
+      expect(r.workflows, r.label).toBe(30);
+      expect(r.latency.count, r.label).toBe(30);
+      expect(r.baseline?.stepsPerSecRatio, r.label).toBeGreaterThan(0);
+      expect(stdout).toContain(`| reference: ${r.label} `);
+      if (r.mode === 'each') {
+        expect(r.statementsPerWorkflow, r.label).toBe(7);
+        expect(r.transactions.writePerWorkflow, r.label).toBeGreaterThanOrEqual(7);
+        expect(r.transactions.writePerWorkflow, r.label).toBeLessThan(7.5);
+      } else {
+        expect(r.statementsPerWorkflow, r.label).toBeGreaterThan(0);
+        expect(r.statementsPerWorkflow, r.label).toBeLessThanOrEqual(7);
+      }
     }
 
     // Each step's result is committed on its own at 1 client (at least 5 write transactions), and the

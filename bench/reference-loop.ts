@@ -1,0 +1,232 @@
+/**
+ * The reference runs: a minimal hand-written loop on the same Postgres server,
+ * with no engine, as the performance goal's yardstick. It runs the workload
+ * sagaline runs (5 trivial steps, closed-loop clients, a pool of the same
+ * size) and keeps only what makes a step durable: each workflow is 7 upserts
+ * into one table (its start, each step's result, its end), in order, each
+ * waiting for the one before.
+ *
+ * - `each`: every upsert is its own statement and commit.
+ * - `batched`: the upserts waiting at a moment, one per workflow, go out as
+ *   one statement and one commit, with the batching rule of the Kysely
+ *   store's group commit (at most 16, up to 4 at once, a batch beside running
+ *   ones only once 8 wait).
+ *
+ * On the machine the goal was set on, such a loop reached 81% of the raw
+ * 8-connection commit rate in steps/s at 32 clients and a median of 2.3 ms
+ * at 1 client, and 330% batched; measured in the same run, these rows show
+ * what the same loop reaches on the machine at hand.
+ */
+import pg from 'pg';
+import { onCleanup } from './cleanup.js';
+import type { BenchPostgres } from './postgres.js';
+import type { ReferenceMode, ReferenceRun } from './results.js';
+import { cpuSince, cpuReading, type RunContext } from './runs.js';
+import { CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW } from './workload.js';
+
+/** Upserts per workflow: its start, one per step, its end. */
+export const REFERENCE_WRITES_PER_WORKFLOW = STEPS_PER_WORKFLOW + 2;
+
+const TABLE = 'bench_reference';
+/** The batching rule of the Kysely store's group commit on Postgres (its defaults). */
+const MAX_BATCH = 16;
+const MAX_CONCURRENT_BATCHES = 4;
+
+export const REFERENCE_LABELS: Record<ReferenceMode, string> = {
+  each: 'minimal loop, one upsert per transition',
+  batched: 'minimal loop, many workflows per commit',
+};
+
+type Write = [workflow: number, step: number, status: string, output: string | null];
+
+const UPSERT_SET = `on conflict (workflow_id, step) do update
+  set status = excluded.status, output = coalesce(excluded.output, ${TABLE}.output), updated_at = now()`;
+const ONE = {
+  name: 'bench_reference_one',
+  text: `insert into ${TABLE} (workflow_id, step, status, output) values ($1, $2, $3, $4) ${UPSERT_SET}`,
+};
+const MANY = {
+  name: 'bench_reference_many',
+  text: `insert into ${TABLE} (workflow_id, step, status, output)
+  select * from unnest($1::bigint[], $2::integer[], $3::text[], $4::jsonb[]) ${UPSERT_SET}`,
+};
+
+/** The steps' results: small objects, as the bench workflow's steps return. */
+const STEPS: ((n: number) => unknown)[] = [
+  (n) => ({ step: 1, n }),
+  () => ({ step: 2, ok: true }),
+  () => ({ step: 3, ok: true }),
+  () => ({ step: 4, ok: true }),
+  () => ({ step: 5, ok: true }),
+];
+
+/** Writes in `each` or `batched` mode on one pool, counting the statements sent. */
+class Writer {
+  statements = 0;
+  private readonly waiting: { write: Write; resolve: () => void; reject: (err: Error) => void }[] = [];
+  private running = 0;
+  private scheduled = false;
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly mode: ReferenceMode,
+  ) {}
+
+  write(write: Write): Promise<void> {
+    if (this.mode === 'each') {
+      this.statements++;
+      return this.pool.query({ ...ONE, values: write }).then(() => undefined);
+    }
+    return new Promise((resolve, reject) => {
+      this.waiting.push({ write, resolve, reject });
+      // The writes issued in the same turn of the event loop join one batch.
+      if (!this.scheduled) {
+        this.scheduled = true;
+        queueMicrotask(() => {
+          this.scheduled = false;
+          this.flush();
+        });
+      }
+    });
+  }
+
+  private flush(): void {
+    while (
+      this.waiting.length > 0 &&
+      this.running < MAX_CONCURRENT_BATCHES &&
+      (this.running === 0 || this.waiting.length >= MAX_BATCH / 2)
+    ) {
+      const batch = this.waiting.splice(0, MAX_BATCH);
+      const columns: unknown[][] = [[], [], [], []];
+      for (const { write } of batch) write.forEach((value, i) => columns[i]!.push(value));
+      this.running++;
+      this.statements++;
+      this.pool.query({ ...MANY, values: columns }).then(
+        () => {
+          this.running--;
+          for (const w of batch) w.resolve();
+          this.flush();
+        },
+        (err: unknown) => {
+          this.running--;
+          for (const w of batch) w.reject(err instanceof Error ? err : new Error(String(err)));
+          this.flush();
+        },
+      );
+    }
+  }
+}
+
+/** One workflow: its start, each step's result in order, its end. */
+async function runWorkflow(writer: Writer, n: number): Promise<void> {
+  await writer.write([n, 0, 'running', JSON.stringify({ n })]);
+  for (let i = 0; i < STEPS.length; i++) await writer.write([n, i + 1, 'completed', JSON.stringify(STEPS[i]!(n))]);
+  await writer.write([n, 0, 'completed', null]);
+}
+
+/** A reference run on a database of its own: a warm-up pass and the measured pass on one pool, counted as the sagaline runs are. */
+export async function runReference(ctx: RunContext, server: BenchPostgres, mode: ReferenceMode, clients: number): Promise<ReferenceRun> {
+  const { options } = ctx;
+  const database = `bench_reference_${mode}_${clients}c`;
+  await server.createDatabase(database);
+  const url = server.url(database);
+  {
+    const setup = new pg.Client({ connectionString: url });
+    setup.on('error', () => undefined);
+    await setup.connect();
+    try {
+      await setup.query(`create table ${TABLE} (
+        workflow_id bigint not null, step integer not null, status text not null, output jsonb,
+        updated_at timestamptz not null default now(), primary key (workflow_id, step))`);
+    } finally {
+      await setup.end();
+    }
+  }
+  const before = await server.counters(database);
+  const pool = new pg.Pool({ connectionString: url, max: options.poolSize });
+  pool.on('error', () => undefined);
+  const closePool = onCleanup(`postgres pool ${url}`, () => pool.end());
+  const writer = new Writer(pool, mode);
+  const tracker = new CompletionTracker();
+  const loop = (workflows: number, firstNumber: number) =>
+    runClosedLoop({
+      workflows,
+      clients,
+      tracker,
+      timeoutMs: options.runTimeoutSeconds * 1000,
+      firstNumber,
+      start: async (n) => {
+        await runWorkflow(writer, n);
+        const id = String(n);
+        tracker.completed(id);
+        return id;
+      },
+    });
+  let result: Awaited<ReturnType<typeof loop>>;
+  let statements: number;
+  let cpu;
+  try {
+    if (options.warmupWorkflows > 0) await loop(options.warmupWorkflows, 10_000_000);
+    const statementsBefore = writer.statements;
+    const cpuBefore = cpuReading(ctx);
+    result = await loop(options.workflows, 0);
+    cpu = cpuSince(ctx, cpuBefore, 0);
+    statements = writer.statements - statementsBefore;
+  } finally {
+    await closePool();
+  }
+  const after = await server.counters(database);
+  const counted = options.workflows + options.warmupWorkflows;
+  await verify(url, counted);
+  const commits = after.commits - before.commits;
+  const writeCommits = after.nextXid - before.nextXid;
+  const perWorkflow = (n: number) => n / result.workflows;
+  return {
+    label: REFERENCE_LABELS[mode],
+    mode,
+    clients,
+    workflows: result.workflows,
+    seconds: result.seconds,
+    workflowsPerSec: result.workflowsPerSec,
+    stepsPerSec: result.stepsPerSec,
+    latency: result.latency,
+    transactions: {
+      source: 'pg_stat_database.xact_commit (all) and the transaction-id counter (write)',
+      commits,
+      writeCommits,
+      perWorkflow: commits / counted,
+      writePerWorkflow: writeCommits / counted,
+      writePerStep: writeCommits / (counted * STEPS_PER_WORKFLOW),
+      walBytesPerWorkflow: (after.walBytes - before.walBytes) / counted,
+    },
+    statementsPerWorkflow: perWorkflow(statements),
+    baseline: null,
+    cpu: {
+      nodeMsPerWorkflow: perWorkflow(cpu.nodeMs),
+      postgresMsPerWorkflow: cpu.postgresMs === null ? null : perWorkflow(cpu.postgresMs),
+      machineIdle: cpu.machineIdle,
+    },
+    poolSize: options.poolSize,
+  };
+}
+
+/** Checks that every workflow of the run ended, each with its 5 step results. */
+async function verify(url: string, expected: number): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ ended: string; steps: string }>(
+      `select count(*) filter (where step = 0 and status = 'completed')::text as ended,
+         count(*) filter (where step > 0 and status = 'completed')::text as steps
+       from ${TABLE}`,
+    );
+    const ended = Number(rows[0]?.ended ?? 0);
+    const steps = Number(rows[0]?.steps ?? 0);
+    if (ended !== expected || steps !== expected * STEPS_PER_WORKFLOW) {
+      throw new Error(`expected ${expected} ended workflows and ${expected * STEPS_PER_WORKFLOW} step results, found ${ended} and ${steps}`);
+    }
+  } finally {
+    await client.end();
+  }
+}
