@@ -30,7 +30,7 @@ import { notificationChannel, PgWakeups } from './kysely-notifications.js';
 import { PgCreateWriter, type PgCreateExtras, type PgCreateValues } from './pg-create-write.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
 import { TableGrowth } from './pg-table-growth.js';
-import { workflowInsertValues } from './workflow-insert.js';
+import { insertedWorkflowRecord, workflowInsertValues } from './workflow-insert.js';
 import { SqliteWriteTexts } from './sqlite-write-texts.js';
 import { resolveTables, type TableNames } from './kysely-tables.js';
 import type { KyselyStoreDialect, KyselyWorkflowStoreConfig } from './kysely-workflow-store-config.js';
@@ -794,12 +794,16 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const statement = this.pgCreates().single(values, this.pgCreateExtras());
     const result = await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters));
     const row = result.rows[0];
-    return row ? this.createdFromRow(row, input, createdAt) : null;
+    return row ? this.createdFromRow(row, input, createdAt, values) : null;
   }
 
-  /** The workflow a create's statement returned, remembered for the next write (see {@link transactOptimistic}). */
-  private createdFromRow(row: Row, input: CreateWorkflowInput, createdAt: Date): WorkflowRecord {
-    const workflow = this.toWorkflow(row);
+  /**
+   * The workflow a create's statement inserted (the statement returns only its
+   * id and row version: the rest is what the create sent), remembered for the
+   * next write (see {@link transactOptimistic}).
+   */
+  private createdFromRow(row: Row, input: CreateWorkflowInput, createdAt: Date, values: PgCreateValues): WorkflowRecord {
+    const workflow = insertedWorkflowRecord(input, createdAt, values.workflow);
     if (!this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, input.history.length, String(row['row_version']));
     this.growth?.created();
     return workflow;
@@ -835,7 +839,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const byId = new Map(rows.map((r) => [String(r['id']), r]));
     for (const entry of entries) {
       const row = byId.get(entry.input.workflow.id);
-      entry.resolve(row ? this.createdFromRow(row, entry.input, entry.createdAt) : null);
+      entry.resolve(row ? this.createdFromRow(row, entry.input, entry.createdAt, entry.values!) : null);
     }
   }
 

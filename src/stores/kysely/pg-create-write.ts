@@ -184,7 +184,7 @@ export class PgCreateWriter {
         insert into ${this.shape.workflows} (${WORKFLOW_INSERT_COLUMNS})
         ${rows}
         on conflict (tenant_id, idempotency_key) do nothing
-        returning *, xmin::text as row_version
+        returning id, xmin::text as row_version
       )`;
   }
 
@@ -193,13 +193,14 @@ export class PgCreateWriter {
   }
 
   /**
-   * The statement from its CTEs: the inserted rows, and with `notify` (on
+   * The statement from its CTEs: the id and row version of each inserted
+   * workflow (the store knows the rest: it sent it), and with `notify` (on
    * commit) one notification, sent when a row was inserted (Postgres folds
    * the same notification sent twice in a transaction into one).
    */
   private finish(ctes: string[], parameters: number, notify: boolean): string {
     const notified = notify ? `, pg_notify($${parameters + 1}::text, '') as notified` : '';
-    return `${this.shape.prefix} with ${ctes.join(', ')} select *${notified} from ins`;
+    return `${this.shape.prefix} with ${ctes.join(', ')} select id, row_version${notified} from ins`;
   }
 }
 
