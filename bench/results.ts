@@ -69,22 +69,16 @@ export interface SagalineRun {
  */
 export type ReferenceMode = 'each' | 'batched';
 
-/** A run of the reference loop: the same workload and counters as a sagaline run on Postgres, with no engine. */
-export interface ReferenceRun {
-  label: string;
+/**
+ * A run of the reference loop: the same workload and counters as a sagaline
+ * run on Postgres, with no engine; its baseline is the raw 8-connection rate.
+ */
+export interface ReferenceRun
+  extends Pick<SagalineRun, 'label' | 'clients' | 'workflows' | 'seconds' | 'workflowsPerSec' | 'stepsPerSec' | 'latency' | 'baseline' | 'cpu'> {
   mode: ReferenceMode;
-  clients: number;
-  workflows: number;
-  seconds: number;
-  workflowsPerSec: number;
-  stepsPerSec: number;
-  latency: LatencySummary;
   transactions: TransactionFigures;
   /** Statements sent per workflow (each one round trip). */
   statementsPerWorkflow: number;
-  /** The raw 8-connection Postgres baseline, and steps/s as a fraction of it. */
-  baseline: { name: string; commitsPerSec: number; stepsPerSecRatio: number } | null;
-  cpu: { nodeMsPerWorkflow: number; postgresMsPerWorkflow: number | null; machineIdle: number | null };
   poolSize: number;
 }
 

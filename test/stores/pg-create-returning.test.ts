@@ -4,37 +4,27 @@
  * travel back over the wire and is not parsed twice. The record must still
  * be the one a read returns, and share nothing with the caller's input.
  */
-import { Kysely, PostgresDialect } from 'kysely';
-import pg from 'pg';
+import type { Kysely } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
-import { preparedStatements } from '../../src/kysely.js';
 import type { CreateWorkflowInput } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { createPostgresSchema } from '../support/databases.js';
+import { recordingKysely } from '../support/recording-pool.js';
 
 const T0 = Date.UTC(2026, 0, 1, 12, 30, 15, 250);
 
 /** A Kysely instance whose connections record the result columns of every create statement. */
 function recordingDb(url: string): { db: Kysely<any>; createColumns: string[][] } {
   const createColumns: string[][] = [];
-  const pool = new pg.Pool({ connectionString: url, max: 4 });
-  pool.on('connect', (client) => {
-    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      const [first] = args;
-      const text = typeof first === 'string' ? first : (first as { text?: string }).text;
-      const result = query(...args);
-      if (text?.includes('insert into') && text.includes(' ins as (') && result instanceof Promise) {
-        void result.then(
-          (r: { fields: { name: string }[] }) => createColumns.push(r.fields.map((f) => f.name)),
-          () => undefined,
-        );
-      }
-      return result;
-    };
+  const db = recordingKysely(url, ({ text }, result) => {
+    if (!text.includes('insert into') || !text.includes(' ins as (') || !result) return;
+    void result.then(
+      (r) => createColumns.push(r.fields.map((f) => f.name)),
+      () => undefined,
+    );
   });
-  return { db: new Kysely<any>({ dialect: new PostgresDialect({ pool: preparedStatements(pool) }) }), createColumns };
+  return { db, createColumns };
 }
 
 function createInput(id: string, input: unknown, idempotencyKey: string | null): CreateWorkflowInput {

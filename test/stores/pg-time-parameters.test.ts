@@ -7,34 +7,26 @@
  * so the stored times are the same instants; the engine and store suites
  * check those.
  */
-import { Kysely, PostgresDialect } from 'kysely';
-import pg from 'pg';
+import type { Kysely } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { createManualClock } from '../../src/core/clock.js';
 import { defineWorkflow, step } from '../../src/core/define-workflow.js';
 import { createEngine } from '../../src/engine/workflow-engine.js';
-import { preparedStatements } from '../../src/kysely.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { createPostgresSchema } from '../support/databases.js';
+import { recordingKysely } from '../support/recording-pool.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 
 /** A Kysely instance whose connections record the parameters of every statement they run. */
 function recordingDb(url: string): { db: Kysely<any>; parameters: unknown[][] } {
   const parameters: unknown[][] = [];
-  const pool = new pg.Pool({ connectionString: url, max: 4 });
-  pool.on('connect', (client) => {
-    const query = client.query.bind(client) as (...args: unknown[]) => unknown;
-    (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
-      const [first, second] = args;
-      const values = typeof first === 'object' && first !== null && 'values' in first ? (first as { values?: unknown[] }).values : second;
-      if (Array.isArray(values)) parameters.push(values);
-      return query(...args);
-    };
+  const db = recordingKysely(url, ({ values }) => {
+    if (Array.isArray(values)) parameters.push(values);
   });
-  return { db: new Kysely<any>({ dialect: new PostgresDialect({ pool: preparedStatements(pool) }) }), parameters };
+  return { db, parameters };
 }
 
 /** Every parameter, and every element of an array parameter (the batched creates send columns as arrays). */
