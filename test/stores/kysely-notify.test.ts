@@ -260,8 +260,12 @@ describe('notifications on Postgres', () => {
     expect((await client.query('select pg_listening_channels() as c')).rows).toHaveLength(0);
   });
 
-  /** A `connect` for the store: each call opens a client on the schema's database, all of them kept for the test to inspect. */
-  function connector(url: string, failFirst = 0) {
+  /**
+   * A `connect` for the store: each call opens a client on the schema's database, all of them kept for the
+   * test to inspect. With `holdFirstListen`, the first client's `LISTEN` waits for that promise before it
+   * goes to the server.
+   */
+  function connector(url: string, failFirst = 0, holdFirstListen?: Promise<void>) {
     const clients: pg.Client[] = [];
     const pids: number[] = [];
     let calls = 0;
@@ -271,6 +275,13 @@ describe('notifications on Postgres', () => {
       const client = new pg.Client({ connectionString: url });
       client.on('error', () => undefined);
       await client.connect();
+      if (holdFirstListen && clients.length === 0) {
+        const query = client.query.bind(client) as (...args: unknown[]) => Promise<unknown>;
+        (client as unknown as { query: (...args: unknown[]) => unknown }).query = async (...args: unknown[]) => {
+          if (typeof args[0] === 'string' && args[0].startsWith('LISTEN')) await holdFirstListen;
+          return query(...args);
+        };
+      }
       pids.push((await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid);
       clients.push(client);
       opened.push(() => client.end().catch(() => undefined));
@@ -352,6 +363,29 @@ describe('notifications on Postgres', () => {
     expect(resumes).toBe(1);
     await writer.createWorkflow(workflow('w1'));
     await expect.poll(() => wakes).toBe(2);
+    await unsubscribe();
+  });
+
+  it('with connect: a connection lost while its LISTEN is on the way is reported once', async () => {
+    const env = await fresh();
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const { connect, clients, pids } = connector(env.url, 0, held);
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, notifications: { connect } });
+    const seen: string[] = [];
+    let wakes = 0;
+    const subscribed = listening.subscribe!(() => wakes++, { onError: () => seen.push('error'), onResume: () => seen.push('resume') });
+    // The server ends the first session while the store's LISTEN waits to go out; then the LISTEN fails on it.
+    await expect.poll(() => pids.length, { timeout: 5_000 }).toBe(1);
+    const ended = new Promise((resolve) => clients[0]!.once('end', resolve));
+    await sql`select pg_terminate_backend(${pids[0]!})`.execute(env.db);
+    await ended;
+    release();
+    const unsubscribe = await subscribed;
+    // One loss, told once; the store listens on a new connection and says so.
+    await expect.poll(() => seen, { timeout: 5_000 }).toEqual(['error', 'resume']);
+    expect(clients).toHaveLength(2);
+    expect(wakes).toBeGreaterThanOrEqual(1);
     await unsubscribe();
   });
 

@@ -72,6 +72,13 @@ function hash(text: string): string {
   return (a >>> 0).toString(16).padStart(8, '0') + (b >>> 0).toString(16).padStart(8, '0');
 }
 
+/** A failed `LISTEN` on a connection whose loss the subscribers were already told of: not reported again. */
+class ToldLoss extends Error {
+  constructor(cause: unknown) {
+    super(cause instanceof Error ? cause.message : String(cause), { cause });
+  }
+}
+
 /**
  * The listening side: one `LISTEN` while at least one listener is
  * subscribed. Listeners are called for notifications on this channel only
@@ -131,7 +138,7 @@ export class PgWakeups {
       await this.sync();
     } catch (err) {
       if (this.connect) {
-        this.report(err);
+        if (!(err instanceof ToldLoss)) this.report(err);
         this.scheduleReconnect();
       } else {
         this.listeners.delete(entry);
@@ -198,8 +205,10 @@ export class PgWakeups {
           await client.query(`LISTEN ${quoted}`);
         } catch (err) {
           client.removeListener('notification', this.onNotification);
+          // Our connection was lost while LISTEN ran: `lost` has already released it and told the subscribers.
+          const told = this.hostClient === null && this.connection !== client;
           await this.release();
-          throw err;
+          throw told ? new ToldLoss(err) : err;
         }
         this.listening = true;
       } else {
@@ -262,7 +271,7 @@ export class PgWakeups {
         },
         (err: unknown) => {
           this.reconnectDelayMs = Math.min(this.reconnectDelayMs * 2, RECONNECT_MAX_MS);
-          this.report(err);
+          if (!(err instanceof ToldLoss)) this.report(err);
           this.scheduleReconnect();
         },
       );
