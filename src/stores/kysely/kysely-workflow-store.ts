@@ -2040,8 +2040,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return this.tables.ref(this.tables[table]);
   }
 
-  /** A parameter, cast on Postgres so that its type never depends on inference. */
-  /** A value as a cast parameter; on Postgres a cell's `Date` as text ({@link cellParameter}), as the compare-and-set writes send it. */
+  /**
+   * A value as a parameter, cast on Postgres so that its type never depends
+   * on inference; there a cell's `Date` goes as text ({@link cellParameter}),
+   * as the compare-and-set writes send it.
+   */
   private param(kind: ColumnKind, value: unknown): RawBuilder<unknown> {
     if (!this.pg) return sql`${value}`;
     return sql`${cellParameter(value)}::${PG_CASTS[kind]}`;
