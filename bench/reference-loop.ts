@@ -8,9 +8,9 @@
  *
  * - `each`: every upsert is its own statement and commit.
  * - `batched`: the upserts waiting at a moment, one per workflow, go out as
- *   one statement and one commit, with the batching rule of the Kysely
- *   store's group commit (at most 16, up to 4 at once, a batch beside running
- *   ones only once 8 wait).
+ *   one statement and one commit, batched by the Kysely store's own group
+ *   commit queue with its Postgres defaults (at most 16, up to 4 at once, a
+ *   batch beside running ones only once 8 wait).
  *
  * On the machine the goal was set on, such a loop reached 81% of the raw
  * 8-connection commit rate in steps/s at 32 clients and a median of 2.3 ms
@@ -18,19 +18,14 @@
  * what the same loop reaches on the machine at hand.
  */
 import pg from 'pg';
+import { DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from '../src/stores/kysely/kysely-group-commit.js';
 import { onCleanup } from './cleanup.js';
-import type { BenchPostgres } from './postgres.js';
 import type { ReferenceMode, ReferenceRun } from './results.js';
-import { cpuSince, cpuReading, type RunContext } from './runs.js';
+import { cpuSince, cpuReading, WARMUP_FIRST_NUMBER, type CpuUse, type RunContext } from './runs.js';
+import { postgresTransactions } from './targets.js';
 import { CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW } from './workload.js';
 
-/** Upserts per workflow: its start, one per step, its end. */
-export const REFERENCE_WRITES_PER_WORKFLOW = STEPS_PER_WORKFLOW + 2;
-
 const TABLE = 'bench_reference';
-/** The batching rule of the Kysely store's group commit on Postgres (its defaults). */
-const MAX_BATCH = 16;
-const MAX_CONCURRENT_BATCHES = 4;
 
 export const REFERENCE_LABELS: Record<ReferenceMode, string> = {
   each: 'minimal loop, one upsert per transition',
@@ -60,60 +55,38 @@ const STEPS: ((n: number) => unknown)[] = [
   () => ({ step: 5, ok: true }),
 ];
 
+/** A write waiting for its batch (keyed by workflow: a batch upserts each row at most once). */
+interface QueuedWrite extends BatchEntry {
+  write: Write;
+}
+
 /** Writes in `each` or `batched` mode on one pool, counting the statements sent. */
 class Writer {
   statements = 0;
-  private readonly waiting: { write: Write; resolve: () => void; reject: (err: Error) => void }[] = [];
-  private running = 0;
-  private scheduled = false;
+  private readonly queue: GroupCommitQueue<QueuedWrite> | null;
 
   constructor(
     private readonly pool: pg.Pool,
-    private readonly mode: ReferenceMode,
-  ) {}
+    mode: ReferenceMode,
+  ) {
+    this.queue = mode === 'batched' ? new GroupCommitQueue(DEFAULT_MAX_BATCH_POSTGRES, (batch) => this.upsertMany(batch), DEFAULT_MAX_CONCURRENT_BATCHES) : null;
+  }
 
   write(write: Write): Promise<void> {
-    if (this.mode === 'each') {
+    const queue = this.queue;
+    if (!queue) {
       this.statements++;
       return this.pool.query({ ...ONE, values: write }).then(() => undefined);
     }
-    return new Promise((resolve, reject) => {
-      this.waiting.push({ write, resolve, reject });
-      // The writes issued in the same turn of the event loop join one batch.
-      if (!this.scheduled) {
-        this.scheduled = true;
-        queueMicrotask(() => {
-          this.scheduled = false;
-          this.flush();
-        });
-      }
-    });
+    return new Promise((resolve, reject) => queue.push({ key: String(write[0]), write, resolve: () => resolve(), reject }));
   }
 
-  private flush(): void {
-    while (
-      this.waiting.length > 0 &&
-      this.running < MAX_CONCURRENT_BATCHES &&
-      (this.running === 0 || this.waiting.length >= MAX_BATCH / 2)
-    ) {
-      const batch = this.waiting.splice(0, MAX_BATCH);
-      const columns: unknown[][] = [[], [], [], []];
-      for (const { write } of batch) write.forEach((value, i) => columns[i]!.push(value));
-      this.running++;
-      this.statements++;
-      this.pool.query({ ...MANY, values: columns }).then(
-        () => {
-          this.running--;
-          for (const w of batch) w.resolve();
-          this.flush();
-        },
-        (err: unknown) => {
-          this.running--;
-          for (const w of batch) w.reject(err instanceof Error ? err : new Error(String(err)));
-          this.flush();
-        },
-      );
-    }
+  private async upsertMany(batch: QueuedWrite[]): Promise<void> {
+    const columns: unknown[][] = [[], [], [], []];
+    for (const { write } of batch) write.forEach((value, i) => columns[i]!.push(value));
+    this.statements++;
+    await this.pool.query({ ...MANY, values: columns });
+    for (const entry of batch) entry.resolve(undefined);
   }
 }
 
@@ -125,8 +98,9 @@ async function runWorkflow(writer: Writer, n: number): Promise<void> {
 }
 
 /** A reference run on a database of its own: a warm-up pass and the measured pass on one pool, counted as the sagaline runs are. */
-export async function runReference(ctx: RunContext, server: BenchPostgres, mode: ReferenceMode, clients: number): Promise<ReferenceRun> {
-  const { options } = ctx;
+export async function runReference(ctx: RunContext, mode: ReferenceMode, clients: number): Promise<ReferenceRun> {
+  const { options, postgres: server } = ctx;
+  if (!server) throw new Error('Postgres is not running');
   const database = `bench_reference_${mode}_${clients}c`;
   await server.createDatabase(database);
   const url = server.url(database);
@@ -164,9 +138,9 @@ export async function runReference(ctx: RunContext, server: BenchPostgres, mode:
     });
   let result: Awaited<ReturnType<typeof loop>>;
   let statements: number;
-  let cpu;
+  let cpu: CpuUse;
   try {
-    if (options.warmupWorkflows > 0) await loop(options.warmupWorkflows, 10_000_000);
+    if (options.warmupWorkflows > 0) await loop(options.warmupWorkflows, WARMUP_FIRST_NUMBER);
     const statementsBefore = writer.statements;
     const cpuBefore = cpuReading(ctx);
     result = await loop(options.workflows, 0);
@@ -178,8 +152,6 @@ export async function runReference(ctx: RunContext, server: BenchPostgres, mode:
   const after = await server.counters(database);
   const counted = options.workflows + options.warmupWorkflows;
   await verify(url, counted);
-  const commits = after.commits - before.commits;
-  const writeCommits = after.nextXid - before.nextXid;
   const perWorkflow = (n: number) => n / result.workflows;
   return {
     label: REFERENCE_LABELS[mode],
@@ -190,15 +162,7 @@ export async function runReference(ctx: RunContext, server: BenchPostgres, mode:
     workflowsPerSec: result.workflowsPerSec,
     stepsPerSec: result.stepsPerSec,
     latency: result.latency,
-    transactions: {
-      source: 'pg_stat_database.xact_commit (all) and the transaction-id counter (write)',
-      commits,
-      writeCommits,
-      perWorkflow: commits / counted,
-      writePerWorkflow: writeCommits / counted,
-      writePerStep: writeCommits / (counted * STEPS_PER_WORKFLOW),
-      walBytesPerWorkflow: (after.walBytes - before.walBytes) / counted,
-    },
+    transactions: postgresTransactions(before, after, counted, STEPS_PER_WORKFLOW),
     statementsPerWorkflow: perWorkflow(statements),
     baseline: null,
     cpu: {

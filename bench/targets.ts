@@ -11,7 +11,7 @@ import type { WorkflowStore } from '../src/index.js';
 import { KyselyWorkflowStore, migrateToLatest } from '../src/kysely.js';
 import { MemoryWorkflowStore } from '../src/memory.js';
 import { onCleanup } from './cleanup.js';
-import { openPostgres, type BenchPostgres } from './postgres.js';
+import { openPostgres, type BenchPostgres, type PgCounters } from './postgres.js';
 import type { StoreKind, TransactionFigures } from './results.js';
 import { cachedStatements } from '../src/kysely.js';
 import { CountingSqlite, openSqliteFile, type SqliteTransactionCounts } from './sqlite.js';
@@ -154,16 +154,7 @@ async function postgresTarget(kind: StoreKind, server: BenchPostgres, database: 
     },
     transactions(before, after, workflows, steps) {
       if (before?.kind !== 'postgres' || after?.kind !== 'postgres') return null;
-      return {
-        ...figures(
-          'pg_stat_database.xact_commit (all) and the transaction-id counter (write)',
-          after.commits - before.commits,
-          after.nextXid - before.nextXid,
-          workflows,
-          steps,
-        ),
-        walBytesPerWorkflow: (after.walBytes - before.walBytes) / workflows,
-      };
+      return postgresTransactions(before, after, workflows, steps);
     },
     async verify(expected) {
       const { db, close } = openPostgres(url, 1);
@@ -173,6 +164,20 @@ async function postgresTarget(kind: StoreKind, server: BenchPostgres, database: 
         await close();
       }
     },
+  };
+}
+
+/** Transactions and WAL between two readings of a Postgres database's counters ({@link BenchPostgres.counters}). */
+export function postgresTransactions(before: PgCounters, after: PgCounters, workflows: number, stepsPerWorkflow: number): TransactionFigures {
+  return {
+    ...figures(
+      'pg_stat_database.xact_commit (all) and the transaction-id counter (write)',
+      after.commits - before.commits,
+      after.nextXid - before.nextXid,
+      workflows,
+      stepsPerWorkflow,
+    ),
+    walBytesPerWorkflow: (after.walBytes - before.walBytes) / workflows,
   };
 }
 
