@@ -4,9 +4,13 @@ import { statfsSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release, totalmem, type } from 'node:os';
 import Database from 'better-sqlite3';
 import type { BaselineResult } from './baselines.js';
-import type { BenchResults, MachineInfo } from './results.js';
+import type { BenchResults, MachineInfo, SagalineRun } from './results.js';
 import { usesGroupCommit } from './store-kinds.js';
 import { STEPS_PER_WORKFLOW } from './workload.js';
+import { DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES } from '../src/stores/kysely/kysely-group-commit.js';
+
+/** Group commit's defaults on Postgres, as the legend states them. */
+const GROUP_COMMIT_DEFAULTS = `batches of at most ${DEFAULT_MAX_BATCH_POSTGRES} on Postgres, up to ${DEFAULT_MAX_CONCURRENT_BATCHES} at once`;
 
 const FILESYSTEMS: Record<number, string> = {
   0xef53: 'ext4',
@@ -96,7 +100,7 @@ export function formatTable(results: BenchResults): string {
       fixed(r.transactions.perWorkflow),
       fixed(r.transactions.writePerWorkflow),
       fixed(r.statementsPerWorkflow / STEPS_PER_WORKFLOW),
-      `${fixed(r.cpu.nodeMsPerWorkflow, 2)}${r.cpu.postgresMsPerWorkflow !== null ? `+${fixed(r.cpu.postgresMsPerWorkflow, 2)}` : ''}`,
+      cpuPerWorkflow(r.cpu),
       idle(r.cpu.machineIdle),
       r.baseline ? pct(r.baseline.stepsPerSecRatio) : '—',
     ]);
@@ -113,7 +117,7 @@ export function formatTable(results: BenchResults): string {
       r.transactions ? fixed(r.transactions.perWorkflow) : '—',
       r.transactions ? fixed(r.transactions.writePerWorkflow) : '—',
       r.statements ? fixed(r.statements.perStep) : '—',
-      `${fixed(r.cpu.nodeMsPerWorkflow, 2)}${r.cpu.postgresMsPerWorkflow !== null ? `+${fixed(r.cpu.postgresMsPerWorkflow, 2)}` : ''}`,
+      cpuPerWorkflow(r.cpu),
       idle(r.cpu.machineIdle),
       r.baseline ? pct(r.baseline.stepsPerSecRatio) : '—',
     ]);
@@ -140,10 +144,10 @@ export function formatTable(results: BenchResults): string {
     `Engine: concurrency ${o.concurrency} per process; Postgres pool of ${o.poolSize} per process; idle poll ${single?.settings.idlePollMs ?? '—'} ms in one process` +
       `${multi ? `, ${multi.settings.idlePollMs} ms in the ${multi.processes}-process runs (${multi.settings.notify ? 'the fallback: their workers learn of new workflows from LISTEN/NOTIFY, the store\'s notifications option' : 'their workers learn of new workflows by polling'})` : ''}.`,
     results.runs.some((r) => r.settings.groupCommit) || results.failures.some((f) => usesGroupCommit(f.store))
-      ? '+ group commit: the Kysely store with groupCommit: true (batches of at most 16 on Postgres, up to 4 at once; 64 on SQLite, one at a time): concurrent transact calls on different workflows share one database transaction and one commit; the same workload, counters and baselines.'
+      ? `+ group commit: the Kysely store with groupCommit: true (${GROUP_COMMIT_DEFAULTS}; ${DEFAULT_MAX_BATCH} on SQLite, one at a time): concurrent transact calls on different workflows share one database transaction and one commit; the same workload, counters and baselines.`
       : '',
     (results.references ?? []).length > 0
-      ? `reference: a minimal hand-written loop on the same server and a pool of ${o.poolSize}, no engine, the yardstick of the goals (bench/reference-loop.ts): each workflow is 7 upserts into one table (its start, each step's result, its end), in order; one upsert per transition commits each on its own, many workflows per commit sends the upserts waiting at a moment as one statement (group commit's batching: at most 16, up to 4 at once).`
+      ? `reference: a minimal hand-written loop on the same server and a pool of ${o.poolSize}, no engine, the yardstick of the goals (bench/reference-loop.ts): each workflow is 7 upserts into one table (its start, each step's result, its end), in order; one upsert per transition commits each on its own, many workflows per commit sends the upserts waiting at a moment as one statement (group commit's batching: ${GROUP_COMMIT_DEFAULTS}).`
       : '',
     'Raw rates were measured right before and right after the sagaline runs on the same database (before → after); % of raw commits/s divides steps/s by their mean (Postgres: 8 connections; SQLite: one connection).',
     ...(drifted.length > 0
@@ -174,6 +178,11 @@ function pct(ratio: number): string {
   if (!Number.isFinite(ratio)) return '—';
   const p = ratio * 100;
   return `${p >= 10 ? p.toFixed(0) : p.toFixed(1)}%`;
+}
+
+/** CPU per workflow, `node+pg` (Node alone where the run has no Postgres server). */
+function cpuPerWorkflow(cpu: SagalineRun['cpu']): string {
+  return `${fixed(cpu.nodeMsPerWorkflow, 2)}${cpu.postgresMsPerWorkflow !== null ? `+${fixed(cpu.postgresMsPerWorkflow, 2)}` : ''}`;
 }
 
 /** A share of idle CPU time as a whole percentage, or a dash where it was not measured. */

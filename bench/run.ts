@@ -65,13 +65,19 @@ async function main(options: BenchOptions): Promise<number> {
   const ctx: RunContext = { options, tempDir, postgres, baselines };
   const runs: SagalineRun[] = [];
   const failures: FailedRun[] = [];
-  const attempt = async (label: string, store: StoreKind, processes: number, clients: number, run: () => Promise<SagalineRun>): Promise<void> => {
+  const references: ReferenceRun[] = [];
+  /**
+   * Runs one measured run and reports it: a failure is recorded (the bench goes on with the next run),
+   * unless the bench is shutting down.
+   */
+  const attempt = async <R extends SagalineRun | ReferenceRun>(failed: Omit<FailedRun, 'error'>, run: () => Promise<R>, keep: (result: R) => void): Promise<void> => {
     if (shuttingDown()) throw new Interrupted();
-    progress(`sagaline: ${label}, ${clients} client${clients === 1 ? '' : 's'}, ${options.workflows} workflows…`);
+    const { clients } = failed;
+    progress(`${failed.reference ? 'reference' : 'sagaline'}: ${failed.label}, ${clients} client${clients === 1 ? '' : 's'}, ${options.workflows} workflows…`);
     const problemsBefore = loggedProblems();
     try {
       const result = await run();
-      runs.push(result);
+      keep(result);
       const problems = loggedProblems() - problemsBefore;
       progress(
         `  ${Math.round(result.workflowsPerSec)} workflows/s, ${Math.round(result.stepsPerSec)} steps/s, p50 ${result.latency.p50Ms.toFixed(2)} ms` +
@@ -82,25 +88,15 @@ async function main(options: BenchOptions): Promise<number> {
       if (shuttingDown()) throw new Interrupted();
       const message = err instanceof Error ? err.message : String(err);
       progress(`  FAILED: ${message}`);
-      failures.push({ label, store, processes, clients, error: message });
+      failures.push({ ...failed, error: message });
     }
   };
-  const references: ReferenceRun[] = [];
-  const attemptReference = async (mode: ReferenceMode, clients: number): Promise<void> => {
-    if (shuttingDown()) throw new Interrupted();
-    const label = REFERENCE_LABELS[mode];
-    progress(`reference: ${label}, ${clients} client${clients === 1 ? '' : 's'}, ${options.workflows} workflows…`);
-    try {
-      const result = await runReference(ctx, postgres!, mode, clients);
-      references.push(result);
-      progress(`  ${Math.round(result.workflowsPerSec)} workflows/s, ${Math.round(result.stepsPerSec)} steps/s, p50 ${result.latency.p50Ms.toFixed(2)} ms`);
-    } catch (err) {
-      if (shuttingDown()) throw new Interrupted();
-      const message = err instanceof Error ? err.message : String(err);
-      progress(`  FAILED: ${message}`);
-      failures.push({ reference: true, label, store: 'postgres', processes: 1, clients, error: message });
-    }
-  };
+  const attemptEngine = (label: string, store: StoreKind, processes: number, clients: number, run: () => Promise<SagalineRun>) =>
+    attempt({ label, store, processes, clients }, run, (result) => runs.push(result));
+  const attemptReference = (mode: ReferenceMode, clients: number) =>
+    attempt({ reference: true, label: REFERENCE_LABELS[mode], store: 'postgres', processes: 1, clients }, () => runReference(ctx, mode, clients), (result) =>
+      references.push(result),
+    );
   if (options.engineWarmupWorkflows > 0) {
     progress(`warming up: ${options.engineWarmupWorkflows} workflows per client count on a memory store and on each SQL store kind…`);
     await warmUpCode(ctx);
@@ -114,13 +110,13 @@ async function main(options: BenchOptions): Promise<number> {
       for (const mode of ['each', 'batched'] as const) for (const clients of options.clients) await attemptReference(mode, clients);
     }
     for (const kind of kinds) {
-      for (const clients of options.clients) await attempt(kindLabel(kind), kind, 1, clients, () => runInProcess(ctx, kind, clients));
+      for (const clients of options.clients) await attemptEngine(kindLabel(kind), kind, 1, clients, () => runInProcess(ctx, kind, clients));
       if ((kind === 'postgres' || kind === 'postgres-group') && options.processes > 0) {
         // At every client count: 1 client shows the wake-up across processes (a workflow's first step is
         // claimed in another process), the most clients the scale-out.
         const label = `${kindLabel(kind)}, ${options.processes} processes`;
         for (const clients of options.clients) {
-          await attempt(label, kind, options.processes, clients, () => runMultiProcess(ctx, kind, options.processes, clients));
+          await attemptEngine(label, kind, options.processes, clients, () => runMultiProcess(ctx, kind, options.processes, clients));
         }
       }
     }
