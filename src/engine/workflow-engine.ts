@@ -31,7 +31,7 @@ import type {
   WorkflowEngineApi,
   WorkflowSummary,
 } from './engine-types.js';
-import { newStepRecord } from '../storage/step-records.js';
+import { newStepRecord } from '../storage/new-records.js';
 import { newWorkflowId } from './ids.js';
 import { fromBase64Url, hashToken, randomToken, toBase64Url } from './tokens.js';
 

@@ -21,7 +21,7 @@ import type {
   WorkflowStore,
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
-import { newStepRecord } from '../../storage/step-records.js';
+import { newStepRecord } from '../../storage/new-records.js';
 import { checkedDate, claimHistoryEntry, copyRecords, normalizeHistory } from '../../storage/store-values.js';
 import { CasWriter, cellParameter, HISTORY_COLUMNS, jsonText, pushHistoryCells, timeParameter, type CasItem } from './kysely-cas-write.js';
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';

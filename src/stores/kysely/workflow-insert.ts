@@ -6,6 +6,7 @@
  * @module
  */
 import type { CreateWorkflowInput, WorkflowRecord } from '../../storage/workflow-store.js';
+import { newWorkflowRecord } from '../../storage/new-records.js';
 import { jsonText } from './kysely-cas-write.js';
 
 /** The columns of a workflow insert, in the order {@link workflowInsertCells} fills them. */
@@ -48,29 +49,11 @@ const INPUT_VALUE = WORKFLOW_VALUE_COLUMNS.indexOf('input');
 
 /**
  * The workflow record a create inserted, as a read of the row would return
- * it, built from what the create sent: its values (`values`, from
- * {@link workflowInsertValues}, with the input as JSON text, parsed here
- * afresh so that the record shares nothing with the caller's object), and
- * the constants of {@link workflowInsertCells}.
+ * it, from what the create sent: `values` from {@link workflowInsertValues},
+ * whose input (JSON text) is parsed afresh, so that the record shares nothing
+ * with the caller's object.
  */
 export function insertedWorkflowRecord(input: CreateWorkflowInput, createdAt: Date, values: readonly unknown[]): WorkflowRecord {
-  const w = input.workflow;
   const inputText = values[INPUT_VALUE] as string | null;
-  return {
-    id: w.id,
-    tenantId: w.tenantId,
-    type: w.type,
-    serviceSlug: w.serviceSlug ?? null,
-    status: w.status,
-    definitionVersion: w.definitionVersion,
-    input: inputText === null ? null : (JSON.parse(inputText) as unknown),
-    output: null,
-    error: null,
-    idempotencyKey: w.idempotencyKey ?? null,
-    currentStep: null,
-    retryCount: 0,
-    createdAt: new Date(createdAt.getTime()),
-    updatedAt: new Date(createdAt.getTime()),
-    completedAt: null,
-  };
+  return newWorkflowRecord(input.workflow, inputText === null ? null : (JSON.parse(inputText) as unknown), createdAt);
 }

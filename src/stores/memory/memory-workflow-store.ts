@@ -26,7 +26,7 @@ import type {
   WorkflowStore,
   WorkflowTransaction,
 } from '../../storage/workflow-store.js';
-import { newStepRecord } from '../../storage/step-records.js';
+import { newStepRecord } from '../../storage/new-records.js';
 import {
   checkedDate,
   checkedTime,

@@ -1,4 +1,37 @@
-import type { NewStep, StepRecord } from './workflow-store.js';
+/**
+ * The rows `createWorkflow` writes, as records: what a store returns for a
+ * new workflow, and what an engine that created it knows of its steps
+ * without reading them back.
+ *
+ * @module
+ */
+import type { CreateWorkflowInput, NewStep, StepRecord, WorkflowRecord } from './workflow-store.js';
+
+/**
+ * The workflow row `createWorkflow` writes for `workflow`: its fields as
+ * given, with `input` as the store keeps it (its own copy), created and
+ * updated at `createdAt`, no output, error or current step, no retries, not
+ * completed.
+ */
+export function newWorkflowRecord(workflow: CreateWorkflowInput['workflow'], input: unknown, createdAt: Date): WorkflowRecord {
+  return {
+    id: workflow.id,
+    tenantId: workflow.tenantId,
+    type: workflow.type,
+    serviceSlug: workflow.serviceSlug ?? null,
+    status: workflow.status,
+    definitionVersion: workflow.definitionVersion,
+    input,
+    output: null,
+    error: null,
+    idempotencyKey: workflow.idempotencyKey ?? null,
+    currentStep: null,
+    retryCount: 0,
+    createdAt: new Date(createdAt.getTime()),
+    updatedAt: new Date(createdAt.getTime()),
+    completedAt: null,
+  };
+}
 
 /**
  * The step row `createWorkflow` writes for `step`: pending, nothing run, no
