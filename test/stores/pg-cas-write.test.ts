@@ -193,6 +193,92 @@ describe('CasWriter on Postgres: one workflow', () => {
     ]);
   });
 
+  it('sends no parameter for a null or for the transaction’s time, and writes them as if it did', async () => {
+    const writer = new CasWriter({
+      workflows: '"sagaline_workflows"',
+      steps: '"sagaline_steps"',
+      history: '"sagaline_history"',
+      workflowColumns: [
+        ['current_step', 'text'],
+        ['completed_at', 'timestamptz'],
+      ],
+      stepColumns: [
+        ['status', 'text'],
+        ['lease_token', 'text'],
+        ['started_at', 'timestamptz'],
+        ['completed_at', 'timestamptz'],
+        ['output', 'jsonb'],
+      ],
+      channel: undefined,
+      prefix: '/* sagaline */',
+    });
+    const now = new Date('2026-01-02T03:04:05.000Z');
+    const earlier = new Date('2025-12-31T23:59:59.000Z');
+    const version = (await versions([106])).get(106)!;
+    const cells = (entries: [string, unknown][]) => new Map(entries.map(([k, v]) => [k, { value: v }]));
+    const tx: CasTransaction = {
+      now,
+      workflowId: 'wf_106',
+      historySeq: 4,
+      workflowCells: cells([
+        ['current_step', null],
+        ['completed_at', now],
+      ]),
+      stepWrites: new Map([
+        [
+          'a',
+          {
+            cells: cells([
+              ['status', 'completed'],
+              ['lease_token', null],
+              ['completed_at', now],
+              ['started_at', earlier],
+              ['output', '{"v":1}'],
+            ]),
+            fence: { expected: 'lease-106-a' },
+          },
+        ],
+        ['b', { cells: cells([['output', null]]), fence: null }],
+      ]),
+      history: [
+        { kind: 'step', stepName: 'a', from: 'running', to: 'completed', actor: null, reason: null, action: null, detail: null },
+        { kind: 'note', stepName: null, from: null, to: null, actor: 'op', reason: null, action: 'a note', detail: null, at: now },
+        { kind: 'note', stepName: 'b', from: null, to: null, actor: null, reason: 'why', action: null, detail: { x: 1 }, at: earlier },
+      ],
+    };
+    const statement = writer.statement([{ tx, version, wakes: false }]);
+    // The key, the version, the time (once), the sequence number; then only values that are neither null nor that time.
+    expect(statement.parameters.slice(0, 4)).toEqual(['wf_106', version, '2026-01-02T03:04:05.000Z', 7]);
+    const rest = statement.parameters.slice(4);
+    expect(rest).not.toContain(null);
+    expect(rest).not.toContain('2026-01-02T03:04:05.000Z');
+    expect(rest).toContain('2025-12-31T23:59:59.000Z');
+
+    await client.query('begin');
+    try {
+      await client.query(`update sagaline_steps set output = '{"old":true}' where workflow_id = 'wf_106' and name = 'b'`);
+      await client.query(`update sagaline_workflows set current_step = 'a' where id = 'wf_106'`);
+      const v = (await client.query<{ v: string }>(`select xmin::text as v from sagaline_workflows where id = 'wf_106'`)).rows[0]!.v;
+      const written = writer.statement([{ tx, version: v, wakes: false }]);
+      expect((await client.query(written.sql, written.parameters)).rows).toHaveLength(1);
+      const workflow = (await client.query(`select current_step, completed_at, updated_at, last_history_seq from sagaline_workflows where id = 'wf_106'`)).rows[0];
+      expect(workflow).toEqual({ current_step: null, completed_at: now, updated_at: now, last_history_seq: 7 });
+      const steps = (await client.query(`select name, status, lease_token, started_at, completed_at, output from sagaline_steps where workflow_id = 'wf_106' order by name`)).rows;
+      expect(steps).toEqual([
+        { name: 'a', status: 'completed', lease_token: null, started_at: earlier, completed_at: now, output: { v: 1 } },
+        { name: 'b', status: 'running', lease_token: 'lease-106-b', started_at: null, completed_at: null, output: null },
+      ]);
+      const history = (await client.query(`select seq, at, kind, step_name, from_status, to_status, actor, reason, action, detail from sagaline_history where workflow_id = 'wf_106' order by seq`)).rows;
+      expect(history).toEqual([
+        { seq: 5, at: now, kind: 'step', step_name: 'a', from_status: 'running', to_status: 'completed', actor: null, reason: null, action: null, detail: null },
+        { seq: 6, at: now, kind: 'note', step_name: null, from_status: null, to_status: null, actor: 'op', reason: null, action: 'a note', detail: null },
+        { seq: 7, at: earlier, kind: 'note', step_name: 'b', from_status: null, to_status: null, actor: null, reason: 'why', action: null, detail: { x: 1 } },
+      ]);
+    } finally {
+      await client.query('rollback');
+    }
+  });
+
   it('writes nothing when the fence fails or the version is not the one read', async () => {
     const version = (await versions([102])).get(102)!;
     for (const item of [single(102, version, 'someone-else', { attempts: 7 }), single(102, String(Number(version) + 1), 'lease-102-a', { attempts: 7 })]) {

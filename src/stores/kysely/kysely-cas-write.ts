@@ -98,27 +98,37 @@ export class CasWriter {
    * write sets, with no rows of values to join. On Postgres this costs about
    * a fifth less server time than the batch form with one row (which joins
    * the values, and sets every column through a mask), and sends fewer
-   * parameters. Its text depends on which columns each row sets, the number
-   * of fences and history entries, and whether it notifies: a workload
-   * repeats a few such sets, so texts are cached by them.
+   * parameters. A null is written as a literal and a time equal to the
+   * transaction's as its one parameter (`$3`), so a transition sends about
+   * half the parameters it sets: each costs the driver and the server a
+   * conversion. The text depends on which columns each row sets (and which
+   * of them are null or the transaction's time), the number of fences, the
+   * same of each history entry, and whether it notifies: a workload repeats a
+   * few such sets, so texts are cached by them.
    *
    * The key is also the text's description, read back by {@link singleText}:
-   * `s` and the indexes of the workflow columns set (`s,0,3`); then for each
-   * step write in order, `:f` if it is fenced and `:s` with the indexes of its
-   * columns set, if it sets any; then `:h` and the number of history entries;
-   * then `:n` if it notifies. Parameters follow the same order, fences before
-   * step rows.
+   * `s` and, for each workflow column set, its index followed by `n` for
+   * null or `t` for the transaction's time (`s,0,3t`); then for each step
+   * write in order, `:f` if it is fenced and `:s` with its columns the same
+   * way, if it sets any; then `:h` and the {@link historyCode} of each
+   * history entry; then `:n` if it notifies. Parameters follow the same
+   * order, fences before step rows.
    */
   private single({ tx, version, wakes }: CasItem): CasStatement {
     const shape = this.shape;
+    const nowMs = tx.now.getTime();
     const now = timeParameter(tx.now);
     const parameters: unknown[] = [tx.workflowId, version, now, tx.historySeq + tx.history.length];
     let key = 's';
+    const columnKey = (i: number, value: unknown, out: unknown[]): string => {
+      if (value === null || value === undefined) return `,${i}n`;
+      if (value instanceof Date && value.getTime() === nowMs) return `,${i}t`;
+      out.push(cellParameter(value));
+      return `,${i}`;
+    };
     shape.workflowColumns.forEach(([column], i) => {
       const cell = tx.workflowCells.get(column);
-      if (cell === undefined) return;
-      key += `,${i}`;
-      parameters.push(cellParameter(cell.value));
+      if (cell !== undefined) key += columnKey(i, cell.value, parameters);
     });
     const fences: unknown[] = [];
     const steps: unknown[] = [];
@@ -133,16 +143,15 @@ export class CasWriter {
       key += ':s';
       shape.stepColumns.forEach(([column], i) => {
         const cell = write.cells.get(column);
-        if (cell === undefined) return;
-        key += `,${i}`;
-        steps.push(cellParameter(cell.value));
+        if (cell !== undefined) key += columnKey(i, cell.value, steps);
       });
     }
     parameters.push(...fences, ...steps);
-    tx.history.forEach((h, i) => pushHistoryValues(parameters, tx, now, h, i));
+    key += ':h';
+    for (const h of tx.history) key += `,${pushHistoryCode(parameters, h, nowMs)}`;
     const notify = wakes && shape.channel !== undefined;
     if (notify) parameters.push(shape.channel);
-    key += `:h${tx.history.length}${notify ? ':n' : ''}`;
+    if (notify) key += ':n';
     return { sql: this.texts.get(key, () => this.singleText(key)), parameters };
   }
 
@@ -152,33 +161,35 @@ export class CasWriter {
     let n = 4;
     const p = (type: string) => `$${++n}::${type}`;
     const quote = (name: string) => `"${name}"`;
+    /** A column's value in the text: a placeholder, a typed null, or the transaction's time. */
+    const value = (token: string, type: string): string => (token.endsWith('n') ? `null::${type}` : token.endsWith('t') ? '$3::timestamptz' : p(type));
+    const sets = (part: string, columns: CasShape['stepColumns']): string[] =>
+      part
+        .split(',')
+        .slice(1)
+        .map((token) => {
+          const [column, type] = columns[Number.parseInt(token, 10)]!;
+          return `${quote(column)} = ${value(token, type)}`;
+        });
     const [workflowPart, ...rest] = key.split(':');
-    const wfSets = ['version = w.version + 1', 'updated_at = $3::timestamptz', 'last_history_seq = $4::integer'];
-    for (const i of columnIndexes(workflowPart!)) {
-      const [column, type] = shape.workflowColumns[i]!;
-      wfSets.push(`${quote(column)} = ${p(type)}`);
-    }
+    const wfSets = ['version = w.version + 1', 'updated_at = $3::timestamptz', 'last_history_seq = $4::integer', ...sets(workflowPart!, shape.workflowColumns)];
     const fenced: string[] = [];
     const stepParts: string[] = [];
-    let history = 0;
+    let history: number[] = [];
     let notify = false;
     for (const part of rest) {
       if (part === 'f') {
         fenced.push(`
       and not exists (select 1 from ${shape.steps} s where s.workflow_id = $1::text and s.name = ${p('text')} and s.lease_token is distinct from ${p('text')})`);
       } else if (part === 'n') notify = true;
-      else if (part.startsWith('h')) history = Number(part.slice(1));
+      else if (part.startsWith('h')) history = part.split(',').slice(1).map(Number);
     }
     // Step rows after the fences, as their parameters are collected.
     for (const part of rest) {
       if (part !== 's' && !part.startsWith('s,')) continue;
       const name = p('text');
-      const sets = columnIndexes(part).map((i) => {
-        const [column, type] = shape.stepColumns[i]!;
-        return `${quote(column)} = ${p(type)}`;
-      });
       stepParts.push(`st${stepParts.length} as (
-    update ${shape.steps} s set ${sets.join(', ')}
+    update ${shape.steps} s set ${sets(part, shape.stepColumns).join(', ')}
     where s.workflow_id = $1::text and s.name = ${name} and exists (select 1 from wf)
   )`);
     }
@@ -190,9 +201,14 @@ export class CasWriter {
   )`,
       ...stepParts,
     ];
-    if (history > 0) {
-      const rows: string[] = [];
-      for (let r = 0; r < history; r++) rows.push(`(${HISTORY_TYPES.slice(1).map((t) => p(t)).join(', ')})`);
+    if (history.length > 0) {
+      // `$4` is the sequence number of the last entry.
+      const rows = history.map((code, r) => {
+        const back = history.length - 1 - r;
+        const at = code & 1 ? '$3::timestamptz' : p('timestamptz');
+        const cells = HISTORY_TYPES.slice(3).map((type, j) => ((code >> (j + 1)) & 1 ? `null::${type}` : p(type)));
+        return `(${back === 0 ? '$4::integer' : `$4::integer - ${back}`}, ${at}, ${cells.join(', ')})`;
+      });
       parts.push(`hist as (
     insert into ${shape.history} (${HISTORY_COLUMNS.join(', ')})
     select $1::text, hv.* from (values ${rows.join(', ')}) as hv(${HISTORY_COLUMNS.slice(1).join(', ')}) where exists (select 1 from wf)
@@ -329,6 +345,26 @@ function pushHistoryValues(out: unknown[], tx: CasTransaction, now: string, h: N
 }
 
 /**
+ * Pushes the parameters of history entry `h` of a one-workflow write (see
+ * `CasWriter.single`): its time unless it is the transaction's (`nowMs`),
+ * then its cells after `at` that are not null. Returns the entry's code: bit
+ * 0 set when its time is the transaction's, bit `j + 1` when cell `j` (kind
+ * to detail) is null.
+ */
+function pushHistoryCode(out: unknown[], h: NewHistoryEntry, nowMs: number): number {
+  let code = 0;
+  if (h.at && h.at.getTime() !== nowMs) out.push(timeParameter(h.at));
+  else code = 1;
+  const cells: unknown[] = [];
+  pushHistoryCells(cells, h);
+  for (let j = 0; j < cells.length; j++) {
+    if (cells[j] === null) code |= 1 << (j + 1);
+    else out.push(cells[j]);
+  }
+  return code;
+}
+
+/**
  * A time as a Postgres parameter: ISO 8601 text in UTC, which every statement
  * of the store casts to `timestamptz`. The `pg` driver would format a `Date`
  * itself, in local time, through a dozen small strings per value: a
@@ -347,11 +383,6 @@ export function timeParameter(date: Date): string {
  */
 export function pushHistoryCells(out: unknown[], h: NewHistoryEntry): void {
   out.push(h.kind, h.stepName ?? null, h.from ?? null, h.to ?? null, h.actor ?? null, h.reason ?? null, h.action ?? null, jsonText(h.detail));
-}
-
-/** The column indexes of a key part such as `s,0,3` (none for `s`). */
-function columnIndexes(part: string): number[] {
-  return part.split(',').slice(1).map(Number);
 }
 
 /** Pushes a row's value for every column (null where it sets none) onto `out`; returns the mask of the columns it sets. */
