@@ -14,6 +14,7 @@ import { createManualClock } from '../../src/core/clock.js';
 import { defineWorkflow, step } from '../../src/core/define-workflow.js';
 import { createEngine } from '../../src/engine/workflow-engine.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
+import { timeParameter } from '../../src/stores/kysely/kysely-cas-write.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { createPostgresSchema } from '../support/databases.js';
 import { recordingKysely } from '../support/recording-pool.js';
@@ -87,4 +88,23 @@ describe('time parameters (Postgres)', () => {
       expect(detail.createdAt).toEqual(new Date(T0));
     });
   }
+});
+
+describe('timeParameter', () => {
+  it('formats each time as its own, whichever it formatted last, and rejects an invalid date', () => {
+    const a = new Date('2026-01-02T03:04:05.006Z');
+    const b = new Date('2027-06-07T08:09:10.011Z');
+    expect([a, a, b, new Date(a.getTime()), b].map(timeParameter)).toEqual([
+      '2026-01-02T03:04:05.006Z',
+      '2026-01-02T03:04:05.006Z',
+      '2027-06-07T08:09:10.011Z',
+      '2026-01-02T03:04:05.006Z',
+      '2027-06-07T08:09:10.011Z',
+    ]);
+    // A date changed in place after it was formatted is formatted afresh.
+    a.setTime(Date.UTC(2030, 0, 1));
+    expect(timeParameter(a)).toBe('2030-01-01T00:00:00.000Z');
+    expect(() => timeParameter(new Date(Number.NaN))).toThrow(RangeError);
+    expect(timeParameter(a)).toBe('2030-01-01T00:00:00.000Z');
+  });
 });

@@ -371,10 +371,23 @@ function pushHistoryCode(out: unknown[], h: NewHistoryEntry, nowMs: number): num
  * group-commit workflow sent about 33 times, about a tenth of all the memory
  * the store allocated per workflow. An invalid date is a `RangeError` here,
  * before anything is sent.
+ *
+ * The last text is kept: a statement's times are mostly its transaction's
+ * (a create's rows and history entries all carry it), and formatting one is
+ * among the costlier things a write does in Node.
  */
 export function timeParameter(date: Date): string {
-  return date.toISOString();
+  const ms = date.getTime();
+  // NaN (an invalid date) never equals the kept time: it reaches toISOString, which throws.
+  if (ms === lastTime.ms) return lastTime.text;
+  const text = date.toISOString();
+  lastTime.ms = ms;
+  lastTime.text = text;
+  return text;
 }
+
+/** The last time {@link timeParameter} formatted. */
+const lastTime = { ms: Number.NaN, text: '' };
 
 /**
  * The values of a history entry in {@link HISTORY_COLUMNS} order after
