@@ -18,7 +18,6 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Kysely, SqliteDialect } from 'kysely';
 import * as current from '../src/index.js';
@@ -26,27 +25,13 @@ import * as currentKysely from '../src/kysely.js';
 import * as currentMemory from '../src/memory.js';
 import { installCleanupHandlers, onCleanup, removeTempDir, runCleanups, trackTempDir } from './cleanup.js';
 import { ownCpuMs, processTreeCpuMs } from './cpu.js';
-import { intArg } from './options.js';
+import { COMPARE_USAGE, parseCompareOptions, UsageError, type CompareOptions } from './options.js';
 import { openPostgres, startBenchPostgres, type BenchPostgres } from './postgres.js';
 import { openSqliteFile } from './sqlite.js';
 import { IN_PROCESS_IDLE_POLL_MS } from './runs.js';
 import { BENCH_WORKFLOW, benchStartOptions, CompletionTracker, defineBenchWorkflow, runClosedLoop, STEPS_PER_WORKFLOW } from './workload.js';
 import type { StoreKind } from './results.js';
-import { databaseOf, isStoreKind, kindLabel, STORE_KINDS, usesGroupCommit } from './store-kinds.js';
-
-const USAGE = `Usage: npm run bench:compare -- <revision> [options]
-
-Runs the library at <revision> (any git revision) and the working tree in one
-process, in alternating rounds on the same machine, and prints, for each
-store and client count, the medians of each and how many rounds each led.
-
-Options:
-  --stores LIST     any of ${STORE_KINDS.join(',')} (default postgres,postgres-group)
-  --clients LIST    closed-loop clients, comma-separated (default 1,32)
-  --rounds N        rounds per build (default 8)
-  --workflows N     workflows per round (default 200 at 1 client, 1000 at more)
-  --warmup N        unmeasured workflows per build before the first round (default 300)
-  -h, --help        this text`;
+import { databaseOf, kindLabel, usesGroupCommit } from './store-kinds.js';
 
 /** What the comparison needs of a build of the library. */
 interface Library {
@@ -211,39 +196,30 @@ function summarize(kind: StoreKind, clients: number, old: Round[], now: Round[])
 }
 
 async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      stores: { type: 'string' },
-      clients: { type: 'string' },
-      rounds: { type: 'string' },
-      workflows: { type: 'string' },
-      warmup: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  });
-  if (values.help || positionals.length !== 1) {
-    process.stdout.write(`${USAGE}\n`);
-    return values.help ? 0 : 2;
+  let options: CompareOptions | 'help';
+  try {
+    options = parseCompareOptions(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`bench:compare: ${err.message}\n\n${COMPARE_USAGE}\n`);
+    return 2;
   }
-  const stores = (values.stores ?? 'postgres,postgres-group').split(',').map((s) => s.trim());
-  for (const s of stores) if (!isStoreKind(s)) throw new Error(`--stores: unknown store "${s}" (any of ${STORE_KINDS.join(',')})`);
-  const clientCounts = (values.clients ?? '1,32').split(',').map((c) => intArg('--clients', c.trim(), 0, 1));
-  const rounds = intArg('--rounds', values.rounds, 8, 1);
-  const warmup = intArg('--warmup', values.warmup, 300, 0);
+  if (options === 'help') {
+    process.stdout.write(`${COMPARE_USAGE}\n`);
+    return 0;
+  }
+  const { stores, clients: clientCounts, rounds, warmup, revision } = options;
 
   const tempDir = mkdtempSync(join(tmpdir(), 'sagaline-compare-'));
   trackTempDir(tempDir);
   onCleanup('compare temp dir', () => removeTempDir(tempDir));
-  const revision = positionals[0]!;
   progress(`building ${revision}…`);
   const old = await buildRevision(revision, tempDir);
-  const postgres = stores.some((s) => databaseOf(s as StoreKind) === 'postgres') ? await startBenchPostgres() : null;
+  const postgres = stores.some((s) => databaseOf(s) === 'postgres') ? await startBenchPostgres() : null;
   const summaries: string[] = [];
-  for (const kind of stores as StoreKind[]) {
+  for (const kind of stores) {
     for (const clients of clientCounts) {
-      const workflows = intArg('--workflows', values.workflows, clients === 1 ? 200 : 1000, 1);
+      const workflows = options.workflows ?? (clients === 1 ? 200 : 1000);
       const sides = [
         await openSide('old', old, kind, clients, { tempDir, postgres }),
         await openSide('new', { ...current, ...currentKysely, ...currentMemory }, kind, clients, { tempDir, postgres }),

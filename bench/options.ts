@@ -102,19 +102,13 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
   if (v.help) return 'help';
   const quick = v.quick === true;
   const workflows = intArg('--workflows', v.workflows, quick ? 200 : 2000, 1);
-  const clients = (v.clients ?? '1,32').split(',').map((c) => intArg('--clients', c.trim(), 0, 1));
-  const stores: StoreKind[] = [];
-  for (const s of (v.stores ?? STORE_KINDS.join(',')).split(',').map((name) => name.trim())) {
-    if (!isStoreKind(s)) throw new UsageError(`--stores: unknown store "${s}" (any of ${STORE_KINDS.join(',')})`);
-    if (!stores.includes(s)) stores.push(s);
-  }
   const wakeups = v.wakeups ?? 'notify';
   if (wakeups !== 'notify' && wakeups !== 'poll') throw new UsageError(`--wakeups: expected notify or poll, got "${wakeups}"`);
   return {
     workflows,
-    clients: [...new Set(clients)],
+    clients: clientList(v.clients),
     processes: intArg('--processes', v.processes, 3, 0),
-    stores,
+    stores: storeList(v.stores, STORE_KINDS),
     json: v.json ?? null,
     quick,
     baselineSeconds: numArg('--baseline-seconds', v['baseline-seconds'], quick ? 0.5 : 5, 0.1),
@@ -128,6 +122,83 @@ export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
     runTimeoutSeconds: numArg('--run-timeout', v['run-timeout'], quick ? 60 : 300, 1),
     totalTimeoutSeconds: numArg('--timeout', v.timeout, quick ? 180 : 1800, 1),
   };
+}
+
+/** The options of `npm run bench:compare`. */
+export interface CompareOptions {
+  /** The git revision to compare the working tree with. */
+  revision: string;
+  stores: StoreKind[];
+  clients: number[];
+  rounds: number;
+  /** Workflows per round; null: 200 at 1 client, 1,000 at more. */
+  workflows: number | null;
+  /** Unmeasured workflows per build before the first round. */
+  warmup: number;
+}
+
+export const COMPARE_USAGE = `Usage: npm run bench:compare -- <revision> [options]
+
+Runs the library at <revision> (any git revision) and the working tree in one
+process, in alternating rounds on the same machine, and prints, for each
+store and client count, the medians of each and how many rounds each led.
+
+Options:
+  --stores LIST     any of ${STORE_KINDS.join(',')} (default postgres,postgres-group)
+  --clients LIST    closed-loop clients, comma-separated (default 1,32)
+  --rounds N        rounds per build (default 8)
+  --workflows N     workflows per round (default 200 at 1 client, 1000 at more)
+  --warmup N        unmeasured workflows per build before the first round (default 300)
+  -h, --help        this text`;
+
+export function parseCompareOptions(argv: string[]): CompareOptions | 'help' {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: true,
+      options: {
+        stores: { type: 'string' },
+        clients: { type: 'string' },
+        rounds: { type: 'string' },
+        workflows: { type: 'string' },
+        warmup: { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
+  const v = parsed.values;
+  if (v.help) return 'help';
+  if (parsed.positionals.length !== 1) {
+    throw new UsageError(`expected one revision to compare with, got ${parsed.positionals.length === 0 ? 'none' : parsed.positionals.join(' ')}`);
+  }
+  return {
+    revision: parsed.positionals[0]!,
+    stores: storeList(v.stores, ['postgres', 'postgres-group']),
+    clients: clientList(v.clients),
+    rounds: intArg('--rounds', v.rounds, 8, 1),
+    workflows: v.workflows === undefined ? null : intArg('--workflows', v.workflows, 0, 1),
+    warmup: intArg('--warmup', v.warmup, 300, 0),
+  };
+}
+
+/** `--clients LIST`: distinct client counts of at least 1, in the order given (default 1,32). */
+function clientList(value: string | undefined): number[] {
+  return [...new Set((value ?? '1,32').split(',').map((c) => intArg('--clients', c.trim(), 0, 1)))];
+}
+
+/** `--stores LIST`: distinct store kinds, in the order given. */
+function storeList(value: string | undefined, fallback: readonly StoreKind[]): StoreKind[] {
+  if (value === undefined) return [...fallback];
+  const stores: StoreKind[] = [];
+  for (const s of value.split(',').map((name) => name.trim())) {
+    if (!isStoreKind(s)) throw new UsageError(`--stores: unknown store "${s}" (any of ${STORE_KINDS.join(',')})`);
+    if (!stores.includes(s)) stores.push(s);
+  }
+  return stores;
 }
 
 export function intArg(name: string, value: string | undefined, fallback: number, min: number): number {
