@@ -1,5 +1,5 @@
 /** Command-line options of `npm run bench`. */
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { StoreKind } from './results.js';
 import { isStoreKind, STORE_KINDS } from './store-kinds.js';
 
@@ -69,35 +69,29 @@ export class UsageError extends Error {
 }
 
 export function parseBenchOptions(argv: string[]): BenchOptions | 'help' {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        workflows: { type: 'string' },
-        clients: { type: 'string' },
-        processes: { type: 'string' },
-        stores: { type: 'string' },
-        json: { type: 'string' },
-        quick: { type: 'boolean', default: false },
-        'baseline-seconds': { type: 'string' },
-        warmup: { type: 'string' },
-        'engine-warmup': { type: 'string' },
-        concurrency: { type: 'string' },
-        pool: { type: 'string' },
-        wakeups: { type: 'string' },
-        'poll-ms': { type: 'string' },
-        'no-reference': { type: 'boolean', default: false },
-        'run-timeout': { type: 'string' },
-        timeout: { type: 'string' },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (err) {
-    throw new UsageError(err instanceof Error ? err.message : String(err));
-  }
+  const parsed = parseCommandLine({
+    args: argv,
+    allowPositionals: false,
+    options: {
+      workflows: { type: 'string' },
+      clients: { type: 'string' },
+      processes: { type: 'string' },
+      stores: { type: 'string' },
+      json: { type: 'string' },
+      quick: { type: 'boolean', default: false },
+      'baseline-seconds': { type: 'string' },
+      warmup: { type: 'string' },
+      'engine-warmup': { type: 'string' },
+      concurrency: { type: 'string' },
+      pool: { type: 'string' },
+      wakeups: { type: 'string' },
+      'poll-ms': { type: 'string' },
+      'no-reference': { type: 'boolean', default: false },
+      'run-timeout': { type: 'string' },
+      timeout: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
   const v = parsed.values;
   if (v.help) return 'help';
   const quick = v.quick === true;
@@ -152,24 +146,18 @@ Options:
   -h, --help        this text`;
 
 export function parseCompareOptions(argv: string[]): CompareOptions | 'help' {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      strict: true,
-      allowPositionals: true,
-      options: {
-        stores: { type: 'string' },
-        clients: { type: 'string' },
-        rounds: { type: 'string' },
-        workflows: { type: 'string' },
-        warmup: { type: 'string' },
-        help: { type: 'boolean', short: 'h', default: false },
-      },
-    });
-  } catch (err) {
-    throw new UsageError(err instanceof Error ? err.message : String(err));
-  }
+  const parsed = parseCommandLine({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      stores: { type: 'string' },
+      clients: { type: 'string' },
+      rounds: { type: 'string' },
+      workflows: { type: 'string' },
+      warmup: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
   const v = parsed.values;
   if (v.help) return 'help';
   if (parsed.positionals.length !== 1) {
@@ -199,6 +187,15 @@ function storeList(value: string | undefined, fallback: readonly StoreKind[]): S
     if (!stores.includes(s)) stores.push(s);
   }
   return stores;
+}
+
+/** `parseArgs` in strict mode, its errors (an unknown option, a missing value) as {@link UsageError}s. */
+function parseCommandLine<T extends Omit<ParseArgsConfig, 'strict'>>(config: T): ReturnType<typeof parseArgs<T & { strict: true }>> {
+  try {
+    return parseArgs({ ...config, strict: true });
+  } catch (err) {
+    throw new UsageError(err instanceof Error ? err.message : String(err));
+  }
 }
 
 export function intArg(name: string, value: string | undefined, fallback: number, min: number): number {
