@@ -902,10 +902,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const w = input.workflow;
     const texts = this.sqliteWrites();
     const created = createdAt.getTime();
+    const values = workflowInsertValues(input, created);
+    // The insert returns the new row's id only: the record is built from what was sent, as on Postgres.
     // created_at, then updated_at.
-    const rows = await this.rawRows(trx, texts.createWorkflow(), [...workflowInsertValues(input, created), created]);
-    const row = rows[0];
-    if (!row) return null;
+    const rows = await this.rawRows(trx, texts.createWorkflow(), [...values, created]);
+    if (rows.length === 0) return null;
     if (input.steps.length > 0) {
       const parameters: unknown[] = [];
       for (const s of input.steps) {
@@ -919,7 +920,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       history.map((entry, i) => ({ workflowId: w.id, seq: i + 1, entry })),
       this.clock ? this.clock.now() : Date.now(),
     );
-    return this.toWorkflow(row);
+    return insertedWorkflowRecord(input, createdAt, values);
   }
 
   /** SQLite: history rows, at most {@link HISTORY_CHUNK} per statement; `defaultAtMs` is the time of entries without their own. */

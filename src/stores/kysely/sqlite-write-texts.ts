@@ -31,7 +31,7 @@ export class SqliteWriteTexts {
   constructor(private readonly tables: SqliteTables) {}
 
   /**
-   * A workflow's insert, unless its idempotency key is taken; returns the row.
+   * A workflow's insert, unless its idempotency key is taken; returns the new row's id (no row when the key is taken).
    * Parameters: id, tenant id, type, service slug, status, definition version,
    * input (JSON text), idempotency key, last history seq, created at, updated at.
    */
@@ -41,7 +41,7 @@ export class SqliteWriteTexts {
       () =>
         `insert into ${this.tables.workflows} (${WORKFLOW_INSERT_COLUMNS})
       values (${workflowInsertCells(WORKFLOW_VALUE_COLUMNS.map(() => '?'))})
-      on conflict (tenant_id, idempotency_key) do nothing returning *`,
+      on conflict (tenant_id, idempotency_key) do nothing returning id`,
     );
   }
 
