@@ -110,9 +110,9 @@ export class CasWriter {
    * `s` and, for each workflow column set, its index followed by `n` for
    * null or `t` for the transaction's time (`s,0,3t`); then for each step
    * write in order, `:f` if it is fenced and `:s` with its columns the same
-   * way, if it sets any; then `:h` and the {@link historyCode} of each
-   * history entry; then `:n` if it notifies. Parameters follow the same
-   * order, fences before step rows.
+   * way, if it sets any; then `:h` and, for each history entry, its code
+   * from {@link pushHistoryCode}; then `:n` if it notifies. Parameters follow
+   * the same order, fences before step rows.
    */
   private single({ tx, version, wakes }: CasItem): CasStatement {
     const shape = this.shape;
