@@ -21,7 +21,7 @@ import pg from 'pg';
 import { DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from '../src/stores/kysely/kysely-group-commit.js';
 import { onCleanup } from './cleanup.js';
 import type { ReferenceMode, ReferenceRun } from './results.js';
-import { cpuSince, cpuReading, WARMUP_FIRST_NUMBER, type CpuUse, type RunContext } from './runs.js';
+import { cpuPerWorkflow, cpuSince, cpuReading, WARMUP_FIRST_NUMBER, type CpuUse, type RunContext } from './runs.js';
 import { postgresTransactions } from './targets.js';
 import { CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW } from './workload.js';
 
@@ -152,7 +152,6 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
   const after = await server.counters(database);
   const counted = options.workflows + options.warmupWorkflows;
   await verify(url, counted);
-  const perWorkflow = (n: number) => n / result.workflows;
   return {
     label: REFERENCE_LABELS[mode],
     mode,
@@ -163,13 +162,9 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
     stepsPerSec: result.stepsPerSec,
     latency: result.latency,
     transactions: postgresTransactions(before, after, counted, STEPS_PER_WORKFLOW),
-    statementsPerWorkflow: perWorkflow(statements),
+    statementsPerWorkflow: statements / result.workflows,
     baseline: null,
-    cpu: {
-      nodeMsPerWorkflow: perWorkflow(cpu.nodeMs),
-      postgresMsPerWorkflow: cpu.postgresMs === null ? null : perWorkflow(cpu.postgresMs),
-      machineIdle: cpu.machineIdle,
-    },
+    cpu: cpuPerWorkflow(cpu, result.workflows),
     poolSize: options.poolSize,
   };
 }

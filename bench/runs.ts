@@ -244,11 +244,16 @@ export function assembleRun(input: {
         }
       : null,
     baseline: baseline ? { ...baseline, stepsPerSecRatio: loop.stepsPerSec / baseline.commitsPerSec } : null,
-    cpu: {
-      nodeMsPerWorkflow: perWorkflow(input.cpu.nodeMs),
-      postgresMsPerWorkflow: databaseOf(input.store) === 'postgres' && input.cpu.postgresMs !== null ? perWorkflow(input.cpu.postgresMs) : null,
-      machineIdle: input.cpu.machineIdle,
-    },
+    cpu: cpuPerWorkflow(databaseOf(input.store) === 'postgres' ? input.cpu : { ...input.cpu, postgresMs: null }, loop.workflows),
     settings: input.settings,
+  };
+}
+
+/** CPU time per workflow of `workflows` completed in a run (the server's null when it was not measured). */
+export function cpuPerWorkflow(cpu: CpuUse, workflows: number): SagalineRun['cpu'] {
+  return {
+    nodeMsPerWorkflow: cpu.nodeMs / workflows,
+    postgresMsPerWorkflow: cpu.postgresMs === null ? null : cpu.postgresMs / workflows,
+    machineIdle: cpu.machineIdle,
   };
 }
