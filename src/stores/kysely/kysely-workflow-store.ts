@@ -178,10 +178,19 @@ interface CreateEntry extends BatchEntry {
   readonly values?: PgCreateValues;
 }
 
+/** A create queued on Postgres: its values were collected before it was queued. */
+type PgCreateEntry = CreateEntry & { readonly values: PgCreateValues };
+
 type QueuedEntry = TransactEntry | CreateEntry;
 
 function isCreate(entry: QueuedEntry): entry is CreateEntry {
   return (entry as CreateEntry).kind === 'create';
+}
+
+/** A create queued on Postgres, checked to carry its values (`createPostgres` collects them before queueing). */
+function pgCreateEntry(entry: CreateEntry): PgCreateEntry {
+  if (!entry.values) throw new StoreError(`workflow ${entry.input.workflow.id}: a Postgres create was queued without its values`);
+  return entry as PgCreateEntry;
 }
 
 /** How one call of a batch ended before the commit: its result, or its own error. */
@@ -794,7 +803,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const statement = this.pgCreates().single(values, this.pgCreateExtras());
     const result = await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters));
     const row = result.rows[0];
-    return row ? this.createdFromRow(row, input, createdAt, values) : null;
+    return row ? this.createdRecord(String(row['row_version']), input, createdAt, values) : null;
   }
 
   /**
@@ -802,9 +811,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * id and row version: the rest is what the create sent), remembered for the
    * next write (see {@link transactOptimistic}).
    */
-  private createdFromRow(row: Row, input: CreateWorkflowInput, createdAt: Date, values: PgCreateValues): WorkflowRecord {
+  private createdRecord(rowVersion: string, input: CreateWorkflowInput, createdAt: Date, values: PgCreateValues): WorkflowRecord {
     const workflow = insertedWorkflowRecord(input, createdAt, values.workflow);
-    if (!this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, input.history.length, String(row['row_version']));
+    if (!this.db.isTransaction) this.rememberCreated(workflow, input, createdAt, input.history.length, rowVersion);
     this.growth?.created();
     return workflow;
   }
@@ -823,10 +832,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * other failure (the connection lost) fails them all, as it would a
    * create alone.
    */
-  private async runCreateBatch(entries: CreateEntry[]): Promise<void> {
-    const alone = (entry: CreateEntry) => this.createAlone(entry.input, entry.createdAt, entry.values!).then(entry.resolve, entry.reject);
+  private async runCreateBatch(entries: PgCreateEntry[]): Promise<void> {
+    const alone = (entry: PgCreateEntry) => this.createAlone(entry.input, entry.createdAt, entry.values).then(entry.resolve, entry.reject);
     if (entries.length === 1) return alone(entries[0]!);
-    const statement = this.pgCreates().batch(entries.map((e) => e.values!), this.pgCreateExtras());
+    const statement = this.pgCreates().batch(entries.map((e) => e.values), this.pgCreateExtras());
     let rows: Row[];
     try {
       rows = (await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters))).rows;
@@ -839,7 +848,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const byId = new Map(rows.map((r) => [String(r['id']), r]));
     for (const entry of entries) {
       const row = byId.get(entry.input.workflow.id);
-      entry.resolve(row ? this.createdFromRow(row, entry.input, entry.createdAt, entry.values!) : null);
+      entry.resolve(row ? this.createdRecord(String(row['row_version']), entry.input, entry.createdAt, entry.values) : null);
     }
   }
 
@@ -1495,11 +1504,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
       return this.runBatch(batch);
     }
     // Side by side, each on its own connection: they are on different workflows.
-    const creates: CreateEntry[] = [];
+    const creates: PgCreateEntry[] = [];
     const optimistic: TransactEntry[] = [];
     const locked: TransactEntry[] = [];
     for (const entry of batch) {
-      if (isCreate(entry)) creates.push(entry);
+      if (isCreate(entry)) creates.push(pgCreateEntry(entry));
       else (entry.optimistic ? optimistic : locked).push(entry);
     }
     const groups: [QueuedEntry[], () => Promise<void>][] = [];
