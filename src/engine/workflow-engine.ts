@@ -33,10 +33,10 @@ import type {
 } from './engine-types.js';
 import { newStepRecord } from '../storage/new-records.js';
 import { newWorkflowId } from './ids.js';
-import { fromBase64Url, hashToken, randomToken, toBase64Url } from './tokens.js';
+import { CALLBACK_SECRET_BYTES, callbackToken, fromBase64Url, hashToken, parseCallbackToken, randomToken, toBase64Url } from './tokens.js';
 
 /** A lease token, a callback token and the callback token's hash, minted together for one claim. */
-type TokenPair = { leaseToken: string; callbackToken: string; callbackTokenHash: string };
+type TokenPair = { leaseToken: string; callbackSecret: string; callbackTokenHash: string };
 
 /**
  * A claimed step with the plaintext tokens of its claim. `releaseSlot`, set
@@ -44,7 +44,7 @@ type TokenPair = { leaseToken: string; callbackToken: string; callbackTokenHash:
  * has committed (before that write's events), so that work started from an
  * event handler finds the slot free.
  */
-type Claim = ClaimedStep & { callbackToken: string; leaseToken: string; releaseSlot?: () => void };
+type Claim = ClaimedStep & { callbackSecret: string; leaseToken: string; releaseSlot?: () => void };
 
 /** Times a worker keeps to wake at for steps it scheduled (see `wakeWhenDue`); later ones wait for its poll. */
 const MAX_DUE_TIMES = 1_024;
@@ -366,7 +366,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           previousStatus: 'pending',
           now,
           leaseToken: pair.leaseToken,
-          callbackToken: pair.callbackToken,
+          callbackSecret: pair.callbackSecret,
         },
         true,
       );
@@ -542,14 +542,18 @@ export class WorkflowEngine implements WorkflowEngineApi {
     } catch {
       throw new ValidationError('callback result must be JSON-serializable', [{ path: [], message: 'not JSON-serializable', code: 'invalid_type' }]);
     }
-    const hash = await hashToken(token);
-    const location = await this.store.findStepByCallbackHash(hash);
-    if (!location) throw refused();
+    // The token names its workflow and step; only the hash of its secret is stored, on that step.
+    const target = parseCallbackToken(token);
+    if (!target) throw refused();
+    const hash = await hashToken(target.secret);
+    // Checked first by a read, which takes no lock: a guessed token goes no further.
+    const stored = await this.store.getSteps(target.workflowId);
+    if (!stored.some((s) => s.position === target.position && s.callbackTokenHash === hash)) throw refused();
     let applied = false;
     let events: PendingEvent[] = [];
     try {
-      ({ value: applied, events } = await this.transactWithEvents(location.workflowId, (tx, events) => {
-        const step = tx.steps.find((s) => s.name === location.stepName);
+      ({ value: applied, events } = await this.transactWithEvents(target.workflowId, (tx, events) => {
+        const step = tx.steps.find((s) => s.position === target.position);
         if (!step || step.callbackTokenHash !== hash) return false;
         if (!(['pending', 'running', 'failed'] as WorkflowStatus[]).includes(tx.workflow.status)) return false;
         const def = this.definitionOf(tx.workflow);
@@ -734,7 +738,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       const pair = step?.leaseToken ? byLease.get(step.leaseToken) : undefined;
       if (!step || !pair) throw new Error(`store returned a claim without one of the request's lease tokens (${c.workflow.id}/${c.stepName})`);
       byLease.delete(pair.leaseToken);
-      return { ...c, callbackToken: pair.callbackToken, leaseToken: pair.leaseToken };
+      return { ...c, callbackSecret: pair.callbackSecret, leaseToken: pair.leaseToken };
     });
     // Tokens no step took were never stored anywhere: keep them for the next claim.
     for (const unused of byLease.values()) if (this.tokenPool.length < 256) this.tokenPool.push(unused);
@@ -822,7 +826,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           input: c.workflow.input,
           deps: dependencyOutputs(c.steps, resolved),
           idempotencyKey: `${c.workflow.id}:${step.name}`,
-          callbackToken: c.callbackToken,
+          callbackToken: callbackToken(c.workflow.id, step.position, c.callbackSecret),
           waitForCallback: (options?: { timeoutMs?: number }): CallbackWait<any> => ({
             kind: 'sagaline.wait_for_callback',
             timeoutMs: options?.timeoutMs ?? null,
@@ -994,7 +998,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
   }
 
   /** Claims (inside the result's transaction) the first step that write made due, as a claim would. */
-  private claimReadyStep(w: TxWriter, pair: { leaseToken: string; callbackToken: string; callbackTokenHash: string }): Claim | null {
+  private claimReadyStep(w: TxWriter, pair: TokenPair): Claim | null {
     if (w.workflow().status !== 'running') return null;
     const now = w.now.getTime();
     const ready = w.readyNow.map((name) => w.steps().find((s) => s.name === name)).find(
@@ -1019,17 +1023,17 @@ export class WorkflowEngine implements WorkflowEngineApi {
       previousStatus: 'pending',
       now: w.now,
       leaseToken: pair.leaseToken,
-      callbackToken: pair.callbackToken,
+      callbackSecret: pair.callbackSecret,
     };
   }
 
   private newTokenPair(): TokenPair | Promise<TokenPair> {
     const leaseToken = randomToken(16);
-    const callbackToken = randomToken(32);
-    const hash = hashToken(callbackToken);
+    const callbackSecret = randomToken(CALLBACK_SECRET_BYTES);
+    const hash = hashToken(callbackSecret);
     return typeof hash === 'string'
-      ? { leaseToken, callbackToken, callbackTokenHash: hash }
-      : hash.then((callbackTokenHash) => ({ leaseToken, callbackToken, callbackTokenHash }));
+      ? { leaseToken, callbackSecret, callbackTokenHash: hash }
+      : hash.then((callbackTokenHash) => ({ leaseToken, callbackSecret, callbackTokenHash }));
   }
 
   private finishRun(w: TxWriter, step: StepRecord, resolved: ResolvedStep, outcome: Outcome): void {

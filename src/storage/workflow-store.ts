@@ -300,8 +300,6 @@ export interface WorkflowStore {
   getHistory(workflowId: string): Promise<HistoryRecord[]>;
   /** Workflows matching the filters, newest first, at most `limit`. */
   listWorkflows(query: StoreListQuery): Promise<WorkflowRecord[]>;
-  /** The step whose current callback token hashes to `hash`, if any. */
-  findStepByCallbackHash(hash: string): Promise<{ workflowId: string; stepName: string } | null>;
   /** Claims due steps (see the claim rule above). */
   claimSteps(request: ClaimRequest): Promise<ClaimedStep[]>;
   /**

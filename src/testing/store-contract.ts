@@ -350,7 +350,6 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
         expect(await store.getWorkflow(unknown)).toBeNull();
         expect(await store.getSteps(unknown)).toEqual([]);
         expect(await store.getHistory(unknown)).toEqual([]);
-        expect(await store.findStepByCallbackHash(sha256('never minted'))).toBeNull();
         expect(await store.extendLease(unknown, 'a', uuidOf(0xe, 99), 1_000)).toBe(false);
       });
 
@@ -398,7 +397,6 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
           callbackTokenHash: 'hash-created',
         });
         expect(await stepOf(store, id, 'b')).toMatchObject({ status: 'pending', attempts: 0, leaseToken: null, dueAt: null });
-        expect(await store.findStepByCallbackHash('hash-created')).toEqual({ workflowId: id, stepName: 'a' });
         clock.advance(999);
         expect(await store.claimSteps(claimRequest('w1', 10))).toEqual([]);
         clock.advance(1);
@@ -568,8 +566,6 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
 
         const added = (await store.getHistory(id)).slice(before.length);
         expect(added).toEqual([expect.objectContaining({ kind: 'note', stepName: 'a', action: 'lease_reclaimed', at: now })]);
-        expect(await store.findStepByCallbackHash(firstToken.callbackTokenHash)).toBeNull();
-        expect(await store.findStepByCallbackHash(secondToken.callbackTokenHash)).toEqual({ workflowId: id, stepName: 'a' });
       });
 
       test('claiming waiting and compensating steps renews the lease and keeps the attempt', async ({ store, clock }) => {
@@ -611,7 +607,6 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
         });
         expect(await stepOf(store, running, 'poll')).toMatchObject({ ...lease, status: 'waiting_poll', attempts: 1, startedAt, pollCount: 3 });
         expect(await stepOf(store, rollingBack, 'undo')).toMatchObject({ ...lease, status: 'compensating', attempts: 3, retryCount: 0, startedAt });
-        expect(await store.findStepByCallbackHash(callbackHash)).toEqual({ workflowId: running, stepName: 'callback' });
         expect([(await store.getHistory(running)).length, (await store.getHistory(rollingBack)).length]).toEqual(historyBefore);
         expect(must(await store.getWorkflow(rollingBack), rollingBack).status).toBe('rolling_back');
       });
@@ -1067,26 +1062,27 @@ export function runWorkflowStoreContract(name: string, factory: StoreContractFac
         expect(await stepOf(store, id, other)).toMatchObject({ leaseToken: null, leaseExpiresAt: null });
       });
 
-      test('findStepByCallbackHash finds only a current callback token', async ({ store }) => {
+      test('a claim stores each step its own callback hash; a read returns it as cleared or replaced', async ({ store }) => {
         const w1 = await seed(store, ids, { steps: [{ name: 'a', dueAt: new Date(T0) }] });
         const w2 = await seed(store, ids, { steps: [{ name: 'b', dueAt: new Date(T0) }] });
         const request = claimRequest('w1', 2);
         const claimed = await store.claimSteps(request);
         expect(claimed).toHaveLength(2);
+        const hashes = new Set<string | null>();
         for (const c of claimed) {
-          const hash = must(must(c.steps.find((s) => s.name === c.stepName), c.stepName).callbackTokenHash, 'hash');
-          expect(await store.findStepByCallbackHash(hash)).toEqual({ workflowId: c.workflow.id, stepName: c.stepName });
+          const step = must(c.steps.find((s) => s.name === c.stepName), c.stepName);
+          const token = must(request.tokens.find((t) => t.leaseToken === step.leaseToken), 'token');
+          expect(step.callbackTokenHash).toBe(token.callbackTokenHash);
+          expect((await stepOf(store, c.workflow.id, c.stepName)).callbackTokenHash).toBe(token.callbackTokenHash);
+          hashes.add(step.callbackTokenHash);
         }
-        const hashOfA = must((await stepOf(store, w1, 'a')).callbackTokenHash, 'hash');
+        expect(hashes.size).toBe(2);
         await store.transact(w1, (tx) => tx.updateStep('a', { callbackTokenHash: null }));
-        expect(await store.findStepByCallbackHash(hashOfA)).toBeNull();
+        expect((await stepOf(store, w1, 'a')).callbackTokenHash).toBeNull();
 
-        const hashOfB = must((await stepOf(store, w2, 'b')).callbackTokenHash, 'hash');
         const replacement = sha256('replacement');
         await store.transact(w2, (tx) => tx.updateStep('b', { callbackTokenHash: replacement }));
-        expect(await store.findStepByCallbackHash(hashOfB)).toBeNull();
-        expect(await store.findStepByCallbackHash(replacement)).toEqual({ workflowId: w2, stepName: 'b' });
-        expect(await store.findStepByCallbackHash(sha256('unknown'))).toBeNull();
+        expect((await stepOf(store, w2, 'b')).callbackTokenHash).toBe(replacement);
       });
     });
 

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { fromBase64Url, hashToken, randomToken, toBase64Url } from '../../src/engine/tokens.js';
+import { callbackToken, fromBase64Url, hashToken, parseCallbackToken, randomToken, toBase64Url } from '../../src/engine/tokens.js';
 
 describe('tokens', () => {
   it('hashes with SHA-256 (hex), the same as Web Crypto', async () => {
@@ -30,6 +30,40 @@ describe('tokens', () => {
         expect(toBase64Url(bytes)).toBe(Buffer.from(bytes).toString('base64url'));
         expect(fromBase64Url(toBase64Url(bytes))).toEqual(Uint8Array.from(bytes));
       }
+    }
+  });
+
+  it('a callback token names its workflow and step position, and parses back to them', () => {
+    const secret = randomToken(32);
+    const token = callbackToken('wf_00000000000a0123456789abcdef0123', 3, secret);
+    expect(token).toBe(`wf_00000000000a0123456789abcdef0123.3.${secret}`);
+    expect(parseCallbackToken(token)).toEqual({ workflowId: 'wf_00000000000a0123456789abcdef0123', position: 3, secret });
+    // The workflow id is everything before the last two parts, dots included.
+    expect(parseCallbackToken(callbackToken('a.b', 0, secret))).toEqual({ workflowId: 'a.b', position: 0, secret });
+    expect(parseCallbackToken(callbackToken('wf', 123456, secret))?.position).toBe(123456);
+  });
+
+  it('parses nothing but that form', () => {
+    const secret = randomToken(32);
+    for (const token of [
+      secret,
+      `.0.${secret}`,
+      `wf.${secret}`,
+      `wf..${secret}`,
+      `wf.00.${secret}`,
+      `wf.01.${secret}`,
+      `wf.-1.${secret}`,
+      `wf.1e3.${secret}`,
+      `wf. 1.${secret}`,
+      `wf.1234567.${secret}`,
+      `wf.0.${secret}A`,
+      `wf.0.${secret.slice(1)}`,
+      `wf.0.${secret.slice(1)}+`,
+      `wf.0.${secret} `,
+      'wf.0.',
+      '',
+    ]) {
+      expect(parseCallbackToken(token), token).toBeNull();
     }
   });
 });

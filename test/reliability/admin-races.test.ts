@@ -427,11 +427,11 @@ const cases: Case[] = [
       if (order === 'random') {
         shuffleStoreCalls(rig.store, random);
       } else {
-        // Both look the token up before either applies it (the fixed order puts one lookup first).
-        const base = rig.store.count('findStepByCallbackHash');
+        // Both check the token before either applies it (the fixed order puts one check first).
+        const base = rig.store.count('getSteps');
         rig.store.delay = async (point) => {
           for (let k = 0; point === 'transact' && k < 10_000; k++) {
-            if (rig.store.count('findStepByCallbackHash') >= base + 2 && rig.store.inFlightOf('findStepByCallbackHash') === 0) return;
+            if (rig.store.count('getSteps') >= base + 2 && rig.store.inFlightOf('getSteps') === 0) return;
             await turns(1);
           }
         };

@@ -103,7 +103,7 @@ async function deadTokens(rig: Rig, world: World): Promise<{ ids: string[]; dead
   // `expired` waits past its deadline: its timeout is due but not yet processed, so its hash is still stored.
   const stored = await rig.read(expired);
   expect(stored.steps[0]!.status).toBe('waiting_callback');
-  expect(stored.steps[0]!.callbackTokenHash).toBe(await hashToken(first(expired)));
+  expect(stored.steps[0]!.callbackTokenHash).toBe(await hashToken(secretOf(first(expired))));
   return {
     ids,
     dead: {
@@ -119,11 +119,24 @@ async function deadTokens(rig: Rig, world: World): Promise<{ ids: string[]; dead
   };
 }
 
-/** Strings that resemble a live token without being it. */
-function lookAlikes(live: string, liveHash: string): Record<string, unknown> {
+/** The secret part of a token (`<workflow id>.<step position>.<secret>`), whose SHA-256 the step stores. */
+function secretOf(token: string): string {
+  return token.slice(token.lastIndexOf('.') + 1);
+}
+
+/** Strings that resemble a live token without being it; `otherId` is another workflow's id. */
+function lookAlikes(live: string, liveHash: string, otherId: string): Record<string, unknown> {
   const flip = (s: string, i: number) => s.slice(0, i) + (s[i] === 'A' ? 'B' : 'A') + s.slice(i + 1);
+  const secret = secretOf(live);
+  const liveId = live.slice(0, live.indexOf('.'));
   return {
     one_character_changed: flip(live, 5),
+    secret_character_changed: flip(live, live.length - 10),
+    its_secret_alone: secret,
+    its_secret_on_another_step: `${liveId}.1.${secret}`,
+    its_secret_on_another_workflow: `${otherId}.0.${secret}`,
+    position_padded: `${liveId}.00.${secret}`,
+    position_negative: `${liveId}.-0.${secret}`,
     last_character_changed: flip(live, live.length - 1),
     truncated: live.slice(0, -1),
     extended: `${live}A`,
@@ -151,7 +164,7 @@ describe.each(stores)('hostile callbacks on $name store', (factory) => {
       try {
         const { ids, dead, live } = await deadTokens(rig, world);
         const before = await snapshot(rig, ids);
-        const guesses = { unknown: dead['unknown'], ...lookAlikes(live, await hashToken(live)) };
+        const guesses = { unknown: dead['unknown'], ...lookAlikes(live, await hashToken(secretOf(live)), ids[0]!) };
         const seen: Record<string, unknown> = {};
         const transacts = rig.store.count('transact');
         for (const [kind, token] of Object.entries(guesses)) {

@@ -569,11 +569,11 @@ class Callback extends Cmd {
       (b.status === 'running' || (b.status === 'waiting_callback' && (b.dueAt === null || b.dueAt.getTime() > now)));
     const payload = this.status === 'success' ? { status: 'success' as const, output: { account: 'acc_1' } } : { status: 'failed' as const, error: 'rejected' };
     if (this.twice) {
-      // Both callbacks look the token up before either applies it: the interleaving a duplicate delivery races in.
-      const base = rig.store.count('findStepByCallbackHash');
+      // Both callbacks check the token before either applies it: the interleaving a duplicate delivery races in.
+      const base = rig.store.count('getSteps');
       rig.store.delay = async (point) => {
         for (let i = 0; point === 'transact' && i < 10_000; i++) {
-          if (rig.store.count('findStepByCallbackHash') >= base + 2 && rig.store.inFlightOf('findStepByCallbackHash') === 0) return;
+          if (rig.store.count('getSteps') >= base + 2 && rig.store.inFlightOf('getSteps') === 0) return;
           await new Promise<void>((resolve) => setImmediate(resolve));
         }
       };

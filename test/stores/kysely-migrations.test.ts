@@ -53,10 +53,13 @@ async function migrateConcurrently(dialect: 'postgres' | 'sqlite', target: strin
   return Promise.all(children.map((c) => c.exited));
 }
 
+/** Every migration, in the order they apply. */
+const MIGRATIONS = ['0001_initial', '0002_callback_tokens_name_their_step'];
+
 function expectAppliedOnce(results: ChildResult[]): void {
   expect(results.filter((r) => !r.ok)).toEqual([]);
   const applied = results.map((r) => (r.ok ? r.applied : []));
-  expect(applied.filter((a) => a.length > 0)).toEqual([['0001_initial']]);
+  expect(applied.filter((a) => a.length > 0)).toEqual([MIGRATIONS]);
   expect(applied.filter((a) => a.length === 0)).toHaveLength(PROCESSES - 1);
 }
 
@@ -101,7 +104,9 @@ describe('migrateToLatest on Postgres', () => {
     const { db, url } = await fresh();
     expectAppliedOnce(await migrateConcurrently('postgres', url));
     const { rows } = await sql<{ name: string }>`select name from sagaline_migration`.execute(db);
-    expect(rows).toEqual([{ name: '0001_initial' }]);
+    expect(rows).toEqual(MIGRATIONS.map((name) => ({ name })));
+    const indexes = await sql<{ indexname: string }>`select indexname from pg_indexes where tablename = 'sagaline_steps' order by indexname`.execute(db);
+    expect(indexes.rows.map((r) => r.indexname)).toEqual(['sagaline_steps_due_idx', 'sagaline_steps_pkey']);
     const tables = await sql<{ table_name: string }>`
       select table_name from information_schema.tables where table_schema = 'public' order by table_name`.execute(db);
     expect(tables.rows.map((r) => r.table_name)).toEqual([
@@ -130,9 +135,9 @@ describe('migrateToLatest on Postgres', () => {
   it('keeps same-prefixed tables in different schemas apart, whichever is migrated first', async () => {
     const { db } = await fresh();
     const clock = createManualClock();
-    expect(await migrateToLatest(db, { schema: 'tenant_one' })).toEqual({ applied: ['0001_initial'] });
-    expect(await migrateToLatest(db)).toEqual({ applied: ['0001_initial'] });
-    expect(await migrateToLatest(db, { schema: 'tenant_two' })).toEqual({ applied: ['0001_initial'] });
+    expect(await migrateToLatest(db, { schema: 'tenant_one' })).toEqual({ applied: MIGRATIONS });
+    expect(await migrateToLatest(db)).toEqual({ applied: MIGRATIONS });
+    expect(await migrateToLatest(db, { schema: 'tenant_two' })).toEqual({ applied: MIGRATIONS });
     const one = new KyselyWorkflowStore({ db, schema: 'tenant_one', clock });
     const publicStore = new KyselyWorkflowStore({ db, clock });
     await one.createWorkflow(workflow('only-in-one'));
@@ -181,7 +186,7 @@ describe('migrateToLatest on SQLite', () => {
     const db = new Kysely<any>({ dialect: new SqliteDialect({ database: openSqlite(file) }) });
     cleanups.push(() => db.destroy());
     const { rows } = await sql<{ name: string }>`select name from sagaline_migration`.execute(db);
-    expect(rows).toEqual([{ name: '0001_initial' }]);
+    expect(rows).toEqual(MIGRATIONS.map((name) => ({ name })));
     const tables = await sql<{ name: string }>`
       select name from sqlite_master where type = 'table' order by name`.execute(db);
     expect(tables.rows.map((r) => r.name)).toEqual([
@@ -213,12 +218,14 @@ describe('migrateToLatest on SQLite', () => {
   it('uses the table prefix for tables, indexes and migration tables', async () => {
     const database = await createSqliteDatabase();
     cleanups.push(() => database.cleanup());
-    expect(await migrateToLatest(database.db, { tablePrefix: 'wf_' })).toEqual({ applied: ['0001_initial'] });
-    expect(await migrateToLatest(database.db)).toEqual({ applied: ['0001_initial'] });
+    expect(await migrateToLatest(database.db, { tablePrefix: 'wf_' })).toEqual({ applied: MIGRATIONS });
+    expect(await migrateToLatest(database.db)).toEqual({ applied: MIGRATIONS });
     const { rows } = await sql<{ name: string }>`
       select name from sqlite_master where name like 'wf\\_%' escape '\\' order by name`.execute(database.db);
     const names = rows.map((r) => r.name);
     expect(names).toEqual(expect.arrayContaining(['wf_migration', 'wf_migration_lock', 'wf_workflows', 'wf_steps', 'wf_history', 'wf_steps_due_idx']));
+    // The callback-hash index the first migration made is gone: a callback reads its step by key.
+    expect(names).not.toContain('wf_steps_callback_idx');
     expect(names.every((n) => n.startsWith('wf_'))).toBe(true);
     await new KyselyWorkflowStore({ db: database.db, tablePrefix: 'wf_', clock: createManualClock() }).createWorkflow(workflow('w1'));
     expect(await new KyselyWorkflowStore({ db: database.db, clock: createManualClock() }).getWorkflow('w1')).toBeNull();

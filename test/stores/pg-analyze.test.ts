@@ -108,7 +108,7 @@ describe('analyze (Postgres)', () => {
     expect(await analyzed()).toEqual(counts(1));
     expect(await statistics()).toEqual({
       sagaline_history: ['seq', 'workflow_id'],
-      sagaline_steps: ['callback_token_hash', 'due_at', 'lease_expires_at', 'name', 'position', 'status', 'workflow_id'],
+      sagaline_steps: ['due_at', 'lease_expires_at', 'name', 'position', 'status', 'workflow_id'],
       sagaline_workflows: ['created_at', 'id', 'idempotency_key', 'service_slug', 'status', 'tenant_id', 'type'],
     });
     // The row counts the planner sizes its plans by are refreshed as well.

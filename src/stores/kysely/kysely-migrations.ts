@@ -96,7 +96,17 @@ function unwrap(resultSet: { error?: unknown; results?: { migrationName: string;
 function migrations(tables: TableNames): Record<string, Migration> {
   return {
     '0001_initial': { up: (db) => initialSchema(db, tables) },
+    '0002_callback_tokens_name_their_step': { up: (db) => dropCallbackIndex(db, tables) },
   };
+}
+
+/**
+ * A callback token names its workflow and step, so the engine reads the step
+ * by its key: the index on the token hash is no longer read, and every claim
+ * wrote an entry in it.
+ */
+async function dropCallbackIndex(db: Kysely<any>, t: TableNames): Promise<void> {
+  await sql`drop index if exists ${t.ref(`${t.prefix}steps_callback_idx`)}`.execute(db);
 }
 
 /**

@@ -106,7 +106,7 @@ const SNAPSHOT_CACHE_SIZE = 4096;
  */
 const ANALYZED_COLUMNS = {
   workflows: ['id', 'tenant_id', 'type', 'service_slug', 'status', 'idempotency_key', 'created_at'],
-  steps: ['workflow_id', 'name', 'position', 'status', 'due_at', 'lease_expires_at', 'callback_token_hash'],
+  steps: ['workflow_id', 'name', 'position', 'status', 'due_at', 'lease_expires_at'],
   history: ['workflow_id', 'seq'],
 } as const;
 
@@ -526,18 +526,6 @@ export class KyselyWorkflowStore implements WorkflowStore {
       .orderBy('id', 'desc')
       .limit(Math.max(1, Math.floor(query.limit)))
       .compile() as CompiledQuery<Row>;
-  }
-
-  /** The step whose current callback token hashes to `hash`, if any. */
-  async findStepByCallbackHash(hash: string): Promise<{ workflowId: string; stepName: string } | null> {
-    return this.guard('findStepByCallbackHash', async () => {
-      const rows = await this.rows(
-        this.db,
-        sql`select workflow_id, name from ${this.ref('steps')} where callback_token_hash = ${hash} limit 1`,
-      );
-      const row = rows[0];
-      return row ? { workflowId: String(row['workflow_id']), stepName: String(row['name']) } : null;
-    });
   }
 
   /** Claims due steps under the claim rule of {@link WorkflowStore}; see the class notes for how each dialect does it. */

@@ -209,8 +209,6 @@ export class MemoryWorkflowStore implements WorkflowStore {
   private readonly byCreation: WorkflowEntry[] = [];
   /** `tenantId \0 idempotencyKey` -> workflow id. */
   private readonly idempotency = new Map<string, string>();
-  /** Current callback token hash -> step. */
-  private readonly callbackHashes = new Map<string, StepSlot>();
   /** Locked workflow ids -> waiters, in arrival order. Present only while the lock is held. */
   private readonly locks = new Map<string, (() => void)[]>();
   private readonly due = new DueHeap();
@@ -292,11 +290,7 @@ export class MemoryWorkflowStore implements WorkflowStore {
     this.insertByCreation(entry);
     if (idemKey !== null) this.idempotency.set(idemKey, w.id);
     this.appendHistoryRows(entry, history, now);
-    for (const slot of entry.slots) {
-      // A step created claimed already has a callback token.
-      if (slot.record.callbackTokenHash !== null) this.callbackHashes.set(slot.record.callbackTokenHash, slot);
-      this.reindex(slot);
-    }
+    for (const slot of entry.slots) this.reindex(slot);
     return { created: true, workflow: copyWorkflowRecord(record) };
   }
 
@@ -340,13 +334,6 @@ export class MemoryWorkflowStore implements WorkflowStore {
       out.push(copyWorkflowRecord(r));
     }
     return out;
-  }
-
-  /** The step whose current callback token hashes to `hash`, if any. */
-  async findStepByCallbackHash(hash: string): Promise<{ workflowId: string; stepName: string } | null> {
-    const slot = this.callbackHashes.get(hash);
-    if (!slot || slot.record.callbackTokenHash !== hash) return null;
-    return { workflowId: slot.record.workflowId, stepName: slot.record.name };
   }
 
   /**
@@ -550,14 +537,8 @@ export class MemoryWorkflowStore implements WorkflowStore {
 
   // --- indexes ---------------------------------------------------------------
 
-  /** Replaces a step row, keeping the callback-hash and due indexes in step. */
+  /** Replaces a step row, keeping the due index in step. */
   private setStepRecord(slot: StepSlot, record: StoredStep): void {
-    const oldHash = slot.record.callbackTokenHash;
-    const newHash = record.callbackTokenHash;
-    if (oldHash !== newHash) {
-      if (oldHash !== null && this.callbackHashes.get(oldHash) === slot) this.callbackHashes.delete(oldHash);
-      if (newHash !== null) this.callbackHashes.set(newHash, slot);
-    }
     slot.record = record;
     this.reindex(slot);
   }

@@ -46,7 +46,6 @@ export const STORE_METHODS = [
   'getSteps',
   'getHistory',
   'listWorkflows',
-  'findStepByCallbackHash',
   'claimSteps',
   'transact',
   'extendLease',
@@ -179,10 +178,6 @@ export class FaultyStore implements WorkflowStore {
 
   listWorkflows(query: StoreListQuery): Promise<WorkflowRecord[]> {
     return this.call('listWorkflows', () => this.inner.listWorkflows(query));
-  }
-
-  findStepByCallbackHash(hash: string): Promise<{ workflowId: string; stepName: string } | null> {
-    return this.call('findStepByCallbackHash', () => this.inner.findStepByCallbackHash(hash));
   }
 
   claimSteps(request: ClaimRequest): Promise<ClaimedStep[]> {
