@@ -308,7 +308,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         step.claim = {
           workerId: this.workerId,
           leaseToken: pair.leaseToken,
-          leaseExpiresAt: new Date(now.getTime() + this.leaseMs),
+          leaseExpiresAt: new Date(now.getTime() + this.leaseMs + this.clockSlack()),
           callbackTokenHash: pair.callbackTokenHash,
         };
       }
@@ -440,7 +440,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           status: wf.status,
         });
       }
-      const w = new TxWriter(tx, events);
+      const w = new TxWriter(tx, events, undefined, this.clockSlack());
       w.admin('force_complete', admin);
       const names = w.skipActiveSteps('force_complete');
       w.setWorkflowStatus('completed', { completedAt: tx.now, output: collectOutputs(w.steps()), currentStep: null });
@@ -479,7 +479,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           status: step.status,
         });
       }
-      const w = new TxWriter(tx, events);
+      const w = new TxWriter(tx, events, undefined, this.clockSlack());
       w.admin('retry_step', admin, stepName);
       w.setStep(stepName, 'pending', {
         retryCount: step.retryCount + 1,
@@ -515,7 +515,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           status: wf.status,
         });
       }
-      const w = new TxWriter(tx, events);
+      const w = new TxWriter(tx, events, undefined, this.clockSlack());
       w.admin('rollback', admin);
       return this.beginRollback(w, admin);
     });
@@ -559,7 +559,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         const def = this.definitionOf(tx.workflow);
         const resolved = def?.steps.find((s) => s.name === step.name);
         if (!resolved) return false;
-        const w = new TxWriter(tx, events);
+        const w = new TxWriter(tx, events, undefined, this.clockSlack());
         if (step.status === 'running') {
           // The handler has not returned yet: keep the result; applying it is the handler's write.
           w.patchStep(step.name, { callbackResult: payload, callbackTokenHash: null });
@@ -975,7 +975,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       (tx, events) => {
         const current = tx.steps.find((s) => s.name === c.stepName);
         if (!current || current.leaseToken !== c.leaseToken) return { written: false as const, next: null, moreReady: false };
-        const w = new TxWriter(tx, events, c.leaseToken);
+        const w = new TxWriter(tx, events, c.leaseToken, this.clockSlack());
         write(w, current);
         // Checked again here: stop() may have been called while the handler ran, and nothing new starts once it was.
         const next = pair && !this.stopping ? this.claimReadyStep(w, pair) : null;
@@ -1010,7 +1010,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       startedAt: w.now,
       leaseOwner: this.workerId,
       leaseToken: pair.leaseToken,
-      leaseExpiresAt: new Date(now + this.leaseMs),
+      leaseExpiresAt: w.after(this.leaseMs),
       callbackTokenHash: pair.callbackTokenHash,
       callbackResult: null,
     });
@@ -1025,6 +1025,12 @@ export class WorkflowEngine implements WorkflowEngineApi {
       leaseToken: pair.leaseToken,
       callbackSecret: pair.callbackSecret,
     };
+  }
+
+  /** How far the store's clock may be ahead of the times it hands out (see `WorkflowStore.clockSlackMs`). */
+  private clockSlack(): number {
+    const slack = this.store.clockSlackMs?.() ?? 0;
+    return Number.isFinite(slack) && slack > 0 ? slack : 0;
   }
 
   private newTokenPair(): TokenPair | Promise<TokenPair> {
@@ -1048,7 +1054,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         this.applyCallback(w, step, resolved, step.callbackResult as CallbackResult);
         return;
       }
-      const timeoutAt = value.timeoutMs !== null ? new Date(w.now.getTime() + Math.max(0, value.timeoutMs)) : null;
+      const timeoutAt = value.timeoutMs !== null ? w.after(Math.max(0, value.timeoutMs)) : null;
       w.setStep(step.name, 'waiting_callback', { dueAt: timeoutAt, ...clearLease() });
       w.setCurrentStep(step.name);
       w.emit({ name: 'step:waiting_callback', payload: { ...w.base(), stepName: step.name, attempt: step.attempts, timeoutAt } });
@@ -1062,12 +1068,12 @@ export class WorkflowEngine implements WorkflowEngineApi {
       return;
     }
     if (resolved.definition.poll) {
-      const nextPollAt = new Date(w.now.getTime() + resolved.pollIntervalMs);
+      const nextPollAt = w.after(resolved.pollIntervalMs);
       w.setStep(step.name, 'waiting_poll', {
         output,
         dueAt: nextPollAt,
         pollCount: 0,
-        pollDeadlineAt: new Date(w.now.getTime() + resolved.pollTimeoutMs),
+        pollDeadlineAt: w.after(resolved.pollTimeoutMs),
         callbackTokenHash: null,
         ...clearLease(),
       });
@@ -1084,7 +1090,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       const error = toStoredError(outcome.error);
       if (isRetryableOutcome(resolved.retry, outcome.error, step.attempts)) {
         const delayMs = retryDelay(resolved.retry, step.attempts, this.random);
-        const nextAttemptAt = this.capToDeadline(step, new Date(w.now.getTime() + delayMs));
+        const nextAttemptAt = this.capToDeadline(step, w.after(delayMs));
         w.patchStep(step.name, { attempts: step.attempts + 1, retryCount: step.retryCount + 1, error, dueAt: nextAttemptAt, ...clearLease() });
         w.bumpWorkflowRetries(1);
         w.emit({ name: 'step:retry_scheduled', payload: { ...w.base(), stepName: step.name, attempt: step.attempts, error, nextAttemptAt, delayMs } });
@@ -1109,7 +1115,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       this.completeStep(w, step, output);
       return;
     }
-    const nextPollAt = this.capToDeadline(step, new Date(w.now.getTime() + resolved.pollIntervalMs));
+    const nextPollAt = this.capToDeadline(step, w.after(resolved.pollIntervalMs));
     w.patchStep(step.name, { pollCount: step.pollCount + 1, dueAt: nextPollAt, ...clearLease() });
   }
 
@@ -1128,7 +1134,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
     const error = toStoredError(outcome.error);
     if (isRetryableOutcome(resolved.compensationRetry, outcome.error, step.attempts)) {
       const delayMs = retryDelay(resolved.compensationRetry, step.attempts, this.random);
-      const nextAttemptAt = new Date(w.now.getTime() + delayMs);
+      const nextAttemptAt = w.after(delayMs);
       w.patchStep(step.name, { retryCount: step.retryCount + 1, error, dueAt: nextAttemptAt, ...clearLease() });
       w.bumpWorkflowRetries(1);
       w.emit({ name: 'step:retry_scheduled', payload: { ...w.base(), stepName: step.name, attempt: step.attempts, error, nextAttemptAt, delayMs } });
@@ -1208,7 +1214,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
   private failAttempt(w: TxWriter, step: StepRecord, resolved: ResolvedStep, error: StoredError, retryable: boolean): void {
     if (retryable && step.attempts < resolved.retry.maximumAttempts) {
       const delayMs = retryDelay(resolved.retry, step.attempts, this.random);
-      const nextAttemptAt = new Date(w.now.getTime() + delayMs);
+      const nextAttemptAt = w.after(delayMs);
       w.setStep(step.name, 'pending', {
         error,
         dueAt: nextAttemptAt,
@@ -1387,6 +1393,8 @@ class TxWriter {
     private readonly tx: WorkflowTransaction,
     private readonly events: PendingEvent[],
     private readonly fence?: string,
+    /** How far the store's clock may be ahead of `now` (see `WorkflowStore.clockSlackMs`). */
+    private readonly slackMs = 0,
   ) {
     // The transaction's own copies (see WorkflowTransaction): each write is applied to them after
     // the store has been told, so the store sees them as they were before that write.
@@ -1397,6 +1405,11 @@ class TxWriter {
 
   workflow(): WorkflowRecord {
     return this.wf;
+  }
+
+  /** `ms` after the transaction's time, by the store's clock: the time plus the store's slack, so not early by that clock. */
+  after(ms: number): Date {
+    return new Date(this.now.getTime() + ms + this.slackMs);
   }
 
   steps(): StepRecord[] {

@@ -298,6 +298,15 @@ export interface WorkflowStore {
   getSteps(workflowId: string): Promise<StepRecord[]>;
   /** History in `seq` order. */
   getHistory(workflowId: string): Promise<HistoryRecord[]>;
+  /**
+   * How far, in milliseconds, the clock the store's times follow may be
+   * ahead of the times it hands out now (`now()` and a transaction's `now`):
+   * a store that estimates a database clock between readings of it knows
+   * this bound. The engine adds it to the deadlines it counts from those
+   * times (due times of retries and polls, leases, timeouts), so that none
+   * falls early by that clock. Omitted: 0, an exact clock.
+   */
+  clockSlackMs?(): number;
   /** Workflows matching the filters, newest first, at most `limit`. */
   listWorkflows(query: StoreListQuery): Promise<WorkflowRecord[]>;
   /** Claims due steps (see the claim rule above). */

@@ -58,4 +58,18 @@ describe('DatabaseClockEstimate', () => {
     expect(clock.knows(12 + CLOCK_READING_TTL_MS)).toBe(false);
     expect(clock.knows(5)).toBe(false);
   });
+
+  it('tells how far the database clock may be ahead of the estimate: the width of the readings\' common bound', () => {
+    const clock = new DatabaseClockEstimate();
+    expect(clock.uncertainty()).toBe(0);
+    clock.observe(1_070, 0, 70); // offset in [1,000, 1,070]
+    expect(clock.uncertainty()).toBe(70);
+    clock.observe(1_101, 100, 102); // offset in [999, 1,001]: together [1,000, 1,001]
+    expect(clock.at(200)).toBe(1_200);
+    expect(clock.uncertainty()).toBe(1);
+    // The database clock at local 200 lies in [estimate, estimate + uncertainty].
+    expect(clock.at(200) + clock.uncertainty()).toBe(200 + 1_001);
+    clock.observe(5_021, 120, 125); // offset in [4,896, 4,901]: contradicts the others, so it counts alone
+    expect(clock.uncertainty()).toBe(5);
+  });
 });

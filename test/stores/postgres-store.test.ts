@@ -344,6 +344,24 @@ describe('KyselyWorkflowStore on Postgres', () => {
     expect((err as Error).cause).toMatchObject({ code: '42P01' });
   });
 
+  it('reports as its clock slack how far the database clock may be ahead of its estimate, at most a round trip', async () => {
+    const { db } = await fresh();
+    expect(new KyselyWorkflowStore({ db, clock: createManualClock(0) }).clockSlackMs()).toBe(0);
+    const store = new KyselyWorkflowStore({ db });
+    expect(store.clockSlackMs()).toBe(0);
+    const sent = Date.now();
+    const read = await store.now();
+    const roundTrip = Date.now() - sent;
+    const slack = store.clockSlackMs();
+    expect(slack).toBeGreaterThanOrEqual(0);
+    expect(slack).toBeLessThanOrEqual(roundTrip);
+    // The estimate that follows is the reading carried forward; the database clock is within the slack above it.
+    const estimate = (await store.now()).getTime();
+    const database = (await sql<{ now: Date }>`select clock_timestamp() as now`.execute(db)).rows[0]!.now.getTime();
+    expect(estimate).toBeGreaterThanOrEqual(read.getTime());
+    expect(estimate).toBeLessThanOrEqual(database);
+  });
+
   it('stores JSON columns as jsonb and times as timestamptz', async () => {
     const { db } = await fresh();
     const { rows } = await sql<{ column_name: string; data_type: string }>`

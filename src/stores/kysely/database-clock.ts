@@ -40,6 +40,8 @@ interface Reading {
 export class DatabaseClockEstimate {
   private readings: Reading[] = [];
   private offset = 0;
+  /** How far the offset may lie above {@link offset}: the width of the readings' common bound. */
+  private width = 0;
   private observedAt = Number.NEGATIVE_INFINITY;
 
   /** Records a reading of `databaseTime` by a statement sent at local time `sent`, answered at `received`. */
@@ -57,9 +59,11 @@ export class DatabaseClockEstimate {
     if (low > high) {
       this.readings = [reading];
       this.offset = reading.low;
+      this.width = reading.high - reading.low;
     } else {
       this.readings = kept;
       this.offset = low;
+      this.width = high - low;
     }
     this.observedAt = received;
   }
@@ -72,5 +76,14 @@ export class DatabaseClockEstimate {
   /** The database clock's estimated time at local time `localNow`. */
   at(localNow: number): number {
     return localNow + this.offset;
+  }
+
+  /**
+   * How far the database clock may be ahead of {@link at}: at most the
+   * shortest recent round trip. A deadline counted from `at` and this much
+   * later is not early by the database clock.
+   */
+  uncertainty(): number {
+    return this.width;
   }
 }

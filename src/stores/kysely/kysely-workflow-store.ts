@@ -687,6 +687,15 @@ export class KyselyWorkflowStore implements WorkflowStore {
     this.databaseClock.observe(databaseTime.getTime(), sent, Date.now());
   }
 
+  /**
+   * How far the database clock may be ahead of the times the store hands out
+   * (see {@link WorkflowStore.clockSlackMs}): the estimate's uncertainty on
+   * Postgres without an injected clock, else 0.
+   */
+  clockSlackMs(): number {
+    return this.pg && !this.clock ? this.databaseClock.uncertainty() : 0;
+  }
+
   /** Whether the store can tell the time without a round trip: an injected clock, or a recent reading of the database clock. */
   private knowsTime(): boolean {
     return this.clock !== undefined || this.databaseClock.knows(Date.now());

@@ -176,6 +176,10 @@ export class FaultyStore implements WorkflowStore {
     return this.call('getHistory', () => this.inner.getHistory(workflowId));
   }
 
+  clockSlackMs(): number {
+    return this.inner.clockSlackMs?.() ?? 0;
+  }
+
   listWorkflows(query: StoreListQuery): Promise<WorkflowRecord[]> {
     return this.call('listWorkflows', () => this.inner.listWorkflows(query));
   }
