@@ -8,6 +8,7 @@
 import { z } from 'zod';
 import { STEP_STATUS } from '../core/step-status.js';
 import { WORKFLOW_STATUS } from '../core/workflow-status.js';
+import { WORKFLOW_ID_PATTERN } from '../engine/ids.js';
 
 // ---------------------------------------------------------------- shared parts
 
@@ -156,10 +157,9 @@ export const OpenApiDocumentSchema = z.record(z.string(), z.unknown()).describe(
 // ---------------------------------------------------------------- requests
 
 const STEP_NAME_RE = /^[A-Za-z][A-Za-z0-9_.-]{0,127}$/;
-const WORKFLOW_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** `{workflow_id}`. */
-export const WorkflowIdSchema = z.string().regex(WORKFLOW_ID_RE).describe('Workflow id: 1-128 of `A-Z a-z 0-9 . _ : -`.');
+export const WorkflowIdSchema = z.string().regex(WORKFLOW_ID_PATTERN).describe('Workflow id: 1-128 of `A-Z a-z 0-9 . _ : -`.');
 
 /** `{step_name}`. */
 export const StepNameSchema = z.string().regex(STEP_NAME_RE).describe('Step name as defined: a letter, then letters, digits, `_`, `.`, `-`.');

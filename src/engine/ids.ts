@@ -12,6 +12,13 @@
 
 import { randomBytes } from './tokens.js';
 
+/**
+ * The workflow ids the API accepts (1 to 128 of `A-Z a-z 0-9 . _ : -`): every
+ * id {@link newWorkflowId} makes, and the bound on ids that arrive from
+ * outside (a path, a callback token) before they reach a store.
+ */
+export const WORKFLOW_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+
 const TIME_DIGITS = 12;
 /** 80 random bits: 20 hex digits. */
 const RANDOM_BYTES = 10;

@@ -105,29 +105,3 @@ export function fromBase64Url(text: string): Uint8Array | null {
     return null;
   }
 }
-
-/** The random part of a callback token: 32 bytes, 43 base64url characters. */
-export const CALLBACK_SECRET_BYTES = 32;
-const CALLBACK_SECRET = /^[A-Za-z0-9_-]{43}$/;
-const POSITION = /^(?:0|[1-9][0-9]{0,5})$/;
-
-/**
- * The callback token a step's handler hands out: `<workflowId>.<position>.<secret>`.
- * The workflow id and the step's position say where to look (by primary key);
- * only the SHA-256 of the secret is stored, on the step, so the token cannot
- * be rebuilt from the database.
- */
-export function callbackToken(workflowId: string, position: number, secret: string): string {
-  return `${workflowId}.${position}.${secret}`;
-}
-
-/** The parts of a token made by {@link callbackToken}, or `null` for anything else. */
-export function parseCallbackToken(token: string): { workflowId: string; position: number; secret: string } | null {
-  const last = token.lastIndexOf('.');
-  const middle = last > 0 ? token.lastIndexOf('.', last - 1) : -1;
-  if (middle <= 0) return null;
-  const secret = token.slice(last + 1);
-  const position = token.slice(middle + 1, last);
-  if (!CALLBACK_SECRET.test(secret) || !POSITION.test(position)) return null;
-  return { workflowId: token.slice(0, middle), position: Number(position), secret };
-}

@@ -33,7 +33,8 @@ import type {
 } from './engine-types.js';
 import { newStepRecord } from '../storage/new-records.js';
 import { newWorkflowId } from './ids.js';
-import { CALLBACK_SECRET_BYTES, callbackToken, fromBase64Url, hashToken, parseCallbackToken, randomToken, toBase64Url } from './tokens.js';
+import { CALLBACK_SECRET_BYTES, callbackToken, parseCallbackToken } from './callback-token.js';
+import { fromBase64Url, hashToken, randomToken, toBase64Url } from './tokens.js';
 
 /** A lease token, a callback token and the callback token's hash, minted together for one claim. */
 type TokenPair = { leaseToken: string; callbackSecret: string; callbackTokenHash: string };

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { callbackToken, fromBase64Url, hashToken, parseCallbackToken, randomToken, toBase64Url } from '../../src/engine/tokens.js';
+import { callbackToken, parseCallbackToken } from '../../src/engine/callback-token.js';
+import { fromBase64Url, hashToken, randomToken, toBase64Url } from '../../src/engine/tokens.js';
 
 describe('tokens', () => {
   it('hashes with SHA-256 (hex), the same as Web Crypto', async () => {
@@ -62,6 +63,10 @@ describe('tokens', () => {
       `wf.0.${secret} `,
       'wf.0.',
       '',
+      // The workflow id is one the API would accept, or nothing reaches a store.
+      `wf\u0000.0.${secret}`,
+      `wf id.0.${secret}`,
+      `${'w'.repeat(129)}.0.${secret}`,
     ]) {
       expect(parseCallbackToken(token), token).toBeNull();
     }

@@ -137,6 +137,8 @@ function lookAlikes(live: string, liveHash: string, otherId: string): Record<str
     its_secret_on_another_workflow: `${otherId}.0.${secret}`,
     position_padded: `${liveId}.00.${secret}`,
     position_negative: `${liveId}.-0.${secret}`,
+    nul_in_workflow_id: `${liveId}\u0000.0.${secret}`,
+    workflow_id_too_long: `${'w'.repeat(129)}.0.${secret}`,
     last_character_changed: flip(live, live.length - 1),
     truncated: live.slice(0, -1),
     extended: `${live}A`,
