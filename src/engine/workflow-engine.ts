@@ -441,7 +441,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           status: wf.status,
         });
       }
-      const w = new TxWriter(tx, events, undefined, this.clockSlack());
+      const w = this.writer(tx, events);
       w.admin('force_complete', admin);
       const names = w.skipActiveSteps('force_complete');
       w.setWorkflowStatus('completed', { completedAt: tx.now, output: collectOutputs(w.steps()), currentStep: null });
@@ -480,7 +480,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           status: step.status,
         });
       }
-      const w = new TxWriter(tx, events, undefined, this.clockSlack());
+      const w = this.writer(tx, events);
       w.admin('retry_step', admin, stepName);
       w.setStep(stepName, 'pending', {
         retryCount: step.retryCount + 1,
@@ -516,7 +516,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
           status: wf.status,
         });
       }
-      const w = new TxWriter(tx, events, undefined, this.clockSlack());
+      const w = this.writer(tx, events);
       w.admin('rollback', admin);
       return this.beginRollback(w, admin);
     });
@@ -560,7 +560,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         const def = this.definitionOf(tx.workflow);
         const resolved = def?.steps.find((s) => s.name === step.name);
         if (!resolved) return false;
-        const w = new TxWriter(tx, events, undefined, this.clockSlack());
+        const w = this.writer(tx, events);
         if (step.status === 'running') {
           // The handler has not returned yet: keep the result; applying it is the handler's write.
           w.patchStep(step.name, { callbackResult: payload, callbackTokenHash: null });
@@ -976,7 +976,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
       (tx, events) => {
         const current = tx.steps.find((s) => s.name === c.stepName);
         if (!current || current.leaseToken !== c.leaseToken) return { written: false as const, next: null, moreReady: false };
-        const w = new TxWriter(tx, events, c.leaseToken, this.clockSlack());
+        const w = this.writer(tx, events, c.leaseToken);
         write(w, current);
         // Checked again here: stop() may have been called while the handler ran, and nothing new starts once it was.
         const next = pair && !this.stopping ? this.claimReadyStep(w, pair) : null;
@@ -1026,6 +1026,11 @@ export class WorkflowEngine implements WorkflowEngineApi {
       leaseToken: pair.leaseToken,
       callbackSecret: pair.callbackSecret,
     };
+  }
+
+  /** A writer for `tx`, fenced by `fence` when given, whose deadlines carry the store's clock slack. */
+  private writer(tx: WorkflowTransaction, events: PendingEvent[], fence?: string): TxWriter {
+    return new TxWriter(tx, events, fence, this.clockSlack());
   }
 
   /** How far the store's clock may be ahead of the times it hands out (see `WorkflowStore.clockSlackMs`). */
