@@ -5,9 +5,10 @@
  * host's `connect` (and opens again when one is lost); an engine whose worker
  * sleeps a long poll interval picks up work started elsewhere because of it.
  */
-import { Kysely, sql } from 'kysely';
+import { randomBytes } from 'node:crypto';
+import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
-import { afterEach, describe, expect, expectTypeOf, it } from 'vitest';
+import { afterEach, describe, expect, expectTypeOf, it, vi } from 'vitest';
 import { z } from 'zod';
 import { createManualClock } from '../../src/core/clock.js';
 import type { Logger } from '../../src/core/logger.js';
@@ -18,7 +19,7 @@ import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { notificationChannel, type PgListenClient, type PgListenConnection } from '../../src/stores/kysely/kysely-notifications.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import type { KyselyNotificationOptions } from '../../src/stores/kysely/kysely-workflow-store-config.js';
-import { createPostgresSchema, createSqliteDatabase, openPostgres } from '../support/databases.js';
+import { createPostgresDatabase, createPostgresSchema, createSqliteDatabase, openPostgres } from '../support/databases.js';
 
 const T0 = Date.UTC(2026, 0, 1, 0, 0, 0, 125);
 
@@ -487,5 +488,137 @@ describe('notifications on Postgres', () => {
     // Stopping the worker ends the store's connection.
     await engineB.stop();
     await expect.poll(() => backendAlive(env.db, pids[1]!), { timeout: 5_000 }).toBe(false);
+  });
+
+  it('sends each notification after its write has committed, in a statement of its own: created, made due under a lock, and optimistically', async () => {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const client = await env.listener();
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    const statements: string[] = [];
+    const pool = new pg.Pool({ connectionString: env.url, max: 3 });
+    const db = new Kysely<any>({
+      dialect: new PostgresDialect({ pool }),
+      log: (event) => {
+        statements.push(event.query.sql);
+      },
+    });
+    opened.push(() => db.destroy());
+    // (No background ANALYZE: only the statements of the writes.)
+    const writer = new KyselyWorkflowStore({ db, schema: env.schema, clock, notifications: {}, analyze: false });
+    // The checks of first use, before the statements are looked at.
+    await writer.getWorkflow('none');
+    const wakes = await counting(listening, client);
+    const notifying = (text: string) => text.includes('pg_notify');
+    /** Runs `write`, waits for the notifications on their way, and returns the statements it sent, in the order they ended. */
+    const sent = async (write: () => Promise<unknown>): Promise<string[]> => {
+      const from = statements.length;
+      await write();
+      await writer.close();
+      return statements.slice(from);
+    };
+
+    // A create that leaves its first step due: its statement, then the notification.
+    let texts = await sent(() => writer.createWorkflow(workflow('w1', ['a', 'b'])));
+    expect(texts.map(notifying)).toEqual([false, true]);
+    expect(texts[1]).toMatch(/select pg_notify\(\$1::text, ''\)/);
+    await expect.poll(() => wakes.count()).toBe(1);
+
+    // A claim wakes nobody.
+    texts = await sent(() => writer.claimSteps(claim('lease-1')));
+    expect(texts.some(notifying)).toBe(false);
+
+    // A step made due under the workflow's lock: the notification follows the commit.
+    texts = await sent(() => writer.transact('w1', (tx) => tx.updateStep('b', { dueAt: tx.now })));
+    expect(texts.filter(notifying)).toHaveLength(1);
+    expect(notifying(texts.at(-1)!)).toBe(true);
+    expect(texts.findIndex((t) => /^\s*commit/i.test(t))).toBeLessThan(texts.length - 1);
+    await expect.poll(() => wakes.count()).toBe(2);
+
+    // A lease given up by a compare-and-set write.
+    texts = await sent(() => writer.transact('w1', (tx) => tx.updateStep('a', { leaseToken: null, leaseExpiresAt: null, leaseOwner: null }), { optimistic: true }));
+    expect(texts.map(notifying)).toEqual([...texts.slice(0, -1).map(() => false), true]);
+    await expect.poll(() => wakes.count()).toBe(3);
+    expect(await wakes.settled()).toBe(3);
+    expect((await writer.getSteps('w1')).map((s) => [s.name, s.leaseToken])).toEqual([
+      ['a', null],
+      ['b', null],
+    ]);
+    await wakes.unsubscribe();
+  });
+
+  it('over a host transaction, sends the notification in it: delivered when the host commits, never when it rolls back', async () => {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const client = await env.listener();
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    const wakes = await counting(listening, client);
+    await env.db.transaction().execute(async (trx) => {
+      const store = new KyselyWorkflowStore({ db: trx, schema: env.schema, clock, notifications: {} });
+      await store.createWorkflow(workflow('t1'));
+      await store.close();
+      // Not before the host commits.
+      expect(await wakes.settled()).toBe(0);
+    });
+    await expect.poll(() => wakes.count()).toBe(1);
+    await env.db
+      .transaction()
+      .execute(async (trx) => {
+        const store = new KyselyWorkflowStore({ db: trx, schema: env.schema, clock, notifications: {} });
+        await store.createWorkflow(workflow('t2'));
+        throw new Error('the host rolls back');
+      })
+      .catch(() => undefined);
+    expect(await wakes.settled()).toBe(1);
+    expect(await listening.getWorkflow('t2')).toBeNull();
+    expect((await listening.getWorkflow('t1'))?.id).toBe('t1');
+    await wakes.unsubscribe();
+  });
+
+  it('reports a notification that cannot be sent to notifications.onError (by default a console warning), and the write stands', async () => {
+    // A role that may write the tables but not call pg_notify, in a database of its own.
+    const env = await fresh();
+    const database = await createPostgresDatabase({ poolSize: 2 });
+    const role = `sagaline_nonotify_${randomBytes(4).toString('hex')}`;
+    // (Run before env's cleanup: the last pushed runs first.)
+    opened.push(async () => {
+      await database.cleanup();
+      await sql.raw(`drop role if exists ${role}`).execute(env.db);
+    });
+    await migrateToLatest(database.db);
+    await sql.raw(`create role ${role} login`).execute(database.db);
+    await sql.raw(`grant select, insert, update, delete on all tables in schema public to ${role}`).execute(database.db);
+    await sql.raw(`revoke execute on function pg_notify(text, text) from public`).execute(database.db);
+    const url = new URL(database.url);
+    url.username = role;
+    const db = openPostgres(url.toString(), 2);
+    opened.push(() => db.destroy());
+
+    const errors: Error[] = [];
+    const store = new KyselyWorkflowStore({ db, analyze: false, notifications: { onError: (error) => errors.push(error) } });
+    expect((await store.createWorkflow(workflow('r1'))).workflow.id).toBe('r1');
+    await store.close();
+    expect(errors.map((e) => e.message)).toEqual([expect.stringMatching(/permission denied for function pg_notify/)]);
+    expect((await store.getSteps('r1')).map((s) => s.dueAt)).toEqual([new Date(T0)]);
+    // A later write that wakes is written, and its notification tried again.
+    await store.transact('r1', (tx) => tx.updateStep('a', { dueAt: new Date(T0 + 1) }), { optimistic: true });
+    await store.close();
+    expect(errors).toHaveLength(2);
+    expect((await store.getSteps('r1'))[0]!.dueAt).toEqual(new Date(T0 + 1));
+
+    const warned = vi.spyOn(console, 'warn').mockImplementation(() => undefined);
+    try {
+      const quiet = new KyselyWorkflowStore({ db, analyze: false, notifications: {} });
+      await quiet.createWorkflow(workflow('r2'));
+      await quiet.close();
+      expect(warned.mock.calls.map((c) => String(c[0]))).toEqual([
+        expect.stringMatching(/^sagaline: a store notification could not be sent .*permission denied for function pg_notify/),
+      ]);
+    } finally {
+      warned.mockRestore();
+    }
+    expect(() => new KyselyWorkflowStore({ db, notifications: { onError: 'log' as unknown as () => void } })).toThrow(
+      'notifications.onError must be a function',
+    );
   });
 });

@@ -46,7 +46,6 @@ const writer = new CasWriter({
   history: '"sagaline_history"',
   workflowColumns: [['current_step', 'text']],
   stepColumns: [['status', 'text']],
-  channel: undefined,
   prefix: '/* sagaline */',
 });
 
@@ -60,7 +59,7 @@ function item(n: number, version: string, expected: string): CasItem {
     stepWrites: new Map([['a', { cells: new Map([['status', { value: 'completed' }]]), fence: { expected } }]]),
     history: [{ kind: 'step', stepName: 'a', from: 'running', to: 'completed', actor: null, reason: null, action: null, detail: null }],
   };
-  return { tx, version, wakes: false };
+  return { tx, version };
 }
 
 /** Sequential scans and the tuples they read, by table, as this session's statistics count them so far. */
@@ -135,12 +134,11 @@ describe('CasWriter on Postgres: one workflow', () => {
       ['attempts', 'integer'],
       ['output', 'jsonb'],
     ],
-    channel: 'sagaline_cas_test',
     prefix: '/* sagaline */',
   });
 
   /** Workflow `n`'s write: step `a` completes (fenced by `expected`), `b` gets `bCells`, two history entries. */
-  function single(n: number, version: string, expected: string | null, bCells: Record<string, unknown>, wakes = false): CasItem {
+  function single(n: number, version: string, expected: string | null, bCells: Record<string, unknown>): CasItem {
     const tx: CasTransaction = {
       now: new Date('2026-01-02T03:04:05.000Z'),
       workflowId: `wf_${n}`,
@@ -155,7 +153,7 @@ describe('CasWriter on Postgres: one workflow', () => {
         { kind: 'note', stepName: 'b', from: null, to: null, actor: 'op', reason: 'why', action: 'a note', detail: { x: 1 }, at: new Date('2026-01-01T00:00:00.000Z') },
       ],
     };
-    return { tx, version, wakes };
+    return { tx, version };
   }
 
   /** Runs `item` in a transaction that is rolled back; returns what it returned and the rows it left. */
@@ -209,8 +207,7 @@ describe('CasWriter on Postgres: one workflow', () => {
         ['completed_at', 'timestamptz'],
         ['output', 'jsonb'],
       ],
-      channel: undefined,
-      prefix: '/* sagaline */',
+          prefix: '/* sagaline */',
     });
     const now = new Date('2026-01-02T03:04:05.000Z');
     const earlier = new Date('2025-12-31T23:59:59.000Z');
@@ -246,7 +243,7 @@ describe('CasWriter on Postgres: one workflow', () => {
         { kind: 'note', stepName: 'b', from: null, to: null, actor: null, reason: 'why', action: null, detail: { x: 1 }, at: earlier },
       ],
     };
-    const statement = writer.statement([{ tx, version, wakes: false }]);
+    const statement = writer.statement([{ tx, version }]);
     // The key, the version, the time (once), the sequence number; then only values that are neither null nor that time.
     expect(statement.parameters.slice(0, 4)).toEqual(['wf_106', version, '2026-01-02T03:04:05.000Z', 7]);
     const rest = statement.parameters.slice(4);
@@ -259,7 +256,7 @@ describe('CasWriter on Postgres: one workflow', () => {
       await client.query(`update sagaline_steps set output = '{"old":true}' where workflow_id = 'wf_106' and name = 'b'`);
       await client.query(`update sagaline_workflows set current_step = 'a' where id = 'wf_106'`);
       const v = (await client.query<{ v: string }>(`select xmin::text as v from sagaline_workflows where id = 'wf_106'`)).rows[0]!.v;
-      const written = writer.statement([{ tx, version: v, wakes: false }]);
+      const written = writer.statement([{ tx, version: v }]);
       expect((await client.query(written.sql, written.parameters)).rows).toHaveLength(1);
       const workflow = (await client.query(`select current_step, completed_at, updated_at, last_history_seq from sagaline_workflows where id = 'wf_106'`)).rows[0];
       expect(workflow).toEqual({ current_step: null, completed_at: now, updated_at: now, last_history_seq: 7 });
@@ -305,26 +302,30 @@ describe('CasWriter on Postgres: one workflow', () => {
     }
   });
 
-  it('shares a text between writes that set the same columns, and notifies only when the write wakes a worker', async () => {
+  it('shares a text between writes that set the same columns, and never notifies: the store sends notifications after the commit', async () => {
     const version = (await versions([104])).get(104)!;
     const one = wide.statement([single(104, version, 'x', { attempts: 1 })]);
     const same = wide.statement([single(105, version, 'y', { attempts: 2 })]);
     const other = wide.statement([single(104, version, 'x', { status: 'pending' })]);
     expect(same.sql).toBe(one.sql);
     expect(other.sql).not.toBe(one.sql);
-    expect(one.sql).not.toContain('pg_notify');
+    const batch = wide.statement([single(104, version, 'x', { attempts: 1 }), single(105, version, 'y', { status: 'pending' })]);
+    for (const statement of [one, other, batch]) expect(statement.sql).not.toContain('notify');
 
+    // A notification sent in the write's transaction would make its commit wait for every other notifying commit.
     const listener = new pg.Client({ connectionString: database.url });
     await listener.connect();
     try {
-      const heard = new Promise<string>((resolve) => listener.once('notification', (m) => resolve(m.channel)));
-      await listener.query('listen sagaline_cas_test');
-      const waking = wide.statement([single(104, version, 'lease-104-a', { attempts: 1 }, true)]);
-      expect(waking.sql).toContain('pg_notify');
-      // Autocommit: the notification is sent when the statement commits.
-      const result = await client.query(waking.sql, waking.parameters);
-      expect(result.rows).toHaveLength(1);
-      expect(await heard).toBe('sagaline_cas_test');
+      const heard: string[] = [];
+      listener.on('notification', (m) => heard.push(m.channel));
+      await listener.query('listen sagaline_wake');
+      const waking = wide.statement([single(104, version, 'lease-104-a', { attempts: 1 })]);
+      // Autocommit: it commits, and writes what it should.
+      expect((await client.query(waking.sql, waking.parameters)).rows).toHaveLength(1);
+      expect((await client.query(`select attempts from sagaline_steps where workflow_id = 'wf_104' and name = 'b'`)).rows).toEqual([{ attempts: 1 }]);
+      // The server sends pending notifications before it answers a query on the listening session.
+      await listener.query('select 1');
+      expect(heard).toEqual([]);
     } finally {
       await listener.end();
     }

@@ -35,8 +35,6 @@ export interface CasTransaction {
 export interface CasItem {
   tx: CasTransaction;
   version: string;
-  /** Whether its writes leave work for a worker (a notification is sent if any winner's do). */
-  wakes: boolean;
 }
 
 /** The tables (as SQL, schema-qualified and quoted) and the patchable columns. */
@@ -46,8 +44,6 @@ export interface CasShape {
   history: string;
   workflowColumns: readonly (readonly [column: string, type: CasColumnType])[];
   stepColumns: readonly (readonly [column: string, type: CasColumnType])[];
-  /** The `pg_notify` channel, when notifications are on. */
-  channel: string | undefined;
   /** Text every statement starts with (the store's statement marker). */
   prefix: string;
 }
@@ -103,7 +99,7 @@ export class CasWriter {
    * half the parameters it sets: each costs the driver and the server a
    * conversion. The text depends on which columns each row sets (and which
    * of them are null or the transaction's time), the number of fences, the
-   * same of each history entry, and whether it notifies: a workload repeats a
+   * same of each history entry: a workload repeats a
    * few such sets, so texts are cached by them.
    *
    * The key is also the text's description, read back by {@link singleText}:
@@ -111,10 +107,10 @@ export class CasWriter {
    * null or `t` for the transaction's time (`s,0,3t`); then for each step
    * write in order, `:f` if it is fenced and `:s` with its columns the same
    * way, if it sets any; then `:h` and, for each history entry, its code
-   * from {@link pushHistoryCode}; then `:n` if it notifies. Parameters follow
+   * from {@link pushHistoryCode}. Parameters follow
    * the same order, fences before step rows.
    */
-  private single({ tx, version, wakes }: CasItem): CasStatement {
+  private single({ tx, version }: CasItem): CasStatement {
     const shape = this.shape;
     const nowMs = tx.now.getTime();
     const now = timeParameter(tx.now);
@@ -149,9 +145,6 @@ export class CasWriter {
     parameters.push(...fences, ...steps);
     key += ':h';
     for (const h of tx.history) key += `,${pushHistoryCode(parameters, h, nowMs)}`;
-    const notify = wakes && shape.channel !== undefined;
-    if (notify) parameters.push(shape.channel);
-    if (notify) key += ':n';
     return { sql: this.texts.get(key, () => this.singleText(key)), parameters };
   }
 
@@ -176,13 +169,11 @@ export class CasWriter {
     const fenced: string[] = [];
     const stepParts: string[] = [];
     let history: number[] = [];
-    let notify = false;
     for (const part of rest) {
       if (part === 'f') {
         fenced.push(`
       and not exists (select 1 from ${shape.steps} s where s.workflow_id = $1::text and s.name = ${p('text')} and s.lease_token is distinct from ${p('text')})`);
-      } else if (part === 'n') notify = true;
-      else if (part.startsWith('h')) history = part.split(',').slice(1).map(Number);
+      } else if (part.startsWith('h')) history = part.split(',').slice(1).map(Number);
     }
     // Step rows after the fences, as their parameters are collected.
     for (const part of rest) {
@@ -214,8 +205,7 @@ export class CasWriter {
     select $1::text, hv.* from (values ${rows.join(', ')}) as hv(${HISTORY_COLUMNS.slice(1).join(', ')}) where exists (select 1 from wf)
   )`);
     }
-    const notified = notify ? `, (select pg_notify(${p('text')}, '') where exists (select 1 from wf)) as notified` : '';
-    return `${shape.prefix} with ${parts.join(',\n  ')}\nselect wf.id, wf.version${notified} from wf`;
+    return `${shape.prefix} with ${parts.join(',\n  ')}\nselect wf.id, wf.version from wf`;
   }
 
   private text(counts: CasCounts): string {
@@ -249,10 +239,6 @@ export class CasWriter {
     );
     const sv = rows('sv', stColumns, stTypes, counts.steps);
     const hv = rows('hv', HISTORY_COLUMNS, HISTORY_TYPES, counts.history);
-    const notify =
-      shape.channel === undefined
-        ? ''
-        : `, (select pg_notify($${++n}::text, '') where exists (select 1 from wf where wf.id = any($${++n}::text[]))) as notified`;
     // The workflows whose fence fails: an uncorrelated subquery, run once for the statement (correlated
     // with each workflow row, as `not exists`, a plan could scan the step table once per row).
     const fenced =
@@ -284,10 +270,10 @@ export class CasWriter {
   )`);
     }
     // One string per text, reused: the driver hashes and compares statement texts on every call.
-    return `${shape.prefix} with ${parts.join(',\n  ')}\nselect wf.id, wf.version${notify} from wf`;
+    return `${shape.prefix} with ${parts.join(',\n  ')}\nselect wf.id, wf.version from wf`;
   }
 
-  /** The parameters, in the order of the text's placeholders: workflows, fences, steps, history, notification. */
+  /** The parameters, in the order of the text's placeholders: workflows, fences, steps, history. */
   private parameters(items: readonly CasItem[]): { parameters: unknown[]; counts: CasCounts } {
     const shape = this.shape;
     const workflows: unknown[] = [];
@@ -295,10 +281,8 @@ export class CasWriter {
     const steps: unknown[] = [];
     const history: unknown[] = [];
     const counts: CasCounts = { workflows: 0, fences: 0, steps: 0, history: 0 };
-    const wakeIds: string[] = [];
-    for (const { tx, version, wakes } of items) {
+    for (const { tx, version } of items) {
       const id = tx.workflowId;
-      if (wakes) wakeIds.push(id);
       const now = timeParameter(tx.now);
       const at = workflows.length;
       workflows.push(id, version, 0, now, tx.historySeq + tx.history.length);
@@ -332,9 +316,7 @@ export class CasWriter {
     counts.fences = pad(fences, counts.fences, 3);
     counts.steps = pad(steps, counts.steps, 3 + shape.stepColumns.length);
     counts.history = pad(history, counts.history, HISTORY_COLUMNS.length);
-    const parameters = workflows.concat(fences, steps, history);
-    if (shape.channel !== undefined) parameters.push(shape.channel, wakeIds);
-    return { parameters, counts };
+    return { parameters: workflows.concat(fences, steps, history), counts };
   }
 }
 

@@ -85,9 +85,14 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    * channel named after the table prefix and schema.
    *
    * With this option, every write that leaves a step claimable now without a
-   * lease sends one `pg_notify` in its own transaction (delivered when it
-   * commits), and so does a create, unless its creator claimed every step it
-   * made due; with `listen` the store
+   * lease is followed by a `pg_notify`, and so is a create, unless its
+   * creator claimed every step it made due. The notification is sent once
+   * the write has committed, in a statement of its own: inside the write it
+   * would make the commit wait for every other notifying commit in the
+   * database to reach the disk. While one is on its way, the writes that
+   * commit meanwhile share the next. (On a store over a host's transaction,
+   * it is sent in that transaction, and delivered when the host commits.)
+   * With `listen` the store
    * offers {@link KyselyWorkflowStore.subscribe}, which the engine's worker
    * uses to wake up before its poll interval ends. Give every process that
    * writes the option, so that the others hear of its work; a process with
@@ -199,4 +204,13 @@ export interface KyselyNotificationOptions {
    * ```
    */
   connect?: () => Promise<PgListenConnection>;
+  /**
+   * Told of a notification that could not be sent. Notifications go out
+   * after the write that makes work due has committed, in a statement of
+   * their own, so the write has succeeded either way; the other processes'
+   * workers find its work at their next poll.
+   *
+   * @default a warning on the console (`console.warn`)
+   */
+  onError?: (error: Error) => void;
 }

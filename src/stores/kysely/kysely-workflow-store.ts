@@ -27,6 +27,7 @@ import { CasWriter, cellParameter, HISTORY_COLUMNS, jsonText, pushHistoryCells, 
 import { DEFAULT_MAX_BATCH, DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from './kysely-group-commit.js';
 import { DatabaseClockEstimate } from './database-clock.js';
 import { notificationChannel, PgWakeups } from './kysely-notifications.js';
+import { WakeSender } from './pg-wake-sender.js';
 import { PgCreateWriter, type PgCreateExtras, type PgCreateValues } from './pg-create-write.js';
 import { STATEMENT_MARKER } from './pg-prepared-statements.js';
 import { TableGrowth } from './pg-table-growth.js';
@@ -299,6 +300,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private claimsOutsideTransaction = true;
   /** The `pg_notify` channel, when notifications are on. */
   private readonly notifyChannel: string | undefined;
+  /** Sends the notifications after commits (notifications on, over a Kysely instance; see {@link wakeOthers}). */
+  private readonly wakeSender: WakeSender | undefined;
+  /** Transactions of this store that are to be followed by a notification once they commit (see {@link inTransaction}). */
+  private readonly wakeOnCommit = new WeakSet<object>();
   private readonly batches: GroupCommitQueue<QueuedEntry> | undefined;
   /** The state this store's last optimistic write left, per workflow (see {@link transactOptimistic}). */
   private readonly written = new SnapshotCache(SNAPSHOT_CACHE_SIZE);
@@ -347,6 +352,17 @@ export class KyselyWorkflowStore implements WorkflowStore {
       }
       if (listen && (typeof listen.query !== 'function' || typeof listen.on !== 'function' || typeof listen.removeListener !== 'function')) {
         throw new TypeError('notifications.listen must be a connected pg.Client (query, on, removeListener)');
+      }
+      const onError = notifications.onError;
+      if (onError !== undefined && typeof onError !== 'function') throw new TypeError('notifications.onError must be a function');
+      if (!this.db.isTransaction) {
+        const channel = this.notifyChannel;
+        this.wakeSender = new WakeSender(
+          async () => {
+            await this.db.executeQuery(CompiledQuery.raw(`${STATEMENT_MARKER} select pg_notify($1::text, '')`, [channel]));
+          },
+          onError ?? ((error) => console.warn(`sagaline: a store notification could not be sent (other processes will find the work at their next poll): ${error.message}`)),
+        );
       }
       const source = listen ? { listen } : connect ? { connect } : null;
       if (source) {
@@ -674,7 +690,6 @@ export class KyselyWorkflowStore implements WorkflowStore {
       history: this.tableSql('history'),
       workflowColumns: Object.values(WORKFLOW_COLUMNS).map(([column, kind]) => [column, PG_TYPES[kind]] as const),
       stepColumns: Object.values(STEP_COLUMNS).map(([column, kind]) => [column, PG_TYPES[kind]] as const),
-      channel: this.notifyChannel,
       prefix: STATEMENT_MARKER,
     });
     const statement = this.casWriter.statement(items);
@@ -800,7 +815,9 @@ export class KyselyWorkflowStore implements WorkflowStore {
     const statement = this.pgCreates().single(values, this.pgCreateExtras());
     const result = await this.db.executeQuery<Row>(CompiledQuery.raw(statement.sql, statement.parameters));
     const row = result.rows[0];
-    return row ? this.createdRecord(String(row['row_version']), input, createdAt, values) : null;
+    if (!row) return null;
+    if (values.wakes) await this.wakeOthers();
+    return this.createdRecord(String(row['row_version']), input, createdAt, values);
   }
 
   /**
@@ -815,9 +832,13 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return workflow;
   }
 
-  /** Waits for a background `ANALYZE` (see {@link KyselyWorkflowStoreConfig.analyze}) to end. The store owns no connection. */
+  /**
+   * Waits for a background `ANALYZE` (see {@link KyselyWorkflowStoreConfig.analyze})
+   * and the notifications on their way to end. The store owns no connection.
+   */
   async close(): Promise<void> {
     await this.growth?.idle();
+    await this.wakeSender?.idle();
   }
 
   /**
@@ -843,6 +864,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       return;
     }
     const byId = new Map(rows.map((r) => [String(r['id']), r]));
+    if (entries.some((entry) => entry.values.wakes && byId.has(entry.input.workflow.id))) await this.wakeOthers();
     for (const entry of entries) {
       const row = byId.get(entry.input.workflow.id);
       entry.resolve(row ? this.createdRecord(String(row['row_version']), entry.input, entry.createdAt, entry.values) : null);
@@ -869,7 +891,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
   }
 
   private pgCreateExtras(): PgCreateExtras {
-    return { now: this.clock ? this.timeParam(new Date(this.clock.now())) : undefined, channel: this.notifyChannel };
+    return { now: this.clock ? this.timeParam(new Date(this.clock.now())) : undefined };
   }
 
   /** The create statements' builder (on first use). */
@@ -880,7 +902,6 @@ export class KyselyWorkflowStore implements WorkflowStore {
       history: this.tableSql('history'),
       stepColumns: STEP_INSERT_COLUMNS.map(([column, kind]) => [column, PG_TYPES[kind]] as const),
       clock: this.clock !== undefined,
-      notify: this.notifyChannel !== undefined,
       prefix: STATEMENT_MARKER,
     });
     return this.createWriter;
@@ -1474,12 +1495,12 @@ export class KyselyWorkflowStore implements WorkflowStore {
     }
     if (history.length > 0) ctes.push(sql`hist as (${this.historyInsertSql(history, now)})`);
     const total = counters.length > 0 ? sql.join(counters, sql` + `) : sql`0`;
-    const notify = this.notifySql(tx.wakes());
-    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated${notify}`);
+    const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated`);
     if (Number(rows[0]?.['updated'] ?? 0) !== stepWrites.length) {
       const missing = stepWrites.find(([, w]) => w.fence !== null)?.[0] ?? stepWrites[0]?.[0] ?? '';
       throw staleLease(workflowId, missing);
     }
+    if (tx.wakes()) await this.wakeOthersOnCommit(trx);
     return true;
   }
 
@@ -1601,17 +1622,21 @@ export class KyselyWorkflowStore implements WorkflowStore {
       }
       if (writes.length > 0) {
         const versions = await this.casWrite(
-          writes.map(({ tx, entry }) => ({ tx, version: snapshots.get(entry)!.version, wakes: tx.wakes() })),
+          writes.map(({ tx, entry }) => ({ tx, version: snapshots.get(entry)!.version })),
         );
+        let wakes = false;
         for (const { entry, tx, value } of writes) {
           const version = versions.get(entry.key);
           if (version === undefined) {
             retry.push(entry);
             continue;
           }
+          wakes ||= tx.wakes();
           this.written.put(entry.key, { ...tx.afterImage(snapshots.get(entry)!), version });
           entry.resolve(value);
         }
+        // Only this statement's winners: a loser's writes were not made (it runs again).
+        if (wakes) await this.wakeOthers();
       }
       pending = retry;
     }
@@ -1832,8 +1857,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
    * Applies the buffered writes of a batch's transactions: workflows and steps
    * grouped by the set of columns they change, each group one
    * `UPDATE … FROM (VALUES …)`, and one history insert. On Postgres they are
-   * data-modifying CTEs of one statement (more only past the parameter limit)
-   * that also sends the batch's one notification; on SQLite, one statement
+   * data-modifying CTEs of one statement (more only past the parameter limit),
+   * followed by one notification once the batch commits; on SQLite, one statement
    * each, built as text (see {@link flushBatchSqlite}).
    */
   private async flushBatch(trx: Db, txs: KyselyTransaction[], now: Date): Promise<void> {
@@ -1905,11 +1930,11 @@ export class KyselyWorkflowStore implements WorkflowStore {
       const ctes = group.map((piece, j) => sql`${sql.id(`p${j}`)} as (${piece.sql})`);
       const counted = group.flatMap((piece, j) => (piece.counted ? [sql`(select count(*) from ${sql.id(`p${j}`)})`] : []));
       const total = counted.length > 0 ? sql.join(counted, sql` + `) : sql`0`;
-      const notify = this.notifySql(wakes && i === statements.length - 1);
-      const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated${notify}`);
+      const rows = await this.rows(trx, sql`with ${sql.join(ctes)} select (${total})::integer as updated`);
       const expected = group.reduce((n, piece) => n + piece.stepRows, 0);
       if (Number(rows[0]?.['updated'] ?? 0) !== expected) throw batchStale(group.find((piece) => piece.stepRows > 0) ?? group[0]!);
     }
+    if (wakes) await this.wakeOthersOnCommit(trx);
   }
 
   /** `UPDATE <table> SET … FROM (VALUES …)`: the workflows (`w`) or steps (`s`) named by the key columns. */
@@ -1941,9 +1966,26 @@ export class KyselyWorkflowStore implements WorkflowStore {
     return this.param(cell.kind, cell.value);
   }
 
-  /** `, pg_notify(…)` for a statement's select list when notifications are on and `when` holds; else nothing. */
-  private notifySql(when: boolean): RawBuilder<unknown> {
-    return this.notifyChannel !== undefined && when ? sql`, pg_notify(${this.notifyChannel}::text, '') as notified` : sql``;
+  /**
+   * After a committed write that leaves work for other processes (notifications
+   * on): over a Kysely instance, asks for a notification sent after it (see
+   * {@link WakeSender}); over a host's transaction, sends it in that
+   * transaction, to be delivered when the host commits.
+   */
+  private async wakeOthers(): Promise<void> {
+    if (this.notifyChannel === undefined) return;
+    if (this.wakeSender) {
+      this.wakeSender.wake();
+      return;
+    }
+    await this.db.executeQuery(CompiledQuery.raw(`${STATEMENT_MARKER} select pg_notify($1::text, '')`, [this.notifyChannel]));
+  }
+
+  /** {@link wakeOthers} once `trx`, a transaction of {@link inTransaction}, has committed. */
+  private async wakeOthersOnCommit(trx: Db): Promise<void> {
+    if (this.notifyChannel === undefined) return;
+    if (this.db.isTransaction) return this.wakeOthers();
+    this.wakeOnCommit.add(trx);
   }
 
   // --- history -----------------------------------------------------------------
@@ -1984,7 +2026,19 @@ export class KyselyWorkflowStore implements WorkflowStore {
     if (this.db.isTransaction) return body(this.db);
     // Read committed whatever the server default: each statement must see what
     // committed before it (the steps read after the workflow lock is granted).
-    if (this.pg) return this.db.transaction().setIsolationLevel('read committed').execute(body);
+    if (this.pg) {
+      let transaction: Db | undefined;
+      const result = await this.db
+        .transaction()
+        .setIsolationLevel('read committed')
+        .execute((trx) => {
+          transaction = trx;
+          return body(trx);
+        });
+      // Committed: the notifications its writes asked for (see wakeOthersOnCommit).
+      if (transaction && this.wakeOnCommit.delete(transaction)) this.wakeSender?.wake();
+      return result;
+    }
     return this.db.connection().execute(async (conn) => {
       await sql`begin immediate`.execute(conn);
       let result: T;

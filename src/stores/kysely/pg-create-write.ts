@@ -29,12 +29,6 @@ export interface PgCreateShape {
   stepColumns: readonly (readonly [column: string, type: CasColumnType])[];
   /** History entries without their own time take a parameter (an injected clock's now) instead of `statement_timestamp()`. */
   clock: boolean;
-  /**
-   * The store sends notifications: a statement whose creates leave work for
-   * other workers ({@link PgCreateValues.wakes}) sends a `pg_notify` on a
-   * channel given as the last parameter.
-   */
-  notify: boolean;
   /** The comment the statements start with (the prepared-statement marker). */
   prefix: string;
 }
@@ -47,7 +41,7 @@ export interface PgCreateValues {
   steps: unknown[][];
   /** Per history entry: its seq, its own time (null: the statement's, or the clock's), then kind to detail. */
   history: { seq: number; at: unknown; cells: unknown[] }[];
-  /** The create leaves a step claimable now without a lease: other workers are to hear of it. */
+  /** The create leaves a step claimable now without a lease: other workers are to hear of it (the store notifies after the commit). */
   wakes: boolean;
 }
 
@@ -55,8 +49,6 @@ export interface PgCreateValues {
 export interface PgCreateExtras {
   /** The injected clock's now, encoded (with {@link PgCreateShape.clock}). */
   now?: unknown;
-  /** The notification channel (with {@link PgCreateShape.notify}). */
-  channel?: string;
 }
 
 /** A statement to run. */
@@ -71,8 +63,8 @@ const WORKFLOW_TYPES: readonly CasColumnType[] = ['text', 'text', 'text', 'text'
 export class PgCreateWriter {
   /** Single-create texts by shape. */
   private readonly texts = new TextCache(256);
-  /** The batch texts, without and with the notification. */
-  private readonly batchTexts: [string | undefined, string | undefined] = [undefined, undefined];
+  /** The batch text. */
+  private batchText: string | undefined;
 
   constructor(private readonly shape: PgCreateShape) {}
 
@@ -89,9 +81,7 @@ export class PgCreateWriter {
     }
     const clock = this.shape.clock && ownTimes.includes('-');
     if (clock) parameters.push(extras.now);
-    const notify = this.shape.notify && values.wakes;
-    if (notify) parameters.push(extras.channel);
-    const sql = this.texts.get(`${values.steps.length}:${ownTimes}${notify ? ':n' : ''}`, () => this.singleText(values.steps.length, ownTimes, clock, notify));
+    const sql = this.texts.get(`${values.steps.length}:${ownTimes}`, () => this.singleText(values.steps.length, ownTimes, clock));
     return { sql, parameters };
   }
 
@@ -116,14 +106,12 @@ export class PgCreateWriter {
     }
     const parameters: unknown[] = [...workflow, ...steps, ...history].map(arrayLiteral);
     if (this.shape.clock) parameters.push(extras.now);
-    const notify = this.shape.notify && list.some((values) => values.wakes);
-    if (notify) parameters.push(extras.channel);
-    const sql = (this.batchTexts[notify ? 1 : 0] ??= this.arrayText(notify));
+    const sql = (this.batchText ??= this.arrayText());
     return { sql, parameters };
   }
 
   /** The text of {@link single}: placeholders in the order its parameters are collected. */
-  private singleText(steps: number, ownTimes: string, clock: boolean, notify: boolean): string {
+  private singleText(steps: number, ownTimes: string, clock: boolean): string {
     let n = 0;
     const p = (type: CasColumnType) => `$${++n}::${type}`;
     const ctes = [this.workflowInsert(`values (${workflowInsertCells(WORKFLOW_TYPES.map(p))})`)];
@@ -149,11 +137,11 @@ export class PgCreateWriter {
         select ins.id, v.* from ins cross join (values ${values.join(', ')}) as v
       )`);
     }
-    return this.finish(ctes, n, notify);
+    return this.finish(ctes);
   }
 
   /** The text of {@link batch}. */
-  private arrayText(notify: boolean): string {
+  private arrayText(): string {
     let n = 0;
     const p = (type: CasColumnType) => `$${++n}::${type}[]`;
     const w = WORKFLOW_TYPES.map(p);
@@ -176,7 +164,7 @@ export class PgCreateWriter {
         where v.workflow_id in (select id from ins)
       )`,
     ];
-    return this.finish(ctes, n, notify);
+    return this.finish(ctes);
   }
 
   private workflowInsert(rows: string): string {
@@ -192,15 +180,9 @@ export class PgCreateWriter {
     return this.shape.stepColumns.map(([c]) => c).join(', ');
   }
 
-  /**
-   * The statement from its CTEs: the id and row version of each inserted
-   * workflow (the store knows the rest: it sent it), and with `notify` (on
-   * commit) one notification, sent when a row was inserted (Postgres folds
-   * the same notification sent twice in a transaction into one).
-   */
-  private finish(ctes: string[], parameters: number, notify: boolean): string {
-    const notified = notify ? `, pg_notify($${parameters + 1}::text, '') as notified` : '';
-    return `${this.shape.prefix} with ${ctes.join(', ')} select id, row_version${notified} from ins`;
+  /** The statement from its CTEs: the id and row version of each inserted workflow (the store knows the rest: it sent it). */
+  private finish(ctes: string[]): string {
+    return `${this.shape.prefix} with ${ctes.join(', ')} select id, row_version from ins`;
   }
 }
 
