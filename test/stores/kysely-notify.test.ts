@@ -1,6 +1,7 @@
 /**
  * Wake-ups across processes on Postgres: writes that create a workflow or
- * leave a step claimable send a `NOTIFY` on commit; `subscribe` listens on a
+ * leave a step claimable are followed by a `NOTIFY` once they have committed
+ * (in the host's transaction, for a store over one); `subscribe` listens on a
  * client the host owns, or on connections the store opens through the
  * host's `connect` (and opens again when one is lost); an engine whose worker
  * sleeps a long poll interval picks up work started elsewhere because of it.
