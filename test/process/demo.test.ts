@@ -8,14 +8,15 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort } from '../support/postgres-global-setup.js';
 import { waitFor } from './process-harness.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
-const TSX = join(root, 'node_modules', 'tsx', 'dist', 'cli.mjs');
 const DEMO = join(root, 'examples', 'provision-service.ts');
+/** `tsx`'s loader as `--import tsx` finds it from the project's root, where `npm run demo` runs. */
+const TSX_LOADER = pathToFileURL(join(root, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
 
 interface Demo {
   child: ChildProcess;
@@ -24,13 +25,12 @@ interface Demo {
 }
 
 /**
- * Starts the demo as `npm run demo` does, through the `tsx` CLI, in a process
- * group of its own: `tsx` runs the demo in a child process, and a signal for
- * the group reaches both, as Ctrl-C in a terminal does (a SIGKILL of `tsx`
- * alone would leave the demo running).
+ * Starts the demo as `npm run demo` does: one Node process with `tsx`'s
+ * loader (`--import tsx`), in a process group of its own, so that a signal
+ * for the group reaches it as Ctrl-C in a terminal does.
  */
 function startDemo(cwd: string, port: number): Demo {
-  const child = spawn(process.execPath, [TSX, DEMO], {
+  const child = spawn(process.execPath, ['--import', TSX_LOADER, DEMO], {
     cwd,
     env: { ...process.env, PORT: String(port) },
     stdio: ['ignore', 'pipe', 'pipe'],
