@@ -549,6 +549,31 @@ describe('notifications on Postgres', () => {
     await wakes.unsubscribe();
   });
 
+  it('settles a write that wakes others once its notification is sent: the Kysely instance may be destroyed as soon as it resolves', async () => {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const client = await env.listener();
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    const wakes = await counting(listening, client);
+    const errors: Error[] = [];
+    // As a script that starts a workflow and exits, five times; then a step made due by a compare-and-set write.
+    for (let i = 0; i < 5; i++) {
+      const db = openPostgres(env.url, 2);
+      const store = new KyselyWorkflowStore({ db, schema: env.schema, clock, analyze: false, notifications: { onError: (e) => errors.push(e) } });
+      await store.createWorkflow(workflow(`s${i}`));
+      await db.destroy();
+      // Sent and committed before the create resolved: the listening session has it at its next answer.
+      expect(await wakes.settled()).toBe(i + 1);
+    }
+    const db = openPostgres(env.url, 2);
+    const store = new KyselyWorkflowStore({ db, schema: env.schema, clock, analyze: false, notifications: { onError: (e) => errors.push(e) } });
+    await store.transact('s0', (tx) => tx.updateStep('a', { dueAt: tx.now }), { optimistic: true });
+    await db.destroy();
+    expect(await wakes.settled()).toBe(6);
+    expect(errors).toEqual([]);
+    await wakes.unsubscribe();
+  });
+
   it('over a host transaction, sends the notification in it: delivered when the host commits, never when it rolls back', async () => {
     const env = await fresh();
     const clock = createManualClock(T0);

@@ -90,8 +90,10 @@ export interface KyselyWorkflowStoreConfig extends KyselyTableOptions {
    * the write has committed, in a statement of its own: inside the write it
    * would make the commit wait for every other notifying commit in the
    * database to reach the disk. While one is on its way, the writes that
-   * commit meanwhile share the next. (On a store over a host's transaction,
-   * it is sent in that transaction, and delivered when the host commits.)
+   * commit meanwhile share the next. A write that notifies resolves once its
+   * notification is sent, so nothing is left running behind it. (On a store
+   * over a host's transaction, it is sent in that transaction, and delivered
+   * when the host commits.)
    * With `listen` the store
    * offers {@link KyselyWorkflowStore.subscribe}, which the engine's worker
    * uses to wake up before its poll interval ends. Give every process that

@@ -864,10 +864,17 @@ export class KyselyWorkflowStore implements WorkflowStore {
       return;
     }
     const byId = new Map(rows.map((r) => [String(r['id']), r]));
-    if (entries.some((entry) => entry.values.wakes && byId.has(entry.input.workflow.id))) await this.wakeOthers();
+    const waking: (() => void)[] = [];
     for (const entry of entries) {
       const row = byId.get(entry.input.workflow.id);
-      entry.resolve(row ? this.createdRecord(String(row['row_version']), entry.input, entry.createdAt, entry.values) : null);
+      const created = row ? this.createdRecord(String(row['row_version']), entry.input, entry.createdAt, entry.values) : null;
+      // A create that leaves work for others is settled once its notification is sent.
+      if (created && entry.values.wakes) waking.push(() => entry.resolve(created));
+      else entry.resolve(created);
+    }
+    if (waking.length > 0) {
+      await this.wakeOthers();
+      for (const settle of waking) settle();
     }
   }
 
@@ -1624,19 +1631,22 @@ export class KyselyWorkflowStore implements WorkflowStore {
         const versions = await this.casWrite(
           writes.map(({ tx, entry }) => ({ tx, version: snapshots.get(entry)!.version })),
         );
-        let wakes = false;
+        const waking: (() => void)[] = [];
         for (const { entry, tx, value } of writes) {
           const version = versions.get(entry.key);
           if (version === undefined) {
             retry.push(entry);
             continue;
           }
-          wakes ||= tx.wakes();
           this.written.put(entry.key, { ...tx.afterImage(snapshots.get(entry)!), version });
-          entry.resolve(value);
+          // A winner that leaves work for others is settled once its notification is sent (a loser's writes were not made: it runs again).
+          if (tx.wakes()) waking.push(() => entry.resolve(value));
+          else entry.resolve(value);
         }
-        // Only this statement's winners: a loser's writes were not made (it runs again).
-        if (wakes) await this.wakeOthers();
+        if (waking.length > 0) {
+          await this.wakeOthers();
+          for (const settle of waking) settle();
+        }
       }
       pending = retry;
     }
@@ -1968,16 +1978,17 @@ export class KyselyWorkflowStore implements WorkflowStore {
 
   /**
    * After a committed write that leaves work for other processes (notifications
-   * on): over a Kysely instance, asks for a notification sent after it (see
-   * {@link WakeSender}); over a host's transaction, sends it in that
-   * transaction, to be delivered when the host commits.
+   * on): over a Kysely instance, a notification sent after it (see
+   * {@link WakeSender}: shared with the writes that commit while one is on its
+   * way); over a host's transaction, a notification in that transaction, to
+   * be delivered when the host commits. Resolves once it is sent, so a write
+   * that waits for it leaves nothing running behind it; a failed send is
+   * reported to `notifications.onError`, not to the write, which has
+   * committed.
    */
   private async wakeOthers(): Promise<void> {
     if (this.notifyChannel === undefined) return;
-    if (this.wakeSender) {
-      this.wakeSender.wake();
-      return;
-    }
+    if (this.wakeSender) return this.wakeSender.wake();
     await this.db.executeQuery(CompiledQuery.raw(`${STATEMENT_MARKER} select pg_notify($1::text, '')`, [this.notifyChannel]));
   }
 
@@ -2035,8 +2046,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
           transaction = trx;
           return body(trx);
         });
-      // Committed: the notifications its writes asked for (see wakeOthersOnCommit).
-      if (transaction && this.wakeOnCommit.delete(transaction)) this.wakeSender?.wake();
+      // Committed: the notification its writes asked for (see wakeOthersOnCommit), before the caller hears of the commit.
+      if (transaction && this.wakeOnCommit.delete(transaction)) await this.wakeSender?.wake();
       return result;
     }
     return this.db.connection().execute(async (conn) => {

@@ -12,14 +12,18 @@
  */
 
 /**
- * Coalesces wake-ups: {@link wake} starts a send unless one is on its way, in
- * which case one more is sent once it has ended. So every call is followed by
- * a send that starts after it, and under load a single send covers all the
- * writes that committed while the one before it was on its way.
+ * Coalesces wake-ups: {@link wake} starts a send unless one is on its way; the
+ * wakes made while one is on its way share one more send, started once it
+ * has ended. Every wake resolves once a send that started after it has
+ * ended, so a write that waits for its wake leaves nothing running behind it
+ * (a host may destroy its Kysely instance as soon as the write resolves), and
+ * under load one send covers all the writes that committed while the one
+ * before it was on its way.
  */
 export class WakeSender {
   private sending: Promise<void> | undefined;
-  private again = false;
+  /** The wakes not yet covered by a send that started after them. */
+  private waiting: { promise: Promise<void>; resolve: () => void } | undefined;
 
   /**
    * @param send sends one notification.
@@ -31,13 +35,19 @@ export class WakeSender {
     private readonly onError: (error: Error) => void,
   ) {}
 
-  /** Asks for a notification sent after this call. */
-  wake(): void {
-    if (this.sending) {
-      this.again = true;
-      return;
+  /**
+   * Asks for a notification sent after this call; resolves once it has
+   * been sent, or has failed and been reported (never rejects).
+   */
+  wake(): Promise<void> {
+    if (!this.waiting) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.waiting = { promise, resolve };
     }
-    this.sending = this.run();
+    const done = this.waiting.promise;
+    this.sending ??= this.run();
+    return done;
   }
 
   /** Resolves once no send is on its way (and none is due). */
@@ -46,8 +56,10 @@ export class WakeSender {
   }
 
   private async run(): Promise<void> {
-    do {
-      this.again = false;
+    while (this.waiting) {
+      // This send covers every wake made before it starts.
+      const covered = this.waiting;
+      this.waiting = undefined;
       try {
         await this.send();
       } catch (err) {
@@ -57,7 +69,8 @@ export class WakeSender {
           // A throwing error handler must not stop the sends to come.
         }
       }
-    } while (this.again);
+      covered.resolve();
+    }
     this.sending = undefined;
   }
 }
