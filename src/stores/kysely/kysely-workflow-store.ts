@@ -356,11 +356,8 @@ export class KyselyWorkflowStore implements WorkflowStore {
       const onError = notifications.onError;
       if (onError !== undefined && typeof onError !== 'function') throw new TypeError('notifications.onError must be a function');
       if (!this.db.isTransaction) {
-        const channel = this.notifyChannel;
         this.wakeSender = new WakeSender(
-          async () => {
-            await this.db.executeQuery(CompiledQuery.raw(`${STATEMENT_MARKER} select pg_notify($1::text, '')`, [channel]));
-          },
+          () => this.notify(),
           onError ?? ((error) => console.warn(`sagaline: a store notification could not be sent (other processes will find the work at their next poll): ${error.message}`)),
         );
       }
@@ -872,19 +869,19 @@ export class KyselyWorkflowStore implements WorkflowStore {
       if (created && entry.values.wakes) waking.push(() => entry.resolve(created));
       else entry.resolve(created);
     }
-    if (waking.length > 0) {
-      await this.wakeOthers();
-      for (const settle of waking) settle();
-    }
+    await this.settleAfterWake(waking);
   }
 
   /** A create's values for {@link PgCreateWriter}, its input checked. */
   private pgCreateValues(input: CreateWorkflowInput, createdAt: Date, history: NewHistoryEntry[]): PgCreateValues {
     // The steps' values first: they check each step's dueAt and claim.
     const steps = input.steps.map((s) => this.stepValues(s, createdAt));
-    // An active workflow with a step due and not claimed by its creator (due later, too: a wake-up too many
+    // With notifications on: an active workflow with a step due and not claimed by its creator (due later, too: a wake-up too many
     // costs a claim, one too few a poll interval).
-    const wakes = ACTIVE_WORKFLOW_STATUSES.has(input.workflow.status) && input.steps.some((s) => !s.claim && s.dueAt !== null);
+    const wakes =
+      this.notifyChannel !== undefined &&
+      ACTIVE_WORKFLOW_STATUSES.has(input.workflow.status) &&
+      input.steps.some((s) => !s.claim && s.dueAt !== null);
     return {
       wakes,
       workflow: workflowInsertValues(input, this.timeParam(createdAt)),
@@ -1507,7 +1504,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
       const missing = stepWrites.find(([, w]) => w.fence !== null)?.[0] ?? stepWrites[0]?.[0] ?? '';
       throw staleLease(workflowId, missing);
     }
-    if (tx.wakes()) await this.wakeOthersOnCommit(trx);
+    if (this.wakesOthers(tx)) await this.wakeOthersOnCommit(trx);
     return true;
   }
 
@@ -1640,13 +1637,10 @@ export class KyselyWorkflowStore implements WorkflowStore {
           }
           this.written.put(entry.key, { ...tx.afterImage(snapshots.get(entry)!), version });
           // A winner that leaves work for others is settled once its notification is sent (a loser's writes were not made: it runs again).
-          if (tx.wakes()) waking.push(() => entry.resolve(value));
+          if (this.wakesOthers(tx)) waking.push(() => entry.resolve(value));
           else entry.resolve(value);
         }
-        if (waking.length > 0) {
-          await this.wakeOthers();
-          for (const settle of waking) settle();
-        }
+        await this.settleAfterWake(waking);
       }
       pending = retry;
     }
@@ -1889,7 +1883,7 @@ export class KyselyWorkflowStore implements WorkflowStore {
         if (write.cells.size === 0 && write.fence === null) continue;
         addToGroup(stepGroups, [...write.cells.keys()].sort(), { workflowId: id, name, write });
       }
-      wakes ||= tx.wakes();
+      wakes ||= this.wakesOthers(tx);
     }
     if (!this.pg) return this.flushBatchSqlite(trx, { workflows: workflowGroups, steps: stepGroups, history }, now);
 
@@ -1989,7 +1983,24 @@ export class KyselyWorkflowStore implements WorkflowStore {
   private async wakeOthers(): Promise<void> {
     if (this.notifyChannel === undefined) return;
     if (this.wakeSender) return this.wakeSender.wake();
+    await this.notify();
+  }
+
+  /** One `pg_notify` on the store's channel, in a statement of its own. */
+  private async notify(): Promise<void> {
     await this.db.executeQuery(CompiledQuery.raw(`${STATEMENT_MARKER} select pg_notify($1::text, '')`, [this.notifyChannel]));
+  }
+
+  /** Whether `tx`'s writes are to be followed by a notification: notifications are on and they leave work for others. */
+  private wakesOthers(tx: KyselyTransaction): boolean {
+    return this.notifyChannel !== undefined && tx.wakes();
+  }
+
+  /** Runs `settle` for each call in `waking` once the notification its writes asked for is sent (see {@link wakeOthers}). */
+  private async settleAfterWake(waking: (() => void)[]): Promise<void> {
+    if (waking.length === 0) return;
+    await this.wakeOthers();
+    for (const settle of waking) settle();
   }
 
   /** {@link wakeOthers} once `trx`, a transaction of {@link inTransaction}, has committed. */

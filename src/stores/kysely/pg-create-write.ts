@@ -41,7 +41,7 @@ export interface PgCreateValues {
   steps: unknown[][];
   /** Per history entry: its seq, its own time (null: the statement's, or the clock's), then kind to detail. */
   history: { seq: number; at: unknown; cells: unknown[] }[];
-  /** The create leaves a step claimable now without a lease: other workers are to hear of it (the store notifies after the commit). */
+  /** Notifications are on and the create leaves a step claimable without a lease: other workers are to hear of it (the store notifies after the commit). */
   wakes: boolean;
 }
 
