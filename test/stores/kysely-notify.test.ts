@@ -143,6 +143,15 @@ describe('notifications on Postgres', () => {
     };
   }
 
+  /** A fresh schema with a store listening on it, as another process would, and its wake-ups counted. */
+  async function listened() {
+    const env = await fresh();
+    const clock = createManualClock(T0);
+    const client = await env.listener();
+    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    return { env, clock, listening, wakes: await counting(listening, client) };
+  }
+
   it('wakes a subscriber in another process when a workflow is created or a step is made claimable', async () => {
     const env = await fresh();
     const clock = createManualClock(T0);
@@ -492,10 +501,7 @@ describe('notifications on Postgres', () => {
   });
 
   it('sends each notification after its write has committed, in a statement of its own: created, made due under a lock, and optimistically', async () => {
-    const env = await fresh();
-    const clock = createManualClock(T0);
-    const client = await env.listener();
-    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
+    const { env, clock, wakes } = await listened();
     const statements: string[] = [];
     const pool = new pg.Pool({ connectionString: env.url, max: 3 });
     const db = new Kysely<any>({
@@ -509,7 +515,6 @@ describe('notifications on Postgres', () => {
     const writer = new KyselyWorkflowStore({ db, schema: env.schema, clock, notifications: {}, analyze: false });
     // The checks of first use, before the statements are looked at.
     await writer.getWorkflow('none');
-    const wakes = await counting(listening, client);
     const notifying = (text: string) => text.includes('pg_notify');
     /** Runs `write`, waits for the notifications on their way, and returns the statements it sent, in the order they ended. */
     const sent = async (write: () => Promise<unknown>): Promise<string[]> => {
@@ -550,36 +555,29 @@ describe('notifications on Postgres', () => {
   });
 
   it('settles a write that wakes others once its notification is sent: the Kysely instance may be destroyed as soon as it resolves', async () => {
-    const env = await fresh();
-    const clock = createManualClock(T0);
-    const client = await env.listener();
-    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
-    const wakes = await counting(listening, client);
+    const { env, clock, wakes } = await listened();
     const errors: Error[] = [];
-    // As a script that starts a workflow and exits, five times; then a step made due by a compare-and-set write.
-    for (let i = 0; i < 5; i++) {
+    /** Runs `write` on a store over a Kysely instance of its own, which is destroyed as soon as the write resolves. */
+    const asScript = async (write: (store: KyselyWorkflowStore) => Promise<unknown>) => {
       const db = openPostgres(env.url, 2);
       const store = new KyselyWorkflowStore({ db, schema: env.schema, clock, analyze: false, notifications: { onError: (e) => errors.push(e) } });
-      await store.createWorkflow(workflow(`s${i}`));
+      await write(store);
       await db.destroy();
+    };
+    // As a script that starts a workflow and exits, five times; then a step made due by a compare-and-set write.
+    for (let i = 0; i < 5; i++) {
+      await asScript((store) => store.createWorkflow(workflow(`s${i}`)));
       // Sent and committed before the create resolved: the listening session has it at its next answer.
       expect(await wakes.settled()).toBe(i + 1);
     }
-    const db = openPostgres(env.url, 2);
-    const store = new KyselyWorkflowStore({ db, schema: env.schema, clock, analyze: false, notifications: { onError: (e) => errors.push(e) } });
-    await store.transact('s0', (tx) => tx.updateStep('a', { dueAt: tx.now }), { optimistic: true });
-    await db.destroy();
+    await asScript((store) => store.transact('s0', (tx) => tx.updateStep('a', { dueAt: tx.now }), { optimistic: true }));
     expect(await wakes.settled()).toBe(6);
     expect(errors).toEqual([]);
     await wakes.unsubscribe();
   });
 
   it('over a host transaction, sends the notification in it: delivered when the host commits, never when it rolls back', async () => {
-    const env = await fresh();
-    const clock = createManualClock(T0);
-    const client = await env.listener();
-    const listening = new KyselyWorkflowStore({ db: env.process(), schema: env.schema, clock, notifications: { listen: client } });
-    const wakes = await counting(listening, client);
+    const { env, clock, listening, wakes } = await listened();
     await env.db.transaction().execute(async (trx) => {
       const store = new KyselyWorkflowStore({ db: trx, schema: env.schema, clock, notifications: {} });
       await store.createWorkflow(workflow('t1'));
