@@ -39,6 +39,7 @@ import { NonRetryableError } from '../../src/errors.js';
 import type { WorkflowEventName } from '../../src/events/workflow-events.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
 import { openSqlite } from './sqlite-connection.js';
+import type { KyselyNotificationOptions } from '../../src/stores/kysely/kysely-workflow-store-config.js';
 
 /** Where SIGKILL strikes. */
 export type KillPoint =
@@ -74,6 +75,13 @@ export interface EngineProcessConfig {
   hold?: { step: string; mode: HoldMode; attempt?: number };
   /** Engine events to forward to the parent. */
   forwardEvents?: WorkflowEventName[];
+  /**
+   * Postgres `notifications`: `send` (`{}`: notify others, hear nothing) or
+   * `listen` (also listen, on a client the store opens with `connect`).
+   */
+  notifications?: 'send' | 'listen';
+  /** The store's `groupCommit`. */
+  groupCommit?: boolean;
 }
 
 /** A kill marker, one JSON line in `markerFile`. */
@@ -330,8 +338,32 @@ const logger: Logger = {
   error: (message, context) => send({ type: 'log', level: 'error', message, ...(context ? { context } : {}) }),
 };
 
+/** The store's `notifications` option for `config.notifications`. */
+function notificationOptions(target: DatabaseTarget): KyselyNotificationOptions | undefined {
+  if (!config!.notifications) return undefined;
+  if (target.dialect !== 'postgres') throw new Error('notifications need Postgres');
+  const onError = (error: Error) => send({ type: 'log', level: 'warn', message: 'notification not sent', context: { error: error.message } });
+  if (config!.notifications === 'send') return { onError };
+  return {
+    onError,
+    connect: async () => {
+      const client = new pg.Client({ connectionString: target.url, application_name: `${workerId}_listen` });
+      // The store hears of a lost connection itself.
+      client.on('error', () => undefined);
+      await client.connect();
+      return client;
+    },
+  };
+}
+
 const database = openDatabase(config.database);
-const store = new KyselyWorkflowStore({ db: database.db, ...(config.skewStoreClock ? { clock } : {}) });
+const notifications = notificationOptions(config.database);
+const store = new KyselyWorkflowStore({
+  db: database.db,
+  ...(config.skewStoreClock ? { clock } : {}),
+  ...(notifications ? { notifications } : {}),
+  ...(config.groupCommit ? { groupCommit: true } : {}),
+});
 const engine = createEngine({
   store,
   workflows,
