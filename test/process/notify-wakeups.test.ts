@@ -11,6 +11,7 @@
 import { sql } from 'kysely';
 import { afterEach, describe, expect, it } from 'vitest';
 import { violations } from '../reliability/support/invariants.js';
+import { reportedCase } from '../reliability/support/report.js';
 import {
   EngineProcess,
   createProcessDatabase,
@@ -41,62 +42,71 @@ describe('notifications wake workers in other processes (Postgres)', () => {
   for (const groupCommit of [false, true]) {
     it(
       `${WORKFLOWS} workflows started in a process without a worker all run in two listening workers${groupCommit ? ', with group commit' : ''}`,
-      async () => {
-        database = await createProcessDatabase('postgres');
-        const db = database;
-        const target = db.target as { dialect: 'postgres'; url: string };
-        const spawn = (workerId: string, notifications: 'send' | 'listen') =>
-          EngineProcess.spawn({
-            workerId,
-            database: { ...target, poolSize: 6 },
-            effects: db.effectsTarget,
-            concurrency: 16,
-            idlePollMs: IDLE_POLL_MS,
-            notifications,
-            groupCommit,
-          });
-        const [starter, ...workers] = await Promise.all([spawn('starter', 'send'), spawn('listener_0', 'listen'), spawn('listener_1', 'listen')]);
-        // Each worker polls once as it starts (finding nothing) and then only when woken.
-        await Promise.all(workers.map((w) => w.work()));
+      () =>
+        reportedCase(
+          {
+            suite: 'notify-wakeups',
+            fault: `a process with no worker starts ${WORKFLOWS} workflows; two listening workers poll every ${IDLE_POLL_MS / 60_000} minutes${groupCommit ? '; group commit' : ''}`,
+            stores: ['postgres'],
+          },
+          async (tally) => {
+          database = await createProcessDatabase('postgres');
+          const db = database;
+          const target = db.target as { dialect: 'postgres'; url: string };
+          const spawn = (workerId: string, notifications: 'send' | 'listen') =>
+            EngineProcess.spawn({
+              workerId,
+              database: { ...target, poolSize: 6 },
+              effects: db.effectsTarget,
+              concurrency: 16,
+              idlePollMs: IDLE_POLL_MS,
+              notifications,
+              groupCommit,
+            });
+          const [starter, ...workers] = await Promise.all([spawn('starter', 'send'), spawn('listener_0', 'listen'), spawn('listener_1', 'listen')]);
+          // Each worker polls once as it starts (finding nothing) and then only when woken.
+          await Promise.all(workers.map((w) => w.work()));
 
-        const began = Date.now();
-        // Three waves, so that creates arrive while the workers are busy and while they are idle.
-        const ids: string[] = [];
-        for (let wave = 0; wave < 3; wave++) {
-          const started = await starter!.start('pw_linear5', { count: WORKFLOWS / 3, tenantId: `tenant_${wave}` });
-          expect(started.errors).toEqual([]);
-          ids.push(...started.ids);
-          await waitFor(
-            async () => ((await db.statusCounts())['completed'] ?? 0) >= ids.length,
-            `the ${ids.length} workflows started so far to complete`,
-            FINISH_LIMIT_MS,
-            100,
-          );
-        }
-        const finishedMs = Date.now() - began;
-        await Promise.all([starter, ...workers].map((w) => w!.stop()));
+          const began = Date.now();
+          // Three waves, so that creates arrive while the workers are busy and while they are idle.
+          const ids: string[] = [];
+          for (let wave = 0; wave < 3; wave++) {
+            const started = await starter!.start('pw_linear5', { count: WORKFLOWS / 3, tenantId: `tenant_${wave}` });
+            expect(started.errors).toEqual([]);
+            ids.push(...started.ids);
+            await waitFor(
+              async () => ((await db.statusCounts())['completed'] ?? 0) >= ids.length,
+              `the ${ids.length} workflows started so far to complete`,
+              FINISH_LIMIT_MS,
+              100,
+            );
+          }
+          const finishedMs = Date.now() - began;
+          await Promise.all([starter, ...workers].map((w) => w!.stop()));
 
-        expect(new Set(ids).size).toBe(WORKFLOWS);
-        expect(await db.statusCounts()).toEqual({ completed: WORKFLOWS });
-        const effects = await db.effects();
-        const perStep = new Map<string, number>();
-        for (const e of effects) perStep.set(`${e.workflowId}/${e.stepName}`, (perStep.get(`${e.workflowId}/${e.stepName}`) ?? 0) + 1);
-        expect(perStep.size).toBe(WORKFLOWS * STEPS);
-        expect([...perStep.values()].filter((n) => n !== 1)).toEqual([]);
-        // The starter has no worker: the listening processes ran every step.
-        expect(effects.filter((e) => e.worker === 'starter')).toEqual([]);
-        const completions = await sql<{ n: string }>`
-          select count(*) as n from sagaline_history where kind = 'step' and to_status = 'completed'`.execute(db.db);
-        expect(Number(completions.rows[0]!.n)).toBe(WORKFLOWS * STEPS);
+          expect(new Set(ids).size).toBe(WORKFLOWS);
+          expect(await db.statusCounts()).toEqual({ completed: WORKFLOWS });
+          const effects = await db.effects();
+          const perStep = new Map<string, number>();
+          for (const e of effects) perStep.set(`${e.workflowId}/${e.stepName}`, (perStep.get(`${e.workflowId}/${e.stepName}`) ?? 0) + 1);
+          expect(perStep.size).toBe(WORKFLOWS * STEPS);
+          expect([...perStep.values()].filter((n) => n !== 1)).toEqual([]);
+          // The starter has no worker: the listening processes ran every step.
+          expect(effects.filter((e) => e.worker === 'starter')).toEqual([]);
+          const completions = await sql<{ n: string }>`
+            select count(*) as n from sagaline_history where kind = 'step' and to_status = 'completed'`.execute(db.db);
+          expect(Number(completions.rows[0]!.n)).toBe(WORKFLOWS * STEPS);
 
-        const stored = await readAllStored(db.store, ids);
-        const byWorkflow = effectsByWorkflow(effects);
-        const problems = stored.flatMap((s) => [...violations(s, processCompensable), ...runEffectViolations(s, byWorkflow.get(s.workflow.id) ?? [])]);
-        expect(problems.slice(0, 20)).toEqual([]);
-        // No notification failed to send, and nothing else was logged as a problem.
-        for (const w of [starter, ...workers]) expect(w!.problems()).toEqual([]);
-        console.info(`[notify-wakeups] group commit ${groupCommit ? 'on' : 'off'}: ${WORKFLOWS} workflows completed after ${finishedMs} ms`);
-      },
+          const stored = await readAllStored(db.store, ids);
+          const byWorkflow = effectsByWorkflow(effects);
+          const problems = stored.flatMap((s) => [...violations(s, processCompensable), ...runEffectViolations(s, byWorkflow.get(s.workflow.id) ?? [])]);
+          expect(problems.slice(0, 20)).toEqual([]);
+          // No notification failed to send, and nothing else was logged as a problem.
+          for (const w of [starter, ...workers]) expect(w!.problems()).toEqual([]);
+          console.info(`[notify-wakeups] group commit ${groupCommit ? 'on' : 'off'}: ${WORKFLOWS} workflows completed after ${finishedMs} ms`);
+          tally.iterations++;
+          },
+        ),
       FINISH_LIMIT_MS * 3 + 60_000,
     );
   }
