@@ -15,6 +15,7 @@ import {
   EngineProcess,
   createProcessDatabase,
   effectsByWorkflow,
+  expectOneEffectPerStep,
   killAllProcesses,
   processCompensable,
   readAllStored,
@@ -105,10 +106,7 @@ describe('many engine processes on one Postgres database', () => {
             steps: Number(totals.steps),
             completedSteps: Number(totals.completed_steps),
           }).toEqual({ effects: WORKFLOWS * STEPS, completions: WORKFLOWS * STEPS, reclaims: 0, steps: WORKFLOWS * STEPS, completedSteps: WORKFLOWS * STEPS });
-          const perStep = new Map<string, number>();
-          for (const e of effects) perStep.set(`${e.workflowId}/${e.stepName}`, (perStep.get(`${e.workflowId}/${e.stepName}`) ?? 0) + 1);
-          expect([...perStep.values()].filter((n) => n !== 1)).toEqual([]);
-          expect(perStep.size).toBe(WORKFLOWS * STEPS);
+          expectOneEffectPerStep(effects, WORKFLOWS * STEPS);
 
           // Then each workflow: its history replays legally, and its effects match what it stored.
           const stored = await readAllStored(db.store, ids);

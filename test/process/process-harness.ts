@@ -451,6 +451,14 @@ export async function checkedWorkflows(
 
 // ---------------------------------------------------------------- effect checks
 
+/** Expects one effect row for each of `steps` steps in all (of all the workflows), and none twice. */
+export function expectOneEffectPerStep(effects: readonly EffectRecord[], steps: number): void {
+  const perStep = new Map<string, number>();
+  for (const e of effects) perStep.set(`${e.workflowId}/${e.stepName}`, (perStep.get(`${e.workflowId}/${e.stepName}`) ?? 0) + 1);
+  expect([...perStep.values()].filter((n) => n !== 1)).toEqual([]);
+  expect(perStep.size).toBe(steps);
+}
+
 /** Attempts a step was claimed for, from its history: `pending -> running` rows and lease reclaims. */
 export function attemptsStarted(stored: StoredWorkflow, stepName: string): number {
   return stored.history.filter(
