@@ -59,7 +59,8 @@ Options:
   --poll-ms N           idle poll interval of the multi-process workers (default 1000 with notify,
                         the engine's default; 20 with poll)
   --no-reference        skip the reference runs: a minimal hand-written loop on the same Postgres (7 upserts
-                        per workflow, each its own commit, and batched), the yardstick of the goals
+                        per workflow, each its own commit, and batched), the yardstick of the goals, and
+                        the same loop sending sagaline's own statements for a workflow, without the engine
   --run-timeout S       a measured run fails after S seconds (default 300; --quick: 60)
   --timeout S           the whole bench stops after S seconds (default 1800; --quick: 180)
   -h, --help            this text`;

@@ -12,24 +12,38 @@
  *   commit queue with its Postgres defaults (at most 16, up to 4 at once, a
  *   batch beside running ones only once 8 wait).
  *
+ * - `statements`: not the loop's upserts but sagaline's own statements for a
+ *   workflow (its create and its compare-and-set writes, on the store's
+ *   tables), recorded from one workflow the engine runs on the run's
+ *   database and sent again for every workflow by the same bare loop, one
+ *   after another, each its own commit. Between the loop and the engine, it
+ *   shows what the store's SQL alone reaches, without the engine's and the
+ *   store's work in Node.
+ *
  * On the machine the goal was set on, such a loop reached 81% of the raw
  * 8-connection commit rate in steps/s at 32 clients and a median of 2.3 ms
  * at 1 client, and 330% batched; measured in the same run, these rows show
  * what the same loop reaches on the machine at hand.
  */
+import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
+import { newWorkflowId } from '../src/engine/ids.js';
+import { createEngine } from '../src/index.js';
+import { KyselyWorkflowStore, migrateToLatest } from '../src/kysely.js';
 import { DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from '../src/stores/kysely/kysely-group-commit.js';
 import { onCleanup } from './cleanup.js';
+import { benchLogger } from './logger.js';
 import type { ReferenceMode, ReferenceRun } from './results.js';
 import { cpuPerWorkflow, cpuSince, cpuReading, WARMUP_FIRST_NUMBER, type CpuUse, type RunContext } from './runs.js';
 import { postgresTransactions } from './targets.js';
-import { CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW } from './workload.js';
+import { BENCH_WORKFLOW, benchStartOptions, benchWorkflow, CompletionTracker, runClosedLoop, STEPS_PER_WORKFLOW } from './workload.js';
 
 const TABLE = 'bench_reference';
 
 export const REFERENCE_LABELS: Record<ReferenceMode, string> = {
   each: 'minimal loop, one upsert per transition',
   batched: 'minimal loop, many workflows per commit',
+  statements: "sagaline's statements, no engine",
 };
 
 type Write = [workflow: number, step: number, status: string, output: string | null];
@@ -90,6 +104,107 @@ class Writer {
   }
 }
 
+/** One statement of the recorded workflow: its text, its parameters and the row version it answered. */
+interface RecordedStatement {
+  text: string;
+  values: unknown[];
+  version: string;
+}
+
+/**
+ * Runs two workflows through the engine and the Kysely store on `url` (the
+ * first so that the store has checked its tables and read the database's
+ * clock) and records the statements of the second: those whose parameters
+ * name it, in order, each with the row version it answered (`row_version`
+ * of the create, `version` of a compare-and-set write).
+ */
+async function recordWorkflow(url: string): Promise<{ workflowId: string; statements: RecordedStatement[] }> {
+  const pool = new pg.Pool({ connectionString: url, max: 2 });
+  pool.on('error', () => undefined);
+  const seen: { text: string; values: unknown[]; rows: Record<string, unknown>[] }[] = [];
+  // Kysely's driver needs `connect` and, of a client, `query` and `release`.
+  const recording = {
+    connect: async () => {
+      const client = await pool.connect();
+      return {
+        query: async (text: string, values?: unknown[]) => {
+          const result = await client.query(text, values);
+          seen.push({ text, values: [...(values ?? [])], rows: result.rows as Record<string, unknown>[] });
+          return result;
+        },
+        release: (destroy?: boolean | Error) => client.release(destroy),
+      };
+    },
+    end: () => pool.end(),
+  };
+  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: recording as unknown as pg.Pool }) });
+  const engine = createEngine({ store: new KyselyWorkflowStore({ db }), workflows: [benchWorkflow], concurrency: 1, logger: benchLogger });
+  const tracker = new CompletionTracker();
+  engine.events.on('workflow:completed', (e) => tracker.completed(e.workflowId));
+  engine.events.on('workflow:failed', (e) => tracker.failed(e.workflowId, e.error.message));
+  let workflowId = '';
+  let from = 0;
+  try {
+    engine.startWorker();
+    for (let i = 0; i < 2; i++) {
+      from = seen.length;
+      workflowId = (await engine.start(BENCH_WORKFLOW, benchStartOptions(i))).id;
+      await tracker.wait(workflowId);
+    }
+  } finally {
+    await engine.stop();
+    await db.destroy();
+  }
+  const statements = seen
+    .slice(from)
+    .filter((s) => s.values.includes(workflowId))
+    .map((s) => {
+      const row = s.rows[0];
+      const version = row?.['row_version'] ?? row?.['version'];
+      if (s.rows.length !== 1 || typeof version !== 'string') throw new Error(`a recorded statement answered no row version: ${s.text.slice(0, 120)}`);
+      return { text: s.text, values: s.values, version };
+    });
+  if (statements.length < 2 || !statements[0]!.text.includes('insert into')) {
+    throw new Error(`expected the workflow's create and its writes, recorded ${statements.length} statements`);
+  }
+  return { workflowId, statements };
+}
+
+/**
+ * Sends the recorded statements again for a new workflow: the recorded
+ * workflow's id replaced by the new one, and each row version the recording
+ * answered by the one the replay's statement answered.
+ */
+class Replay {
+  statements = 0;
+  private readonly versions = new Map<string, number>();
+
+  constructor(
+    private readonly pool: pg.Pool,
+    private readonly recorded: { workflowId: string; statements: RecordedStatement[] },
+  ) {
+    recorded.statements.forEach((s, i) => this.versions.set(s.version, i));
+  }
+
+  async run(): Promise<void> {
+    const id = newWorkflowId(Date.now());
+    const live: string[] = [];
+    const { workflowId, statements } = this.recorded;
+    for (let i = 0; i < statements.length; i++) {
+      const values = statements[i]!.values.map((v) => {
+        if (v === workflowId) return id;
+        const from = typeof v === 'string' ? this.versions.get(v) : undefined;
+        return from !== undefined && from < i ? live[from] : v;
+      });
+      this.statements++;
+      const { rows } = await this.pool.query({ name: `bench_replay_${i}`, text: statements[i]!.text, values });
+      const version = rows[0]?.['row_version'] ?? rows[0]?.['version'];
+      if (rows.length !== 1 || typeof version !== 'string') throw new Error(`statement ${i + 1} of a replayed workflow wrote nothing`);
+      live[i] = version;
+    }
+  }
+}
+
 /** One workflow: its start, each step's result in order, its end. */
 async function runWorkflow(writer: Writer, n: number): Promise<void> {
   await writer.write([n, 0, 'running', JSON.stringify({ n })]);
@@ -104,7 +219,16 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
   const database = `bench_reference_${mode}_${clients}c`;
   await server.createDatabase(database);
   const url = server.url(database);
-  {
+  let recorded: Awaited<ReturnType<typeof recordWorkflow>> | null = null;
+  if (mode === 'statements') {
+    const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 1 }) }) });
+    try {
+      await migrateToLatest(db);
+    } finally {
+      await db.destroy();
+    }
+    recorded = await recordWorkflow(url);
+  } else {
     const setup = new pg.Client({ connectionString: url });
     setup.on('error', () => undefined);
     await setup.connect();
@@ -120,7 +244,9 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
   const pool = new pg.Pool({ connectionString: url, max: options.poolSize });
   pool.on('error', () => undefined);
   const closePool = onCleanup(`postgres pool ${url}`, () => pool.end());
+  const replay = recorded ? new Replay(pool, recorded) : null;
   const writer = new Writer(pool, mode);
+  const sent = () => (replay ? replay.statements : writer.statements);
   const tracker = new CompletionTracker();
   const loop = (workflows: number, firstNumber: number) =>
     runClosedLoop({
@@ -130,7 +256,8 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
       timeoutMs: options.runTimeoutSeconds * 1000,
       firstNumber,
       start: async (n) => {
-        await runWorkflow(writer, n);
+        if (replay) await replay.run();
+        else await runWorkflow(writer, n);
         const id = String(n);
         tracker.completed(id);
         return id;
@@ -141,17 +268,18 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
   let cpu: CpuUse;
   try {
     if (options.warmupWorkflows > 0) await loop(options.warmupWorkflows, WARMUP_FIRST_NUMBER);
-    const statementsBefore = writer.statements;
+    const statementsBefore = sent();
     const cpuBefore = cpuReading(ctx);
     result = await loop(options.workflows, 0);
     cpu = cpuSince(ctx, cpuBefore, 0);
-    statements = writer.statements - statementsBefore;
+    statements = sent() - statementsBefore;
   } finally {
     await closePool();
   }
   const after = await server.counters(database);
   const counted = options.workflows + options.warmupWorkflows;
-  await verify(url, counted);
+  // The statements mode's database also holds the two workflows the engine ran to record them.
+  await (replay ? verifyReplayed(url, counted + 2) : verify(url, counted));
   return {
     label: REFERENCE_LABELS[mode],
     mode,
@@ -167,6 +295,26 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
     cpu: cpuPerWorkflow(cpu, result.workflows),
     poolSize: options.poolSize,
   };
+}
+
+/** Checks that every replayed workflow was stored completed, each with its 5 steps completed. */
+async function verifyReplayed(url: string, expected: number): Promise<void> {
+  const client = new pg.Client({ connectionString: url });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ ended: string; steps: string }>(
+      `select (select count(*) from sagaline_workflows where status = 'completed')::text as ended,
+         (select count(*) from sagaline_steps where status = 'completed')::text as steps`,
+    );
+    const ended = Number(rows[0]?.ended ?? 0);
+    const steps = Number(rows[0]?.steps ?? 0);
+    if (ended !== expected || steps !== expected * STEPS_PER_WORKFLOW) {
+      throw new Error(`expected ${expected} completed workflows and ${expected * STEPS_PER_WORKFLOW} completed steps, found ${ended} and ${steps}`);
+    }
+  } finally {
+    await client.end();
+  }
 }
 
 /** Checks that every workflow of the run ended, each with its 5 step results. */

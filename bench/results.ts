@@ -65,9 +65,10 @@ export interface SagalineRun {
 
 /**
  * How the reference loop writes (see `bench/reference-loop.ts`): each upsert
- * its own commit, or the upserts of concurrent workflows batched.
+ * its own commit, the upserts of concurrent workflows batched, or sagaline's
+ * own statements for a workflow, recorded and sent again without the engine.
  */
-export type ReferenceMode = 'each' | 'batched';
+export type ReferenceMode = 'each' | 'batched' | 'statements';
 
 /**
  * A run of the reference loop: the same workload and counters as a sagaline

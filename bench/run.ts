@@ -107,7 +107,7 @@ async function main(options: BenchOptions): Promise<number> {
     if (kinds.length === 0) continue;
     if (database !== 'memory') await measureBaselines(database, 'before', baselines);
     if (database === 'postgres' && options.reference) {
-      for (const mode of ['each', 'batched'] as const) for (const clients of options.clients) await attemptReference(mode, clients);
+      for (const mode of ['each', 'batched', 'statements'] as const) for (const clients of options.clients) await attemptReference(mode, clients);
     }
     for (const kind of kinds) {
       for (const clients of options.clients) await attemptEngine(kindLabel(kind), kind, 1, clients, () => runInProcess(ctx, kind, clients));
