@@ -299,7 +299,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
     const local = this.workerLoop && !this.stopping ? Math.min(roots, Math.max(0, this.concurrency - this.inFlight)) : 0;
     const pairs = local > 0 ? await this.takeTokenPairs(local) : [];
     const claims = new Map<string, TokenPair>();
-    const leaseExpiresAt = pairs.length > 0 ? deadline(now, this.leaseMs, this.clockSlack()) : null;
+    const leaseExpiresAt = deadline(now, this.leaseMs, this.clockSlack());
     const steps: NewStep[] = def.steps.map((s) => {
       const step: NewStep = { name: s.name, position: s.position, dependsOn: [...s.dependsOn], maxAttempts: s.retry.maximumAttempts, dueAt: null };
       if (s.dependsOn.length > 0) return step;
@@ -310,7 +310,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         step.claim = {
           workerId: this.workerId,
           leaseToken: pair.leaseToken,
-          leaseExpiresAt: new Date(leaseExpiresAt!.getTime()),
+          leaseExpiresAt: new Date(leaseExpiresAt.getTime()),
           callbackTokenHash: pair.callbackTokenHash,
         };
       }
@@ -1382,16 +1382,16 @@ export class WorkflowEngine implements WorkflowEngineApi {
   }
 }
 
-/**
- * Buffers a transaction's writes, keeps an up-to-date view of the rows so
- * later decisions in the same transaction see earlier ones, validates every
- * status change against the transition tables and records it in history.
- */
 /** `ms` after `from` by a clock that may be up to `slackMs` ahead of it: late by the slack, never early by that clock. */
 function deadline(from: Date, ms: number, slackMs: number): Date {
   return new Date(from.getTime() + ms + slackMs);
 }
 
+/**
+ * Buffers a transaction's writes, keeps an up-to-date view of the rows so
+ * later decisions in the same transaction see earlier ones, validates every
+ * status change against the transition tables and records it in history.
+ */
 class TxWriter {
   private readonly wf: WorkflowRecord;
   private readonly rows: StepRecord[];
