@@ -74,7 +74,7 @@ interface QueuedWrite extends BatchEntry {
   write: Write;
 }
 
-/** Writes in `each` or `batched` mode on one pool, counting the statements sent. */
+/** Writes the loop's workflows in `each` or `batched` mode on one pool, counting the statements sent. */
 class Writer {
   statements = 0;
   private readonly queue: GroupCommitQueue<QueuedWrite> | null;
@@ -86,7 +86,14 @@ class Writer {
     this.queue = mode === 'batched' ? new GroupCommitQueue(DEFAULT_MAX_BATCH_POSTGRES, (batch) => this.upsertMany(batch), DEFAULT_MAX_CONCURRENT_BATCHES) : null;
   }
 
-  write(write: Write): Promise<void> {
+  /** One workflow: its start, each step's result in order, its end. */
+  async run(n: number): Promise<void> {
+    await this.write([n, 0, 'running', JSON.stringify({ n })]);
+    for (let i = 0; i < STEPS.length; i++) await this.write([n, i + 1, 'completed', JSON.stringify(STEPS[i]!(n))]);
+    await this.write([n, 0, 'completed', null]);
+  }
+
+  private write(write: Write): Promise<void> {
     const queue = this.queue;
     if (!queue) {
       this.statements++;
@@ -186,6 +193,7 @@ class Replay {
     recorded.statements.forEach((s, i) => this.versions.set(s.version, i));
   }
 
+  /** One workflow, under a new id. */
   async run(): Promise<void> {
     const id = newWorkflowId(Date.now());
     const live: string[] = [];
@@ -203,13 +211,6 @@ class Replay {
       live[i] = version;
     }
   }
-}
-
-/** One workflow: its start, each step's result in order, its end. */
-async function runWorkflow(writer: Writer, n: number): Promise<void> {
-  await writer.write([n, 0, 'running', JSON.stringify({ n })]);
-  for (let i = 0; i < STEPS.length; i++) await writer.write([n, i + 1, 'completed', JSON.stringify(STEPS[i]!(n))]);
-  await writer.write([n, 0, 'completed', null]);
 }
 
 /** A reference run on a database of its own: a warm-up pass and the measured pass on one pool, counted as the sagaline runs are. */
@@ -244,9 +245,7 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
   const pool = new pg.Pool({ connectionString: url, max: options.poolSize });
   pool.on('error', () => undefined);
   const closePool = onCleanup(`postgres pool ${url}`, () => pool.end());
-  const replay = recorded ? new Replay(pool, recorded) : null;
-  const writer = new Writer(pool, mode);
-  const sent = () => (replay ? replay.statements : writer.statements);
+  const sender: Writer | Replay = recorded ? new Replay(pool, recorded) : new Writer(pool, mode);
   const tracker = new CompletionTracker();
   const loop = (workflows: number, firstNumber: number) =>
     runClosedLoop({
@@ -256,8 +255,7 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
       timeoutMs: options.runTimeoutSeconds * 1000,
       firstNumber,
       start: async (n) => {
-        if (replay) await replay.run();
-        else await runWorkflow(writer, n);
+        await sender.run(n);
         const id = String(n);
         tracker.completed(id);
         return id;
@@ -268,18 +266,18 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
   let cpu: CpuUse;
   try {
     if (options.warmupWorkflows > 0) await loop(options.warmupWorkflows, WARMUP_FIRST_NUMBER);
-    const statementsBefore = sent();
+    const statementsBefore = sender.statements;
     const cpuBefore = cpuReading(ctx);
     result = await loop(options.workflows, 0);
     cpu = cpuSince(ctx, cpuBefore, 0);
-    statements = sent() - statementsBefore;
+    statements = sender.statements - statementsBefore;
   } finally {
     await closePool();
   }
   const after = await server.counters(database);
   const counted = options.workflows + options.warmupWorkflows;
   // The statements mode's database also holds the two workflows the engine ran to record them.
-  await (replay ? verify(url, counted + 2, true) : verify(url, counted, false));
+  await (recorded ? verify(url, counted + 2, true) : verify(url, counted, false));
   return {
     label: REFERENCE_LABELS[mode],
     mode,
