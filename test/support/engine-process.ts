@@ -38,8 +38,8 @@ import { createEngine } from '../../src/engine/workflow-engine.js';
 import { NonRetryableError } from '../../src/errors.js';
 import type { WorkflowEventName } from '../../src/events/workflow-events.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
-import { openSqlite } from './sqlite-connection.js';
 import type { KyselyNotificationOptions } from '../../src/stores/kysely/kysely-workflow-store-config.js';
+import { openSqlite } from './sqlite-connection.js';
 
 /** Where SIGKILL strikes. */
 export type KillPoint =
