@@ -68,7 +68,7 @@ describe('notifications wake workers in other processes (Postgres)', () => {
           // Three waves, so that creates arrive while the workers are busy and while they are idle.
           const ids: string[] = [];
           for (let wave = 0; wave < 3; wave++) {
-            const started = await starter!.start('pw_linear5', { count: WORKFLOWS / 3, tenantId: `tenant_${wave}` });
+            const started = await starter.start('pw_linear5', { count: WORKFLOWS / 3, tenantId: `tenant_${wave}` });
             expect(started.errors).toEqual([]);
             ids.push(...started.ids);
             await waitFor(
@@ -79,7 +79,7 @@ describe('notifications wake workers in other processes (Postgres)', () => {
             );
           }
           const finishedMs = Date.now() - began;
-          await Promise.all([starter, ...workers].map((w) => w!.stop()));
+          await Promise.all([starter, ...workers].map((w) => w.stop()));
 
           expect(new Set(ids).size).toBe(WORKFLOWS);
           expect(await db.statusCounts()).toEqual({ completed: WORKFLOWS });
@@ -94,7 +94,7 @@ describe('notifications wake workers in other processes (Postgres)', () => {
           // Each workflow's history replays legally, and its effects match what it stored.
           expect((await checkedWorkflows(db, ids)).length).toBe(WORKFLOWS);
           // No notification failed to send, and nothing else was logged as a problem.
-          for (const w of [starter, ...workers]) expect(w!.problems()).toEqual([]);
+          for (const w of [starter, ...workers]) expect(w.problems()).toEqual([]);
           console.info(`[notify-wakeups] group commit ${groupCommit ? 'on' : 'off'}: ${WORKFLOWS} workflows completed after ${finishedMs} ms`);
           tally.iterations++;
           },
