@@ -9,6 +9,10 @@
  * again only when its result was not stored, with the same idempotency key;
  * a stored result is never run again; the workflows finish. The other
  * workflows in flight die wherever they happened to be, and must finish too.
+ * Every `step:completed` the dying process reported is stored as reported.
+ * The forward cases run again with the store's group commit, where the
+ * workflows in flight share batches: a process killed between or during
+ * batches loses none that was reported committed.
  *
  * Rollback: a step fails for good, the workflow compensates, and the process
  * dies inside a compensation (before or after it is recorded). On restart the
@@ -16,6 +20,7 @@
  * completion order, and a recorded compensation never runs again.
  */
 import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
 import { afterEach, expect, it } from 'vitest';
 import type { KillPoint } from '../../support/engine-process.js';
 import {
@@ -50,6 +55,7 @@ async function killRound(
   point: KillPoint,
   target: string,
   input: Record<string, unknown> = {},
+  groupCommit = false,
 ) {
   const markerFile = join(db.dir, `${round}.jsonl`);
   const [a, b] = await Promise.all([
@@ -61,8 +67,18 @@ async function killRound(
       concurrency: IN_FLIGHT,
       idlePollMs: 20,
       kill: { point, step: target, markerFile },
+      forwardEvents: ['step:completed'],
+      groupCommit,
     }),
-    EngineProcess.spawn({ workerId: `${round}_b`, database: db.target, effects: db.effectsTarget, leaseMs: 10_000, concurrency: IN_FLIGHT, idlePollMs: 50 }),
+    EngineProcess.spawn({
+      workerId: `${round}_b`,
+      database: db.target,
+      effects: db.effectsTarget,
+      leaseMs: 10_000,
+      concurrency: IN_FLIGHT,
+      idlePollMs: 50,
+      groupCommit,
+    }),
   ]);
   const { ids, errors } = await a.start(workflow, { count: IN_FLIGHT, tenantId: round, input });
   expect(errors).toEqual([]);
@@ -87,13 +103,20 @@ async function killRound(
   expect(b.problems()).toEqual([]);
 
   const checked = await checkedWorkflows(db, ids);
+  // What A reported committed before it died is stored as it reported it: the same attempt's output.
+  const acknowledged = a.events
+    .filter((e) => e.name === 'step:completed')
+    .map((e) => e.payload as { workflowId: string; stepName: string; attempt: number; output: unknown });
+  const storedStep = (workflowId: string, stepName: string) =>
+    checked.find((c) => c.stored.workflow.id === workflowId)?.stored.steps.find((s) => s.name === stepName);
+  expect(acknowledged.filter((e) => !isDeepStrictEqual(storedStep(e.workflowId, e.stepName)?.output, e.output))).toEqual([]);
   if (workflow === 'pw_rollback5') {
     for (const { stored: s, effects: mine } of checked) expect(compensationEffectViolations(s, mine, processCompensable)).toEqual([]);
   }
   const found = checked.find((c) => c.stored.workflow.id === marker.workflowId);
   expect(found).toBeDefined();
   const { stored: victim, effects: victimEffects } = found!;
-  return { marker, victim, victimEffects, a, b };
+  return { marker, victim, victimEffects, acknowledged, a, b };
 }
 
 describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (storeName) => {
@@ -109,7 +132,10 @@ describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (st
     { point: 'after-effect', fault: "SIGKILL after the body's side effect, before its result is stored" },
     { point: 'after-store', fault: 'SIGKILL after the result is stored' },
   ];
-  for (const { point, fault } of forward) {
+  const forwardCases = [false, true].flatMap((groupCommit) =>
+    forward.map(({ point, fault }) => ({ point, groupCommit, fault: groupCommit ? `${fault}, with group commit` : fault })),
+  );
+  for (const { point, fault, groupCommit } of forwardCases) {
     it(
       fault,
       () =>
@@ -117,8 +143,13 @@ describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (st
           database = await createProcessDatabase(storeName);
           const db = database;
           await loop(iterations(1, 0.1), tally, async (i) => {
-            const target = `s${(i % 5) + 1}`;
-            const { marker, victim, victimEffects, b } = await killRound(db, `${point.replace(/-/g, '_')}_${i}`, 'pw_linear5', point, target);
+            // With group commit, from s3 on: the workflows have results committed (and reported) before the kill.
+            const position = ((groupCommit ? i + 2 : i) % 5) + 1;
+            const target = `s${position}`;
+            const round = `${point.replace(/-/g, '_')}${groupCommit ? '_group' : ''}_${i}`;
+            const { marker, victim, victimEffects, acknowledged, b } = await killRound(db, round, 'pw_linear5', point, target, {}, groupCommit);
+            // The victim completed the steps before its target, and reported them, before it died there.
+            if (position >= 3) expect(acknowledged.filter((e) => e.workflowId === marker.workflowId).length).toBeGreaterThan(0);
             const step = victim.steps.find((s) => s.name === target)!;
             const runs = victimEffects.filter((e) => e.kind === 'run' && e.stepName === target).map((e) => [e.attempt, e.worker]);
             const k = marker.attempt;
