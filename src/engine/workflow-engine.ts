@@ -299,7 +299,6 @@ export class WorkflowEngine implements WorkflowEngineApi {
     const local = this.workerLoop && !this.stopping ? Math.min(roots, Math.max(0, this.concurrency - this.inFlight)) : 0;
     const pairs = local > 0 ? await this.takeTokenPairs(local) : [];
     const claims = new Map<string, TokenPair>();
-    const leaseExpiresAt = deadline(now, this.leaseMs, this.clockSlack());
     const steps: NewStep[] = def.steps.map((s) => {
       const step: NewStep = { name: s.name, position: s.position, dependsOn: [...s.dependsOn], maxAttempts: s.retry.maximumAttempts, dueAt: null };
       if (s.dependsOn.length > 0) return step;
@@ -310,7 +309,7 @@ export class WorkflowEngine implements WorkflowEngineApi {
         step.claim = {
           workerId: this.workerId,
           leaseToken: pair.leaseToken,
-          leaseExpiresAt: new Date(leaseExpiresAt.getTime()),
+          leaseExpiresAt: deadline(now, this.leaseMs, this.clockSlack()),
           callbackTokenHash: pair.callbackTokenHash,
         };
       }
