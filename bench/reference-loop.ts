@@ -25,12 +25,12 @@
  * at 1 client, and 330% batched; measured in the same run, these rows show
  * what the same loop reaches on the machine at hand.
  */
-import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { newWorkflowId } from '../src/engine/ids.js';
 import { createEngine } from '../src/index.js';
 import { KyselyWorkflowStore, migrateToLatest } from '../src/kysely.js';
 import { DEFAULT_MAX_BATCH_POSTGRES, DEFAULT_MAX_CONCURRENT_BATCHES, GroupCommitQueue, type BatchEntry } from '../src/stores/kysely/kysely-group-commit.js';
+import { recordingKysely } from '../test/support/recording-pool.js';
 import { onCleanup } from './cleanup.js';
 import { benchLogger } from './logger.js';
 import type { ReferenceMode, ReferenceRun } from './results.js';
@@ -119,32 +119,18 @@ interface RecordedStatement {
 }
 
 /**
- * Runs two workflows through the engine and the Kysely store on `url` (the
- * first so that the store has checked its tables and read the database's
- * clock) and records the statements of the second: those whose parameters
- * name it, in order, each with the row version it answered (`row_version`
- * of the create, `version` of a compare-and-set write).
+ * Migrates the database at `url`, runs two workflows through the engine and
+ * the Kysely store on it (the first so that the store has checked its tables
+ * and read the database's clock) and records the statements of the second:
+ * those whose parameters name it, in order, each with the row version it
+ * answered (`row_version` of the create, `version` of a compare-and-set write).
  */
 async function recordWorkflow(url: string): Promise<{ workflowId: string; statements: RecordedStatement[] }> {
-  const pool = new pg.Pool({ connectionString: url, max: 2 });
-  pool.on('error', () => undefined);
-  const seen: { text: string; values: unknown[]; rows: Record<string, unknown>[] }[] = [];
-  // Kysely's driver needs `connect` and, of a client, `query` and `release`.
-  const recording = {
-    connect: async () => {
-      const client = await pool.connect();
-      return {
-        query: async (text: string, values?: unknown[]) => {
-          const result = await client.query(text, values);
-          seen.push({ text, values: [...(values ?? [])], rows: result.rows as Record<string, unknown>[] });
-          return result;
-        },
-        release: (destroy?: boolean | Error) => client.release(destroy),
-      };
-    },
-    end: () => pool.end(),
-  };
-  const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: recording as unknown as pg.Pool }) });
+  const seen: { text: string; values: unknown[]; rows: Promise<Record<string, unknown>[]> }[] = [];
+  // A statement that failed answered nothing (and a statement of the recorded workflow then fails the check below).
+  const db = recordingKysely(url, ({ text, values }, result) => {
+    if (result) seen.push({ text, values: [...(values ?? [])], rows: result.then((r) => r.rows as Record<string, unknown>[], () => []) });
+  });
   const engine = createEngine({ store: new KyselyWorkflowStore({ db }), workflows: [benchWorkflow], concurrency: 1, logger: benchLogger });
   const tracker = new CompletionTracker();
   engine.events.on('workflow:completed', (e) => tracker.completed(e.workflowId));
@@ -152,6 +138,7 @@ async function recordWorkflow(url: string): Promise<{ workflowId: string; statem
   let workflowId = '';
   let from = 0;
   try {
+    await migrateToLatest(db);
     engine.startWorker();
     for (let i = 0; i < 2; i++) {
       from = seen.length;
@@ -162,15 +149,13 @@ async function recordWorkflow(url: string): Promise<{ workflowId: string; statem
     await engine.stop();
     await db.destroy();
   }
-  const statements = seen
-    .slice(from)
-    .filter((s) => s.values.includes(workflowId))
-    .map((s) => {
-      const row = s.rows[0];
-      const version = row?.['row_version'] ?? row?.['version'];
-      if (s.rows.length !== 1 || typeof version !== 'string') throw new Error(`a recorded statement answered no row version: ${s.text.slice(0, 120)}`);
-      return { text: s.text, values: s.values, version };
-    });
+  const statements: RecordedStatement[] = [];
+  for (const s of seen.slice(from).filter((s) => s.values.includes(workflowId))) {
+    const rows = await s.rows;
+    const version = rows[0]?.['row_version'] ?? rows[0]?.['version'];
+    if (rows.length !== 1 || typeof version !== 'string') throw new Error(`a recorded statement answered no row version: ${s.text.slice(0, 120)}`);
+    statements.push({ text: s.text, values: s.values, version });
+  }
   if (statements.length < 2 || !statements[0]!.text.includes('insert into')) {
     throw new Error(`expected the workflow's create and its writes, recorded ${statements.length} statements`);
   }
@@ -222,12 +207,6 @@ export async function runReference(ctx: RunContext, mode: ReferenceMode, clients
   const url = server.url(database);
   let recorded: Awaited<ReturnType<typeof recordWorkflow>> | null = null;
   if (mode === 'statements') {
-    const db = new Kysely<any>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: 1 }) }) });
-    try {
-      await migrateToLatest(db);
-    } finally {
-      await db.destroy();
-    }
     recorded = await recordWorkflow(url);
   } else {
     const setup = new pg.Client({ connectionString: url });
