@@ -6,28 +6,21 @@
  * a result after its lease was reclaimed is turned away by the lease fence.
  */
 import { sql } from 'kysely';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readStored } from '../reliability/support/invariants.js';
 import { reportedCase } from '../reliability/support/report.js';
 import {
   EngineProcess,
   checkedWorkflows,
-  createProcessDatabase,
   delay,
-  killAllProcesses,
+  processDatabasePerTest,
   waitFor,
-  type ProcessDatabase,
 } from './process-harness.js';
 
 const LEASE_MS = 1500;
 
 describe('engine processes that crash or freeze mid-step (Postgres)', () => {
-  let database: ProcessDatabase | undefined;
-  afterEach(async () => {
-    await killAllProcesses();
-    await database?.cleanup();
-    database = undefined;
-  });
+  const openDatabase = processDatabasePerTest();
 
   const reported = (fault: string, body: () => Promise<void>) => () =>
     reportedCase({ suite: 'crashes', fault, stores: ['postgres'] }, async (tally) => {
@@ -38,8 +31,7 @@ describe('engine processes that crash or freeze mid-step (Postgres)', () => {
   it(
     'a SIGKILLed worker: its live leases are respected, then reclaimed once expired, and finished by another process',
     reported('SIGKILL of a worker while a step runs; live leases kept, expired ones reclaimed', async () => {
-      database = await createProcessDatabase('postgres');
-      const db = database;
+      const db = await openDatabase('postgres');
       const N = 8;
       const a = await EngineProcess.spawn({
         workerId: 'crash_a',
@@ -97,8 +89,7 @@ describe('engine processes that crash or freeze mid-step (Postgres)', () => {
   it(
     'a zombie (frozen until its lease was reclaimed) reports its result late: it is rejected and the newer attempt stands',
     reported('a zombie reports a result after its lease was reclaimed', async () => {
-      database = await createProcessDatabase('postgres');
-      const db = database;
+      const db = await openDatabase('postgres');
       // A freezes itself (SIGSTOP) inside s2's first attempt, right after the effect row.
       const a = await EngineProcess.spawn({
         workerId: 'zombie_a',

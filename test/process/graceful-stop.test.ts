@@ -5,29 +5,21 @@
  * step having to run again elsewhere.
  */
 import { sql } from 'kysely';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { reportedCase } from '../reliability/support/report.js';
 import {
   EngineProcess,
   checkedWorkflows,
-  createProcessDatabase,
-  killAllProcesses,
+  processDatabasePerTest,
   waitFor,
-  type ProcessDatabase,
 } from './process-harness.js';
 
 describe.each(['postgres', 'sqlite'] as const)('a graceful stop in the middle of steps (%s)', (storeName) => {
-  let database: ProcessDatabase | undefined;
-  afterEach(async () => {
-    await killAllProcesses();
-    await database?.cleanup();
-    database = undefined;
-  });
+  const openDatabase = processDatabasePerTest();
 
   it('stores the results of the running handlers before stop() resolves, and starts nothing after it was asked to stop', () =>
     reportedCase({ suite: 'graceful-stop', fault: 'engine.stop() while steps run', stores: [storeName] }, async (tally) => {
-      database = await createProcessDatabase(storeName);
-      const db = database;
+      const db = await openDatabase(storeName);
       const N = 4;
       // s1 ends well within the shutdown timeout. An s2 started by A during the stop would never end
       // (held), so the stop would abandon it after its side effect, and it would run again elsewhere.

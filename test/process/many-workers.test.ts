@@ -8,20 +8,18 @@
  * (default 4) size the run.
  */
 import { sql } from 'kysely';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { violations } from '../reliability/support/invariants.js';
 import { reportedCase } from '../reliability/support/report.js';
 import {
   EngineProcess,
-  createProcessDatabase,
   effectsByWorkflow,
   expectOneEffectPerStep,
-  killAllProcesses,
   processCompensable,
+  processDatabasePerTest,
   readAllStored,
   runEffectViolations,
   waitFor,
-  type ProcessDatabase,
 } from './process-harness.js';
 
 function envInt(name: string, fallback: number): number {
@@ -39,12 +37,7 @@ const STEPS = 5;
 const FINISH_LIMIT_MS = Math.max(120_000, WORKFLOWS * 60);
 
 describe('many engine processes on one Postgres database', () => {
-  let database: ProcessDatabase | undefined;
-  afterEach(async () => {
-    await killAllProcesses();
-    await database?.cleanup();
-    database = undefined;
-  });
+  const openDatabase = processDatabasePerTest();
 
   it(
     `${WORKERS} processes run ${WORKFLOWS} workflows of ${STEPS} steps: each step runs once and completes once`,
@@ -52,8 +45,7 @@ describe('many engine processes on one Postgres database', () => {
       reportedCase(
         { suite: 'many-workers', fault: `${WORKERS} engine processes, ${WORKFLOWS} workflows of ${STEPS} steps, claims racing`, stores: ['postgres'] },
         async (tally) => {
-          database = await createProcessDatabase('postgres');
-          const db = database;
+          const db = await openDatabase('postgres');
           const workers = await Promise.all(
             Array.from({ length: WORKERS }, (_, i) =>
               EngineProcess.spawn({

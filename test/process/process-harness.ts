@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Database from 'better-sqlite3';
 import { sql, type Kysely } from 'kysely';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import type { StepRecord, WorkflowStore } from '../../src/storage/workflow-store.js';
 import { migrateToLatest } from '../../src/stores/kysely/kysely-migrations.js';
 import { KyselyWorkflowStore } from '../../src/stores/kysely/kysely-workflow-store.js';
@@ -325,6 +325,21 @@ function toEffect(r: Record<string, unknown>): EffectRecord {
     pollCount: r['poll_count'] === null || r['poll_count'] === undefined ? null : Number(r['poll_count']),
     at: at instanceof Date ? at : new Date(Number(at)),
   };
+}
+
+/**
+ * For a suite whose tests each run engine processes on a database of their
+ * own: registers an `afterEach` that kills the processes still running and
+ * drops the test's database, and returns the function a test opens it with.
+ */
+export function processDatabasePerTest(): (dialect: 'postgres' | 'sqlite') => Promise<ProcessDatabase> {
+  let database: ProcessDatabase | undefined;
+  afterEach(async () => {
+    await killAllProcesses();
+    await database?.cleanup();
+    database = undefined;
+  });
+  return async (dialect) => (database = await createProcessDatabase(dialect));
 }
 
 export async function createProcessDatabase(dialect: 'postgres' | 'sqlite'): Promise<ProcessDatabase> {

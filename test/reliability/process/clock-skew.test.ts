@@ -13,13 +13,12 @@
  * reclaim.
  */
 import { sql } from 'kysely';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import {
   EngineProcess,
   checkedWorkflows,
-  createProcessDatabase,
-  killAllProcesses,
   describeOnProcessStores,
+  processDatabasePerTest,
   waitFor,
   type ProcessDatabase,
 } from '../../process/process-harness.js';
@@ -34,12 +33,7 @@ const POLL_INTERVAL_MS = 300;
 const PER_PROCESS = 3;
 
 describeOnProcessStores('clock skew between engine processes (%s, database time)', () => {
-  let database: ProcessDatabase | undefined;
-  afterEach(async () => {
-    await killAllProcesses();
-    await database?.cleanup();
-    database = undefined;
-  });
+  const openDatabase = processDatabasePerTest();
 
   const skewed = (db: ProcessDatabase, workerId: string, skewMs: number, skewStoreClock = false) =>
     EngineProcess.spawn({
@@ -58,8 +52,7 @@ describeOnProcessStores('clock skew between engine processes (%s, database time)
     'one process an hour ahead, one an hour behind: no early reclaim, no poll fired twice',
     () =>
       reportedCase({ suite: 'clock-skew', fault: 'app clocks +1 h and -1 h, database time governs', stores: ['postgres'] }, async (tally) => {
-        database = await createProcessDatabase('postgres');
-        const db = database;
+        const db = await openDatabase('postgres');
         const [ahead, behind] = await Promise.all([skewed(db, 'skew_ahead', HOUR), skewed(db, 'skew_behind', -HOUR)]);
         await Promise.all([ahead.work(), behind.work()]);
         await loop(iterations(1, 0.02), tally, async (i) => {
@@ -114,8 +107,7 @@ describeOnProcessStores('clock skew between engine processes (%s, database time)
   );
 
   it("control: when the ahead process's store trusts its app clock, the same checks see an early reclaim", async () => {
-    database = await createProcessDatabase('postgres');
-    const db = database;
+    const db = await openDatabase('postgres');
     const [ahead, behind] = await Promise.all([skewed(db, 'trust_ahead', HOUR, true), skewed(db, 'trust_behind', -HOUR)]);
     // The process behind holds every long step first (database time).
     await behind.work();

@@ -4,8 +4,8 @@
  * `workflow:started` event, and every caller gets its id.
  */
 import { sql } from 'kysely';
-import { afterEach, expect, it } from 'vitest';
-import { EngineProcess, createProcessDatabase, killAllProcesses, describeOnProcessStores, type ProcessDatabase } from '../../process/process-harness.js';
+import { expect, it } from 'vitest';
+import { EngineProcess, describeOnProcessStores, processDatabasePerTest } from '../../process/process-harness.js';
 import { caseTimeoutMs, iterations, loop } from '../support/iterations.js';
 import { reportedCase } from '../support/report.js';
 
@@ -13,12 +13,7 @@ const PROCESSES = 5;
 const STARTS_PER_PROCESS = 10;
 
 describeOnProcessStores('duplicate starts from several processes on %s', (storeName) => {
-  let database: ProcessDatabase | undefined;
-  afterEach(async () => {
-    await killAllProcesses();
-    await database?.cleanup();
-    database = undefined;
-  });
+  const openDatabase = processDatabasePerTest();
 
   it(
     `${PROCESSES * STARTS_PER_PROCESS} concurrent starts of one idempotency key from ${PROCESSES} processes make one workflow`,
@@ -26,8 +21,7 @@ describeOnProcessStores('duplicate starts from several processes on %s', (storeN
       reportedCase(
         { suite: 'duplicate-starts', fault: `${PROCESSES * STARTS_PER_PROCESS} concurrent starts, one key, ${PROCESSES} processes`, stores: [storeName] },
         async (tally) => {
-          database = await createProcessDatabase(storeName);
-          const db = database;
+          const db = await openDatabase(storeName);
           // Starting only (no worker loop): every process is a caller of start().
           const procs = await Promise.all(
             Array.from({ length: PROCESSES }, (_, i) =>

@@ -21,17 +21,16 @@
  */
 import { join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import type { KillPoint } from '../../support/engine-process.js';
 import {
   EngineProcess,
+  checkedWorkflows,
   compensationEffectViolations,
   completedAttempt,
-  checkedWorkflows,
-  createProcessDatabase,
-  killAllProcesses,
   describeOnProcessStores,
   processCompensable,
+  processDatabasePerTest,
   readMarkers,
   waitFor,
   type ProcessDatabase,
@@ -120,12 +119,7 @@ async function killRound(
 }
 
 describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (storeName) => {
-  let database: ProcessDatabase | undefined;
-  afterEach(async () => {
-    await killAllProcesses();
-    await database?.cleanup();
-    database = undefined;
-  });
+  const openDatabase = processDatabasePerTest();
 
   const forward: { point: KillPoint; fault: string }[] = [
     { point: 'after-claim', fault: 'SIGKILL after the claim, before the step body' },
@@ -140,8 +134,7 @@ describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (st
       fault,
       () =>
         reportedCase({ suite: SUITE, fault, stores: [storeName] }, async (tally) => {
-          database = await createProcessDatabase(storeName);
-          const db = database;
+          const db = await openDatabase(storeName);
           await loop(iterations(1, 0.1), tally, async (i) => {
             // With group commit, from s3 on: the workflows have results committed (and reported) before the kill.
             const position = ((groupCommit ? i + 2 : i) % 5) + 1;
@@ -185,8 +178,7 @@ describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (st
       fault,
       () =>
         reportedCase({ suite: SUITE, fault, stores: [storeName] }, async (tally) => {
-          database = await createProcessDatabase(storeName);
-          const db = database;
+          const db = await openDatabase(storeName);
           await loop(iterations(1, 0.1), tally, async (i) => {
             // Fail at r3, r4 or r5; die in the first or second compensation.
             const failAt = 3 + (i % 3);

@@ -9,16 +9,14 @@
  * attempt run twice.
  */
 import { sql } from 'kysely';
-import { afterEach, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import {
   EngineProcess,
   checkedWorkflows,
-  createProcessDatabase,
   delay,
-  killAllProcesses,
   describeOnProcessStores,
+  processDatabasePerTest,
   waitFor,
-  type ProcessDatabase,
 } from '../../process/process-harness.js';
 import { caseTimeoutMs, iterations, loop } from '../support/iterations.js';
 import { reportedCase } from '../support/report.js';
@@ -28,19 +26,13 @@ const WORKFLOWS = 20;
 const STORM_MS = 4000;
 
 describeOnProcessStores('pg_terminate_backend of the engine connections (%s)', () => {
-  let database: ProcessDatabase | undefined;
-  afterEach(async () => {
-    await killAllProcesses();
-    await database?.cleanup();
-    database = undefined;
-  });
+  const openDatabase = processDatabasePerTest();
 
   it(
     'connections killed between and during steps: engines retry or stop cleanly, every workflow finishes consistently',
     () =>
       reportedCase({ suite: 'pg-terminate', fault: 'pg_terminate_backend of engine connections, between and during steps', stores: ['postgres'] }, async (tally) => {
-        database = await createProcessDatabase('postgres');
-        const db = database;
+        const db = await openDatabase('postgres');
         const target = { dialect: 'postgres' as const, url: (db.target as { url: string }).url, poolSize: 4, applicationName: APPLICATION };
         const spawn = (workerId: string) =>
           EngineProcess.spawn({ workerId, database: target, effects: db.effectsTarget, leaseMs: 1000, concurrency: 4, idlePollMs: 50 });
