@@ -43,9 +43,9 @@ const SUITE = 'kill-points';
 const IN_FLIGHT = 4;
 
 /**
- * One round: process A runs `IN_FLIGHT` fresh workflows until it kills itself
- * at `point` of step `target`; process B then finishes them. Resolves to what
- * the checks need.
+ * One round: process A runs `IN_FLIGHT` fresh workflows (with `input`) until
+ * it kills itself at `point` of step `target`; process B then finishes them.
+ * Both stores have `groupCommit` when asked. Resolves to what the checks need.
  */
 async function killRound(
   db: ProcessDatabase,
@@ -53,8 +53,7 @@ async function killRound(
   workflow: 'pw_linear5' | 'pw_rollback5',
   point: KillPoint,
   target: string,
-  input: Record<string, unknown> = {},
-  groupCommit = false,
+  { input = {}, groupCommit = false }: { input?: Record<string, unknown>; groupCommit?: boolean } = {},
 ) {
   const markerFile = join(db.dir, `${round}.jsonl`);
   const [a, b] = await Promise.all([
@@ -140,7 +139,7 @@ describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (st
             const position = ((groupCommit ? i + 2 : i) % 5) + 1;
             const target = `s${position}`;
             const round = `${point.replace(/-/g, '_')}${groupCommit ? '_group' : ''}_${i}`;
-            const { marker, victim, victimEffects, acknowledged, b } = await killRound(db, round, 'pw_linear5', point, target, {}, groupCommit);
+            const { marker, victim, victimEffects, acknowledged, b } = await killRound(db, round, 'pw_linear5', point, target, { groupCommit });
             // The victim completed the steps before its target, and reported them, before it died there.
             if (position >= 3) expect(acknowledged.filter((e) => e.workflowId === marker.workflowId).length).toBeGreaterThan(0);
             const step = victim.steps.find((s) => s.name === target)!;
@@ -184,7 +183,7 @@ describeOnProcessStores('SIGKILL at exact points on %s shared by processes', (st
             const failAt = 3 + (i % 3);
             const target = `r${failAt - 1 - (Math.floor(i / 3) % 2)}`;
             const { marker, victim, victimEffects } = await killRound(db, `${point.replace(/-/g, '_')}_${i}`, 'pw_rollback5', point, target, {
-              failAt: `r${failAt}`,
+              input: { failAt: `r${failAt}` },
             });
             const comps = victimEffects.filter((e) => e.kind === 'compensate');
             // Reverse order, each step once, the killed one again only if its compensation was not recorded.
